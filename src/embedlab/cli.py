@@ -1,0 +1,162 @@
+"""The ``embedlab`` command: every DVC stage and MLflow entry point calls it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from embedlab.config import ConfigError, DripStep, apply_overrides, load_params, use_profile
+
+
+def _params(args):
+    return load_params(args.params)
+
+
+def cmd_demo_data(args) -> None:
+    from embedlab.data.demo import build_demo_data
+
+    params = _params(args)
+    cfg = apply_overrides(params.demo_data, {"seed": args.seed, "n_training": args.n_training,
+                                             "n_reference": args.n_reference}, "demo-data")
+    summary = build_demo_data(Path(args.out or params.data.raw), cfg)
+    print(json.dumps(summary, indent=2, default=str))
+
+
+def cmd_drip(args) -> None:
+    from embedlab.stages.drip import DripRequest, plan_scheduled_step, run_drip
+
+    params = _params(args)
+    if args.step:
+        request = plan_scheduled_step(params, args.step)
+        overrides = {"batch_size": args.batch_size, "qry_augs_intensity": args.qry_augs_intensity, "epochs": args.epochs}
+        request.step = apply_overrides(request.step, overrides, "drip")
+    else:
+        if args.n_facebook_samples is None:
+            raise ConfigError("embedlab drip: give --step NAME or --n-facebook-samples N (see --help)")
+        step = DripStep(args.n_facebook_samples, args.n_imagenet_samples or 0, args.n_frm_face_samples or 0,
+                        args.batch_size, args.qry_augs_intensity, args.epochs)
+        name = args.name or f"{step.n_facebook_samples + step.n_imagenet_samples + step.n_frm_face_samples}cls"
+        request = DripRequest(name=name, step=step)
+    if args.build_w_matrix is not None:  # "" (MLproject default) means: none
+        request.build_w_matrix = Path(args.build_w_matrix) if args.build_w_matrix else None
+    summary = run_drip(params, request)
+    print(json.dumps(summary, indent=2))
+
+
+def cmd_embed(args) -> None:
+    from embedlab.stages.embed import embed_folder
+
+    print(json.dumps(embed_folder(args.checkpoint, args.images, args.out, args.img_size, args.batch_size,
+                                  args.num_workers, args.on_bad_image, args.device), indent=2))
+
+
+def cmd_evaluate_disc(args) -> None:
+    from embedlab.stages.evaluate import evaluate_disc, format_metrics
+
+    metrics = evaluate_disc(args.query, args.reference, args.ground_truth, Path(args.out), k=args.k,
+                            query_subset=args.query_subset, reference_subset=args.reference_subset,
+                            device=args.device)
+    print(format_metrics(metrics))
+
+
+def cmd_init_weights(args) -> None:
+    from embedlab.stages.init_weights import write_initial_weights
+
+    print(json.dumps(write_initial_weights(_params(args)), indent=2))
+
+
+def cmd_use_profile(args) -> None:
+    use_profile(args.params, args.name)
+    print(f"{args.params}: now holds profile {args.name!r}; run `dvc repro`")
+
+
+def cmd_report(args) -> None:
+    from embedlab.report import results_report
+
+    print(results_report(_params(args)))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="embedlab", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, func, help: str, example: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help, epilog=f"example:\n  {example}",
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("--params", default="params.yaml", help="parameter file (default: params.yaml)")
+        p.set_defaults(func=func)
+        return p
+
+    p = command("demo-data", cmd_demo_data, "build the embedded demo data set (DISC layout) from packaged photos",
+                "embedlab demo-data --out data/raw")
+    p.add_argument("--out", default=None, help="output root (default: data.raw of params.yaml)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--n-training", type=int)
+    p.add_argument("--n-reference", type=int)
+
+    p = command("drip", cmd_drip, "train one drip step (ArcFace over a growing class count)",
+                "embedlab drip --n-facebook-samples 200 --n-imagenet-samples 0 --n-frm-face-samples 0 "
+                "--batch-size 32 --qry-augs-intensity 0.5")
+    p.add_argument("--step", help="a step name of drip.schedule in params.yaml")
+    p.add_argument("--name", help="output folder name under models/drip (default: <classes>cls)")
+    p.add_argument("--n-facebook-samples", type=int)
+    p.add_argument("--n-imagenet-samples", type=int)
+    p.add_argument("--n-frm-face-samples", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--qry-augs-intensity", type=float)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--build-w-matrix", help="previous step's checkpoint: start from its weights and class centroids")
+
+    command("init-weights", cmd_init_weights, "write the backbone weights the first drip step starts from",
+            "embedlab init-weights")
+
+    p = command("embed", cmd_embed, "embed a folder of images into an ISC descriptor file (h5)",
+                "embedlab embed --checkpoint models/drip/s1/checkpoints/last.ckpt --images data/raw/disc/query "
+                "--out query.h5")
+    p.add_argument("--checkpoint", required=True, help=".ckpt of a drip step or an exported .safetensors")
+    p.add_argument("--images", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--img-size", type=int, help="model input size (default: the checkpoint's)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--on-bad-image", choices=("fail", "skip"), default="fail")
+    p.add_argument("--device", default="auto")
+
+    p = command("evaluate-disc", cmd_evaluate_disc, "search and score query vs. reference descriptors (μAP)",
+                "embedlab evaluate-disc --query query.h5 --reference reference.h5 "
+                "--ground-truth data/raw/disc/ground_truth.csv --out eval")
+    p.add_argument("--query", required=True)
+    p.add_argument("--reference", required=True)
+    p.add_argument("--ground-truth", required=True)
+    p.add_argument("--out", default="eval")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--query-subset", help="for seed-layout h5 files holding both sets: query")
+    p.add_argument("--reference-subset", help="for seed-layout h5 files holding both sets: reference")
+    p.add_argument("--device", default="auto")
+
+    p = command("use-profile", cmd_use_profile, "write a profile of params.yaml (e.g. full) into its values",
+                "embedlab use-profile full")
+    p.add_argument("name")
+
+    command("report", cmd_report, "print the results table of the drip steps", "embedlab report")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args.func(args)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        # Input problems (every such error names its file): one clear line, no traceback.
+        print(f"embedlab {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""Robust image reading and writing, shared by every stage.
+
+One broken file among a million must not crash a run with an unreadable
+traceback: every decoding problem becomes a :class:`BadImageError` naming the
+file and what is wrong, and callers choose (``on_bad_image``) to fail or skip.
+
+Colour policy of :func:`load_rgb` (all images come out as 8-bit RGB):
+
+- alpha (RGBA, LA, PA, palette with transparency) is composited onto a white
+  background: transparent parts of logos and screenshots are meant to be seen
+  on a page, and the colour values hidden under alpha 0 are often garbage;
+- 16-bit and 32-bit integer (I;16, I;16B, I) and float (F) images are
+  stretched from their own min..max value range to 0..255 instead of being
+  clipped (clipping turns most 16-bit images white); a constant image
+  becomes black;
+- CMYK and other modes go through Pillow's conversion (no ICC colour
+  management).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps
+
+from embedlab.atomic import atomic_path
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+ON_BAD_IMAGE = ("fail", "skip")
+
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+_HIGH_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+
+class BadImageError(ValueError):
+    """A file that cannot be decoded into an image; names the file and why."""
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+def is_image_file(path: Path) -> bool:
+    """True for a visible file whose suffix is an image suffix (any case)."""
+    # Hidden names are temporary files of atomic writes (or OS litter).
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".") and path.is_file()
+
+
+def list_images(folder: str | os.PathLike, recursive: bool = False, allow_empty: bool = False) -> list[Path]:
+    """The image files of ``folder`` sorted by (relative) name, hidden files skipped."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise FileNotFoundError(f"image folder {folder} does not exist")
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{folder} is not a folder")
+    candidates = folder.rglob("*") if recursive else folder.iterdir()
+    # Skip files inside hidden folders too when recursing.
+    images = [
+        p for p in candidates if is_image_file(p) and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    ]
+    if not images and not allow_empty:
+        raise FileNotFoundError(f"image folder {folder} holds no images (looked for {', '.join(IMAGE_SUFFIXES)})")
+    return sorted(images, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def _ensure_truncation_is_an_error() -> None:
+    # Some libraries switch this global on; with it Pillow silently pads a
+    # truncated file with grey and we would train on broken images.
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        warnings.warn(
+            "PIL.ImageFile.LOAD_TRUNCATED_IMAGES was on; embedlab turns it off so truncated files are reported",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+def _stretch_to_uint8(img: Image.Image) -> Image.Image:
+    """High bit depth (I;16*, I, F) to 8-bit L by the image's own value range."""
+    a = np.asarray(img).astype(np.float64)
+    a = np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
+    lo, hi = float(a.min()), float(a.max())
+    scaled = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
+    return Image.fromarray(np.rint(scaled).astype(np.uint8), mode="L")
+
+
+def _on_white(img: Image.Image) -> Image.Image:
+    rgba = img.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB following the module's colour policy."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in _HIGH_DEPTH_MODES:
+        return _stretch_to_uint8(img).convert("RGB")
+    if mode in _ALPHA_MODES or (mode == "P" and "transparency" in img.info):
+        return _on_white(img)
+    # L, 1, P, CMYK, YCbCr, ...: Pillow's own conversion (ValueError if none).
+    return img.convert("RGB")
+
+
+def load_rgb(path: str | os.PathLike) -> Image.Image:
+    """Read ``path`` fully into an RGB image, EXIF orientation applied.
+
+    Raises :class:`BadImageError` for a missing, empty, truncated, corrupt or
+    non-image file (and for colour modes that cannot become RGB).
+    """
+    path = Path(path)
+    _ensure_truncation_is_an_error()
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise BadImageError(path, "no such file") from None
+    except OSError as exc:
+        raise BadImageError(path, f"cannot read the file ({exc.strerror or exc})") from exc
+    if size == 0:
+        raise BadImageError(path, "empty file (0 bytes)")
+    try:
+        with Image.open(path) as im:
+            im.load()  # decode now: lazy decoding would hide truncation until later
+            img = ImageOps.exif_transpose(im)
+    except Image.UnidentifiedImageError:
+        raise BadImageError(path, f"not an image file Pillow can read ({size} bytes, unrecognised format)") from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, struct.error, ...
+        raise BadImageError(path, f"truncated or corrupt image data ({type(exc).__name__}: {exc})") from exc
+    try:
+        return to_rgb(img)
+    except (ValueError, OSError) as exc:
+        raise BadImageError(path, f"cannot convert colour mode {img.mode!r} to RGB ({exc})") from exc
+
+
+def check_on_bad_image(on_bad_image: str) -> str:
+    """Validate an ``on_bad_image`` setting; return it."""
+    if on_bad_image not in ON_BAD_IMAGE:
+        raise ValueError(f"on_bad_image must be one of {ON_BAD_IMAGE}, got {on_bad_image!r}")
+    return on_bad_image
+
+
+def load_or_skip(path: str | os.PathLike, on_bad_image: str) -> Image.Image | None:
+    """:func:`load_rgb`, or ``None`` plus a warning for a bad file when ``on_bad_image='skip'``."""
+    check_on_bad_image(on_bad_image)
+    try:
+        return load_rgb(path)
+    except BadImageError as exc:
+        if on_bad_image == "fail":
+            raise
+        log.warning("skipping bad image %s: %s", exc.path, exc.reason)
+        return None
+
+
+def save_jpeg_atomic(img: Image.Image, path: str | os.PathLike, quality: int = 90) -> None:
+    """Write ``img`` as a JPEG at ``path`` atomically, with reproducible bytes.
+
+    No EXIF, ICC profile or DPI is written and the encoder settings are fixed
+    (4:2:0 subsampling, baseline, no optimisation), so the same pixels give the
+    same file with the same libjpeg.
+    """
+    if not 1 <= int(quality) <= 100:
+        raise ValueError(f"JPEG quality must be in 1..100, got {quality}")
+    if img.mode not in ("RGB", "L"):
+        img = to_rgb(img)
+    with atomic_path(path, suffix=".jpg") as tmp:
+        img.save(tmp, "JPEG", quality=int(quality), subsampling=2, optimize=False, progressive=False, exif=b"")

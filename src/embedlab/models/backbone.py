@@ -1,0 +1,56 @@
+"""The descriptor model: timm backbone → GeM → bias-free linear → L2.
+
+This is the ISC 2021 drip-training descriptor (REFERENCE.md §1): the timm
+classifier head is removed, features are GeM-pooled with a learnable
+exponent, projected without bias to the embedding size and L2-normalised.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from embedlab.models.pretrained import load_backbone_weights
+
+
+class GeM(nn.Module):
+    """Generalised-mean pooling with a learnable exponent p."""
+
+    def __init__(self, p: float = 3.0, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.p = nn.Parameter(torch.tensor(float(p)))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Pool in fp32: x**p overflows fp16/bf16 for p around 3 and large activations.
+        pooled = x.float().clamp(min=self.eps).pow(self.p).mean(dim=(-2, -1))
+        return pooled.pow(1.0 / self.p)
+
+
+@dataclasses.dataclass(frozen=True)
+class DescriptorSpec:
+    """Everything needed to rebuild a descriptor model from its weights."""
+
+    backbone: str
+    embedding_dim: int = 256
+    gem_p: float = 3.0
+    img_size: int = 160
+
+
+class DescriptorModel(nn.Module):
+    def __init__(self, spec: DescriptorSpec, pretrained: str | None = None) -> None:
+        super().__init__()
+        self.spec = spec
+        self.body = timm.create_model(spec.backbone, pretrained=False, num_classes=0, global_pool="")
+        if pretrained:
+            load_backbone_weights(self.body, pretrained)
+        self.pool = GeM(spec.gem_p)
+        self.proj = nn.Linear(self.body.num_features, spec.embedding_dim, bias=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features = self.pool(self.body(images))
+        return F.normalize(self.proj(features.to(self.proj.weight.dtype)).float(), dim=-1)

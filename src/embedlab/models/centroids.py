@@ -1,0 +1,46 @@
+"""Class centroids for ``build_w_matrix`` (REFERENCE.md §1).
+
+Each centroid is the mean of the embeddings of the class's reference view
+and ``n_augmentations`` query augmentations, L2-normalised. Written into the
+ArcFace kernel, it lets a step with more classes start from a loss near the
+previous step's instead of from a random head.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from embedlab.data.drip import collate_skipping_bad
+from embedlab.models.backbone import DescriptorModel
+
+
+@torch.no_grad()
+def class_centroids(
+    model: DescriptorModel,
+    views: list[Dataset],
+    n_classes: int,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """W [embedding_dim, n_classes]: normalised mean embedding over ``views``.
+
+    ``views`` are datasets of (image tensor, class index): the reference view
+    and each fixed-seed augmentation. A class whose image was skipped as
+    unreadable keeps a zero column.
+    """
+    was_training = model.training
+    model.eval().to(device)
+    sums = torch.zeros(n_classes, model.spec.embedding_dim)
+    for view in views:
+        loader = DataLoader(view, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_skipping_bad)
+        for batch in tqdm(loader, desc="W matrix", unit="batch", leave=False):
+            if batch is None:
+                continue
+            images, labels = batch
+            sums.index_add_(0, labels, model(images.to(device)).float().cpu())
+    model.train(was_training)
+    return F.normalize(sums, dim=1).T.contiguous()

@@ -1,0 +1,106 @@
+"""Checkpoints: atomic saving, safe loading, weight restoring and export.
+
+Lightning checkpoints are read with ``torch.load(weights_only=True)``. The
+descriptor model is exported as safetensors + a JSON spec, the format that
+crosses machines (no pickle).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+from safetensors.torch import load_file, save_file
+
+from embedlab.atomic import atomic_path, write_json_atomic
+from embedlab.models.backbone import DescriptorModel, DescriptorSpec
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used where it was given."""
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint IO that writes to a temporary name, then renames."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a broken or foreign file, whatever the reason
+        raise CheckpointError(f"{path}: not a readable checkpoint ({exc})") from exc
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise CheckpointError(f"{path}: not a Lightning checkpoint (no state_dict)")
+    return ckpt
+
+
+def checkpoint_spec(ckpt: dict[str, Any], path: Path) -> DescriptorSpec:
+    try:
+        return DescriptorSpec(**ckpt["hyper_parameters"]["spec"])
+    except (KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}: no descriptor spec in its hyper-parameters (not an embedlab drip checkpoint)") from exc
+
+
+def restore_matching_weights(module: torch.nn.Module, path: str | Path, spec: DescriptorSpec) -> list[str]:
+    """Copy every same-named, same-shaped tensor of checkpoint ``path`` into ``module``.
+
+    The ArcFace kernel of another class count is skipped by its shape; a
+    checkpoint of another backbone or embedding size is an error, not a
+    silent partial restore.
+    """
+    path = Path(path)
+    ckpt = read_checkpoint(path)
+    old = checkpoint_spec(ckpt, path)
+    if (old.backbone, old.embedding_dim) != (spec.backbone, spec.embedding_dim):
+        raise CheckpointError(
+            f"{path}: checkpoint of backbone {old.backbone} ({old.embedding_dim}-d); "
+            f"this stage uses {spec.backbone} ({spec.embedding_dim}-d)"
+        )
+    own = module.state_dict()
+    restored = {k: v for k, v in ckpt["state_dict"].items() if k in own and own[k].shape == v.shape}
+    missing = [k for k in own if k.startswith("model.") and k not in restored]
+    if missing:
+        raise CheckpointError(f"{path}: descriptor weights missing or of another shape: {missing[:5]}")
+    module.load_state_dict(restored, strict=False)
+    return sorted(restored)
+
+
+def load_descriptor_model(path: str | Path) -> DescriptorModel:
+    """A descriptor model from a Lightning .ckpt or an exported .safetensors (+ .json)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        spec_path = path.with_suffix(".json")
+        if not spec_path.is_file():
+            raise CheckpointError(f"{path}: missing its spec file {spec_path.name}")
+        spec = DescriptorSpec(**json.loads(spec_path.read_text()))
+        state = load_file(str(path))
+    else:
+        ckpt = read_checkpoint(path)
+        spec = checkpoint_spec(ckpt, path)
+        state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    model = DescriptorModel(spec)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit {spec.backbone}: {exc}") from exc
+    return model.eval()
+
+
+def export_descriptor_model(model: DescriptorModel, path: str | Path) -> Path:
+    """Write ``path`` (.safetensors) and its spec beside it (.json); the classifier is not part of it."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    write_json_atomic(path.with_suffix(".json"), dataclasses.asdict(model.spec))
+    return path

@@ -1,0 +1,84 @@
+"""LightningModule of a drip step: descriptor model + ArcFace head.
+
+The loss is computed on augmented query views only (REFERENCE.md §1); the
+validation loss averages the loss of the plain reference view and of a
+query view. The ArcFace kernel gets no weight decay.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+from embedlab.models.arcface import ArcFaceHead
+from embedlab.models.backbone import DescriptorModel, DescriptorSpec
+
+
+class DripModule(pl.LightningModule):
+    def __init__(
+        self,
+        spec: dict[str, Any],
+        n_classes: int,
+        arcface_m: float = 0.4,
+        arcface_s: float = 40.0,
+        margin_warmup_epochs: int = 0,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        plateau_factor: float = 0.9,
+        plateau_patience: int = 2,
+        pretrained: str | None = None,
+    ) -> None:
+        super().__init__()
+        # Plain types only: checkpoints must load with torch.load(weights_only=True).
+        self.save_hyperparameters(ignore=["pretrained"])
+        self.model = DescriptorModel(DescriptorSpec(**spec), pretrained=pretrained)
+        self.head = ArcFaceHead(self.model.spec.embedding_dim, n_classes, m=arcface_m, s=arcface_s)
+
+    def margin(self) -> float:
+        """ArcFace m, grown linearly over the warm-up epochs (a from-scratch head
+        cannot meet the full margin at once)."""
+        warmup = self.hparams.margin_warmup_epochs
+        if warmup <= 0:
+            return self.hparams.arcface_m
+        return self.hparams.arcface_m * min(1.0, (self.current_epoch + 1) / (warmup + 1))
+
+    def loss(self, images: torch.Tensor, labels: torch.Tensor, m: float | None = None) -> torch.Tensor:
+        return F.cross_entropy(self.head(self.model(images), labels, m=m), labels)
+
+    def training_step(self, batch, batch_idx: int):
+        if batch is None:  # every image of the batch was unreadable and skipped
+            return None
+        images, labels = batch
+        loss = self.loss(images, labels, m=self.margin())
+        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(labels))
+        return loss
+
+    def validation_step(self, batch, batch_idx: int):
+        if batch is None:
+            return None
+        reference, query, labels = batch
+        loss = 0.5 * (self.loss(reference, labels) + self.loss(query, labels))
+        self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=len(labels))
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.log("arcface_m", self.margin())
+        self.log("gem_p", self.model.pool.p.detach())
+
+    def configure_optimizers(self):
+        head = [self.head.weight]
+        body = [p for name, p in self.named_parameters() if not name.startswith("head.")]
+        optimizer = torch.optim.Adam(
+            [
+                {"params": body, "weight_decay": self.hparams.weight_decay},
+                {"params": head, "weight_decay": 0.0},
+            ],
+            lr=self.hparams.lr,
+        )
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=self.hparams.plateau_factor, patience=self.hparams.plateau_patience
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "monitor": "val_loss"}}

@@ -1,0 +1,137 @@
+"""Nearest-neighbour search with faiss (exact inner product, CPU or GPU).
+
+Descriptors are expected L2-normalised, so inner product = cosine similarity.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+# faiss GPU flat search supports at most this k (GpuIndexFlat limit).
+_GPU_MAX_K = 2048
+
+
+class Predictions(NamedTuple):
+    """Predicted (query, reference, score) triples as parallel arrays."""
+
+    query_ids: np.ndarray
+    reference_ids: np.ndarray
+    scores: np.ndarray
+
+
+def _faiss():
+    import faiss  # imported lazily: heavy, and only needed for search
+
+    return faiss
+
+
+def resolve_device(device: str = "auto") -> str:
+    """Return "cuda" or "cpu" for ``device`` in {"auto", "cuda", "cpu"}."""
+    if device not in ("auto", "cuda", "cpu"):
+        raise ValueError(f"device must be 'auto', 'cuda' or 'cpu', got {device!r}")
+    if device == "cpu":
+        return "cpu"
+    faiss = _faiss()
+    n_gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+    if n_gpus > 0:
+        return "cuda"
+    if device == "cuda":
+        raise RuntimeError(
+            "device='cuda' but faiss sees no GPU (faiss.get_num_gpus() == 0): "
+            "install faiss-gpu on a machine with a CUDA GPU, or use device='cpu' / 'auto'"
+        )
+    return "cpu"
+
+
+def _as_matrix(x: np.ndarray, what: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim != 2:
+        raise ValueError(f"{what} must be a 2-D array (N x D), got shape {x.shape}")
+    # faiss needs float32 C-contiguous memory; this is a no-op when already so.
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def knn_search(
+    query: np.ndarray,
+    reference: np.ndarray,
+    k: int,
+    device: str = "auto",
+    batch_size: int = 16384,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` inner-product search of ``query`` rows among ``reference`` rows.
+
+    Returns ``(scores, indices)``, both of shape ``(n_query, min(k, n_reference))``,
+    each row sorted by decreasing score. faiss marks missing neighbours with
+    index -1; with an exact index and k clipped to the reference count this
+    only happens for non-finite vectors, and :func:`predictions_from_knn`
+    drops such entries. Queries are searched in batches of ``batch_size``
+    (bounded memory, and a progress bar when ``progress``).
+    """
+    q = _as_matrix(query, "query")
+    r = _as_matrix(reference, "reference")
+    if q.shape[1] != r.shape[1]:
+        raise ValueError(f"query dim {q.shape[1]} != reference dim {r.shape[1]}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if r.shape[0] == 0:
+        raise ValueError("reference set is empty: nothing to search")
+    k = min(int(k), r.shape[0])
+    if q.shape[0] == 0:
+        return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+
+    faiss = _faiss()
+    index = faiss.IndexFlatIP(r.shape[1])
+    index.add(r)
+    if resolve_device(device) == "cuda":
+        if k <= _GPU_MAX_K:
+            resources = faiss.StandardGpuResources()
+            index = faiss.index_cpu_to_gpu(resources, 0, index)
+        elif device == "cuda":
+            raise ValueError(f"k={k} exceeds the faiss GPU limit of {_GPU_MAX_K}; use device='cpu'")
+        # device="auto" with a huge k: stay on CPU rather than fail.
+
+    scores = np.empty((q.shape[0], k), np.float32)
+    indices = np.empty((q.shape[0], k), np.int64)
+    starts = range(0, q.shape[0], batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="knn search", unit="batch")
+    for start in starts:
+        stop = min(start + batch_size, q.shape[0])
+        scores[start:stop], indices[start:stop] = index.search(q[start:stop], k)
+    return scores, indices
+
+
+def predictions_from_knn(
+    query_names: Sequence[str],
+    reference_names: Sequence[str],
+    scores: np.ndarray,
+    indices: np.ndarray,
+) -> Predictions:
+    """Flatten kNN results into (query_id, reference_id, score) predictions.
+
+    Row ``i`` of ``scores``/``indices`` belongs to ``query_names[i]``; entries
+    with index -1 (no neighbour) are dropped. Order: query by query, best first.
+    """
+    scores = np.asarray(scores)
+    indices = np.asarray(indices)
+    if scores.shape != indices.shape or scores.ndim != 2:
+        raise ValueError(f"scores {scores.shape} and indices {indices.shape} must be equal 2-D shapes")
+    if scores.shape[0] != len(query_names):
+        raise ValueError(f"{len(query_names)} query names for {scores.shape[0]} result rows")
+    q_names = np.asarray(query_names, dtype=str) if len(query_names) else np.zeros(0, dtype=str)
+    r_names = np.asarray(reference_names, dtype=str) if len(reference_names) else np.zeros(0, dtype=str)
+    if indices.size and indices.max() >= len(r_names):
+        raise ValueError(f"index {int(indices.max())} out of range for {len(r_names)} reference names")
+
+    keep = indices >= 0
+    rows = np.nonzero(keep)[0]
+    return Predictions(
+        query_ids=q_names[rows],
+        reference_ids=r_names[indices[keep]],
+        scores=scores[keep].astype(np.float32),
+    )

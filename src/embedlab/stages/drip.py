@@ -1,0 +1,265 @@
+"""Drip stage: one step of ArcFace training with a growing class count.
+
+    embedlab drip --step s2                      # a step of params.yaml's drip.schedule
+    embedlab drip --n-facebook-samples 200 --n-imagenet-samples 0 \
+        --n-frm-face-samples 0 --batch-size 32 --qry-augs-intensity 0.5 \
+        [--build-w-matrix models/drip/<prev>/checkpoints/last.ckpt]
+
+With ``build_w_matrix`` the new model restores every same-shaped weight of
+the previous checkpoint, its ArcFace kernel is set to the class centroids
+(saved as ``w_matrix.safetensors``) and training starts at epoch 0. At the
+end the model embeds the DISC query and reference sets and scores μAP.
+
+A killed step, re-run with the same settings, resumes from its last
+checkpoint into the same MLflow run (``run.json`` in the output folder keeps
+the run id and a fingerprint of the settings; other settings start afresh).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import mlflow
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.loggers import MLFlowLogger
+from safetensors.torch import save_file
+from torch.utils.data import DataLoader
+
+from embedlab.atomic import atomic_path, write_json_atomic
+from embedlab.augment import OverlayPool, QueryAugmenter
+from embedlab.config import DripConfig, DripStep, Params, flatten
+from embedlab.data.drip import (
+    ClassImages,
+    ClassSource,
+    QueryViews,
+    ReferenceViews,
+    ValidationPairs,
+    collate_skipping_bad,
+    select_classes,
+)
+from embedlab.models.centroids import class_centroids
+from embedlab.models.checkpoints import AtomicCheckpointIO, export_descriptor_model, restore_matching_weights
+from embedlab.models.drip_module import DripModule
+from embedlab.models.stop_rule import StopRule
+from embedlab.stages.disc_eval import evaluate_descriptor_model
+from embedlab.stages.embed import resolve_device
+from embedlab.stages.init_weights import INIT_STEP, initial_weights_path
+from embedlab import tracking
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class DripRequest:
+    """What one drip run trains: its name, class counts and starting point."""
+
+    name: str
+    step: DripStep
+    build_w_matrix: Path | None = None
+    pretrained: Path | str | None = None  # None: drip.pretrained
+    models_root: Path = Path("models/drip")
+    reports_root: Path = Path("reports/drip")
+
+    @property
+    def out_dir(self) -> Path:
+        return self.models_root / self.name
+
+    @property
+    def report_dir(self) -> Path:
+        return self.reports_root / self.name
+
+    @property
+    def n_classes(self) -> int:
+        s = self.step
+        return s.n_facebook_samples + s.n_imagenet_samples + s.n_frm_face_samples
+
+
+def plan_scheduled_step(params: Params, name: str) -> DripRequest:
+    """A step of drip.schedule, started as its ``init_from`` says."""
+    if name not in params.drip.schedule:
+        raise ValueError(f"params.yaml: drip.schedule has no step {name!r}; steps: {list(params.drip.schedule)}")
+    request = DripRequest(name=name, step=params.drip.schedule[name])
+    parent = request.step.init_from
+    if parent == INIT_STEP:
+        request.pretrained = initial_weights_path(request.models_root)
+    elif parent:
+        if parent not in params.drip.schedule:
+            raise ValueError(f"params.yaml: drip.schedule.{name}.init_from names no step: {parent!r}")
+        request.build_w_matrix = request.models_root / parent / "checkpoints" / "last.ckpt"
+    return request
+
+
+def effective_config(cfg: DripConfig, step: DripStep) -> DripConfig:
+    """The stage's settings with the step's own batch size / intensity / epochs applied."""
+    overrides = {k: getattr(step, k) for k in ("batch_size", "qry_augs_intensity", "epochs")}
+    return dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None}, schedule={})
+
+
+def fingerprint(params: Params, cfg: DripConfig, request: DripRequest) -> str:
+    """Settings that must match for a re-run to resume instead of starting afresh."""
+    h = hashlib.sha256()
+    h.update(json.dumps([params.seed, dataclasses.asdict(params.data), dataclasses.asdict(cfg),
+                         dataclasses.asdict(request.step), request.name], sort_keys=True, default=str).encode())
+    if request.build_w_matrix:
+        with open(request.build_w_matrix, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def _precision(setting: str) -> str:
+    if setting != "auto":
+        return setting
+    return "bf16-mixed" if torch.cuda.is_available() else "32-true"
+
+
+def _loader(dataset, batch_size: int, num_workers: int, shuffle: bool) -> DataLoader:
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+        collate_fn=collate_skipping_bad, persistent_workers=num_workers > 0, drop_last=False,
+        pin_memory=torch.cuda.is_available(),
+    )
+
+
+def build_w_matrix(module: DripModule, request: DripRequest, images: ClassImages, augment, cfg: DripConfig, seed: int) -> Path:
+    """Restore the previous step's weights, set W to class centroids, save W beside the run."""
+    restore_matching_weights(module, request.build_w_matrix, module.model.spec)
+    views = [ReferenceViews(images, cfg.img_size)] + [
+        QueryViews(images, augment, cfg.img_size, seed_for=lambda i, a=a: [seed, 1 + a, i])
+        for a in range(cfg.w_matrix_augmentations)
+    ]
+    device = resolve_device()
+    w = class_centroids(module.model, views, images.__len__(), cfg.batch_size, cfg.num_workers, device)
+    module.model.cpu()
+    module.head.load_centroids(w)
+    path = request.out_dir / "w_matrix.safetensors"
+    with atomic_path(path) as tmp:
+        save_file({"w": w}, str(tmp))
+    return path
+
+
+def run_drip(params: Params, request: DripRequest) -> dict:
+    """Train one drip step, evaluate it, log everything; returns the step's metrics."""
+    cfg = effective_config(params.drip, request.step)
+    out_dir, report_dir = request.out_dir, request.report_dir
+    if request.build_w_matrix and not Path(request.build_w_matrix).is_file():
+        raise FileNotFoundError(f"{request.build_w_matrix}: checkpoint for build_w_matrix not found")
+    key = fingerprint(params, cfg, request)
+    state_file = out_dir / "run.json"
+    state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+    last_ckpt = out_dir / "checkpoints" / "last.ckpt"
+    resuming = state.get("fingerprint") == key and last_ckpt.is_file()
+    if not resuming and out_dir.exists():
+        shutil.rmtree(out_dir)  # stale output of other settings: never mix it into this run
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    data = params.data
+    classes = select_classes([
+        ClassSource("facebook", Path(data.disc) / "training", request.step.n_facebook_samples),
+        ClassSource("imagenet", Path(data.imagenet), request.step.n_imagenet_samples),
+        ClassSource("frm_faces", Path(data.frm_faces), request.step.n_frm_face_samples),
+    ])
+    pl.seed_everything(params.seed, workers=True)
+    images = ClassImages(classes, cfg.aug_size, data.on_bad_image)
+    augment = QueryAugmenter(cfg.qry_augs_intensity, OverlayPool.from_paths(classes))
+    g = torch.Generator().manual_seed(params.seed)
+    val_ids = torch.randperm(len(classes), generator=g)[: min(cfg.val_classes, len(classes))].tolist()
+
+    spec = {"backbone": cfg.backbone, "embedding_dim": cfg.embedding_dim, "gem_p": cfg.gem_p, "img_size": cfg.img_size}
+    module = DripModule(
+        spec, len(classes), cfg.arcface_m, cfg.arcface_s, cfg.margin_warmup_epochs, cfg.lr, cfg.weight_decay,
+        cfg.plateau_factor, cfg.plateau_patience,
+        pretrained=None if (resuming or request.build_w_matrix) else (request.pretrained or cfg.pretrained),
+    )
+
+    with tracking.stage_run("drip", f"drip/{request.name}", params.tracking.experiment, params.tracking.uri,
+                            resume_run_id=state.get("mlflow_run_id"),
+                            tags={"embedlab.drip_step": request.name}) as run:
+        run_id = run.info.run_id
+        write_json_atomic(state_file, {"fingerprint": key, "mlflow_run_id": run_id})
+        tracking.log_params({
+            **{f"drip.{k}": v for k, v in flatten(cfg).items() if k != "schedule"},
+            "drip.step": request.name, "drip.n_classes": len(classes), "seed": params.seed,
+            "drip.build_w_matrix": str(request.build_w_matrix or ""),
+            "drip.start_weights": str(request.pretrained or cfg.pretrained or ""),
+            **{f"drip.{k}": v for k, v in dataclasses.asdict(request.step).items()},
+        })
+        before = None
+        if not resuming:
+            if request.build_w_matrix:
+                mlflow.log_artifact(str(build_w_matrix(module, request, images, augment, cfg, params.seed)), "w_matrix")
+            if cfg.evaluate and cfg.evaluate_before:
+                before = evaluate_descriptor_model(module.model, params, out_dir / "eval_before", prefix="before_")
+                write_json_atomic(out_dir / "eval_before.json", before)
+        elif (out_dir / "eval_before.json").is_file():
+            before = json.loads((out_dir / "eval_before.json").read_text())
+
+        trainer = pl.Trainer(
+            max_epochs=cfg.epochs, accelerator="auto", devices=1, precision=_precision(cfg.precision),
+            gradient_clip_val=cfg.grad_clip, default_root_dir=str(out_dir), plugins=[AtomicCheckpointIO()],
+            logger=MLFlowLogger(tracking_uri=mlflow.get_tracking_uri(), run_id=run_id),
+            callbacks=[
+                ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor="val_loss", save_last=True),
+                LearningRateMonitor(logging_interval="epoch"),
+                *([StopRule(cfg.stop_train_loss, cfg.stop_val_loss)] if cfg.stop_rule else []),
+            ],
+            limit_train_batches=cfg.limit_train_batches, log_every_n_steps=1, enable_model_summary=False,
+            num_sanity_val_steps=0,
+        )
+        trainer.fit(
+            module,
+            train_dataloaders=_loader(QueryViews(images, augment, cfg.img_size), cfg.batch_size, cfg.num_workers, True),
+            val_dataloaders=_loader(ValidationPairs(images, val_ids, augment, cfg.img_size, params.seed),
+                                    cfg.batch_size, cfg.num_workers, False),
+            ckpt_path=str(last_ckpt) if resuming else None,
+        )
+        summary = {
+            "step": request.name, "n_classes": len(classes), "epochs": trainer.current_epoch,
+            "train_loss": _metric(trainer, "train_loss_epoch"), "val_loss": _metric(trainer, "val_loss"),
+            **(before or {}),
+        }
+        model_path = export_descriptor_model(module.model, out_dir / "descriptor_model.safetensors")
+        if cfg.evaluate:
+            summary.update(evaluate_descriptor_model(module.model, params, out_dir / "eval"))
+        mlflow.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float)) and v is not None})
+        _write_reports(report_dir, out_dir, summary, run_id)
+        tracking.log_artifacts_if_present({
+            "checkpoints": out_dir / "checkpoints", "model": model_path.parent / "descriptor_model.json",
+            "descriptors": out_dir / "eval" / "descriptors", "eval": out_dir / "eval", "reports": report_dir,
+        })
+        mlflow.log_artifact(str(model_path), "model")
+    return summary
+
+
+def _metric(trainer: pl.Trainer, name: str) -> float | None:
+    value = trainer.callback_metrics.get(name)
+    return None if value is None else float(value)
+
+
+def _write_reports(report_dir: Path, out_dir: Path, summary: dict, run_id: str) -> None:
+    """DVC metrics/plots files: the summary, the PR curve and the loss history."""
+    report_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(report_dir / "metrics.json", summary)
+    for name in ("pr_curve.csv", "pr_curve.png"):
+        if (out_dir / "eval" / name).is_file():
+            with atomic_path(report_dir / name) as tmp:
+                shutil.copyfile(out_dir / "eval" / name, tmp)
+    history = _history(run_id)
+    with atomic_path(report_dir / "history.csv") as tmp:
+        tmp.write_text("epoch,train_loss,val_loss\n" + "".join(f"{e},{t},{v}\n" for e, t, v in history))
+
+
+def _history(run_id: str) -> list[tuple[int, float, float]]:
+    """Per-epoch losses from MLflow (complete across a resume, unlike in-memory state)."""
+    client = mlflow.tracking.MlflowClient()
+    train, val = ([m.value for m in sorted(client.get_metric_history(run_id, name), key=lambda m: m.step)]
+                  for name in ("train_loss_epoch", "val_loss"))
+    return [(epoch, t, v) for epoch, (t, v) in enumerate(itertools.zip_longest(train, val, fillvalue=float("nan")))]

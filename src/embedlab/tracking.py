@@ -1,0 +1,122 @@
+"""MLflow helpers: where to log, which run to log into, and standard tags.
+
+A stage started by ``mlflow run`` logs into the run MLflow opened
+(``MLFLOW_RUN_ID``), never a second one; a resumed stage re-opens its own
+earlier run; otherwise a new run is created. The default store is
+``sqlite:///<repo>/mlflow.db`` with artifacts in ``<repo>/mlruns``, resolved
+absolutely so that ``dvc exp run`` and ``mlflow run`` land in the same place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import mlflow
+import yaml
+from mlflow.tracking import MlflowClient
+
+
+def repo_root(start: Path | None = None) -> Path:
+    start = (start or Path.cwd()).resolve()
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel"], cwd=start, capture_output=True, text=True, check=True
+        )
+        return Path(out.stdout.strip())
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return start
+
+
+def tracking_uri(configured: str | None = None) -> str:
+    """$MLFLOW_TRACKING_URI, else params.yaml's tracking.uri, else the repo's sqlite file."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or configured
+    return uri or f"sqlite:///{repo_root() / 'mlflow.db'}"
+
+
+def git_commit(root: Path | None = None) -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root or repo_root(), capture_output=True, text=True, check=True)
+        return out.stdout.strip()
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return None
+
+
+def dvc_data_hash(root: Path | None = None) -> str | None:
+    """The md5 that data.dvc records for data/raw (None without DVC tracking)."""
+    dvc_file = (root or repo_root()) / "data.dvc"
+    if not dvc_file.is_file():
+        return None
+    outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs") or [{}]
+    return outs[0].get("md5")
+
+
+def ensure_experiment(name: str) -> str:
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    uri = mlflow.get_tracking_uri()
+    artifacts = None
+    if uri.startswith("sqlite:"):  # keep artifacts beside the database, not in the cwd
+        artifacts = (repo_root() / "mlruns").resolve().as_uri()
+    return client.create_experiment(name, artifact_location=artifacts)
+
+
+def run_is_usable(run_id: str | None) -> bool:
+    if not run_id:
+        return False
+    try:
+        return MlflowClient().get_run(run_id).info.lifecycle_stage == "active"
+    except mlflow.exceptions.MlflowException:
+        return False
+
+
+@contextlib.contextmanager
+def stage_run(
+    stage: str,
+    run_name: str,
+    experiment: str,
+    uri: str | None = None,
+    resume_run_id: str | None = None,
+    tags: Mapping[str, Any] | None = None,
+) -> Iterator[mlflow.ActiveRun]:
+    """Open the MLflow run this stage logs into (see module docstring)."""
+    mlflow.set_tracking_uri(tracking_uri(uri))
+    outer = os.environ.get("MLFLOW_RUN_ID")
+    if outer:
+        run = mlflow.start_run(run_id=outer)
+    elif run_is_usable(resume_run_id):
+        run = mlflow.start_run(run_id=resume_run_id)
+    else:
+        run = mlflow.start_run(experiment_id=ensure_experiment(experiment), run_name=run_name)
+    root = repo_root()
+    standard = {
+        "embedlab.stage": stage,
+        "mlflow.source.git.commit": git_commit(root),
+        "dvc.data_hash": dvc_data_hash(root),
+    }
+    mlflow.set_tags({k: v for k, v in {**standard, **(tags or {})}.items() if v is not None})
+    with run:
+        yield run
+
+
+def log_params(params: Mapping[str, Any]) -> None:
+    """Log params, skipping values MLflow already holds (a resumed run)."""
+    existing = mlflow.get_run(mlflow.active_run().info.run_id).data.params
+    fresh = {k: ("" if v is None else v) for k, v in params.items() if k not in existing}
+    if fresh:
+        mlflow.log_params(fresh)
+
+
+def log_artifacts_if_present(paths: Mapping[str, Path]) -> None:
+    """Log each existing file or folder under the given artifact path."""
+    for artifact_path, path in paths.items():
+        path = Path(path)
+        if path.is_dir():
+            mlflow.log_artifacts(str(path), artifact_path)
+        elif path.is_file():
+            mlflow.log_artifact(str(path), artifact_path)
