@@ -80,6 +80,10 @@ class DripConfig:
     stop_train_loss: float = 2.0
     stop_val_loss: float = 1.0
     w_matrix_augmentations: int = 4
+    # The head of a step without a parent checkpoint: "centroids" of the starting
+    # model's embeddings (as build_w_matrix does), or "random" (the original's first step).
+    w_init: str = "centroids"
+    channels_last: bool = True  # faster convolutions on CPU and GPU alike
     num_workers: int = 0
     precision: str = "auto"  # auto: bf16-mixed on GPU, 32 on CPU
     limit_train_batches: int | None = None
@@ -88,11 +92,27 @@ class DripConfig:
     schedule: dict[str, DripStep] = dataclasses.field(default_factory=dict)
 
 
+    def __post_init__(self) -> None:
+        _check_choice("drip.w_init", self.w_init, ("centroids", "random"))
+        _check_choice("drip.precision", self.precision, ("auto", "32-true", "bf16-mixed", "16-mixed"))
+        if not 0.0 <= float(self.qry_augs_intensity) <= 1.0:
+            raise ConfigError(f"drip.qry_augs_intensity must be in [0, 1], got {self.qry_augs_intensity}")
+
+
+def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name}: {value!r} is not one of {list(allowed)}")
+
+
 @dataclasses.dataclass
 class EmbedConfig:
     batch_size: int = 64
     num_workers: int = 0
     on_bad_image: str = "fail"  # fail | skip
+    channels_last: bool = True
+
+    def __post_init__(self) -> None:
+        _check_choice("embed.on_bad_image", self.on_bad_image, ("fail", "skip"))
 
 
 @dataclasses.dataclass
@@ -113,6 +133,9 @@ class DataConfig:
     imagenet: str = "data/raw/imagenet"
     frm_faces: str = "data/raw/frm_faces"
     on_bad_image: str = "fail"  # fail | skip
+
+    def __post_init__(self) -> None:
+        _check_choice("data.on_bad_image", self.on_bad_image, ("fail", "skip"))
 
 
 @dataclasses.dataclass

@@ -63,7 +63,7 @@ def list_images(folder: str | os.PathLike, recursive: bool = False, allow_empty:
     candidates = folder.rglob("*") if recursive else folder.iterdir()
     # Skip files inside hidden folders too when recursing.
     images = [
-        p for p in candidates if is_image_file(p) and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        p for p in candidates if is_image_file(p) and not any(s.startswith(".") for s in p.relative_to(folder).parts)
     ]
     if not images and not allow_empty:
         raise FileNotFoundError(f"image folder {folder} holds no images (looked for {', '.join(IMAGE_SUFFIXES)})")

@@ -40,10 +40,10 @@ def color_jitter(
         rng.uniform(-hue, hue),
     ]
     ops = [
-        lambda a, f: fpixel.adjust_brightness_torchvision(a, np.float32(f)),
-        fpixel.adjust_contrast_torchvision,
-        fpixel.adjust_saturation_torchvision,
-        fpixel.adjust_hue_torchvision,
+        lambda a, f: fpixel().adjust_brightness_torchvision(a, np.float32(f)),
+        fpixel().adjust_contrast_torchvision,
+        fpixel().adjust_saturation_torchvision,
+        fpixel().adjust_hue_torchvision,
     ]
     for i in rng.permutation(4):
         arr = ops[i](arr, float(factors[i]))
@@ -80,7 +80,7 @@ def channel_invert(img: Image.Image, rng: np.random.Generator, ctx: AugContext) 
 def channel_swap(img: Image.Image, rng: np.random.Generator, ctx: AugContext) -> Image.Image:
     """Permute the channels (never the identity)."""
     perms = [[0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]]
-    return _rgb(fpixel.channel_shuffle(np.asarray(img), perms[int(rng.integers(len(perms)))]))
+    return _rgb(fpixel().channel_shuffle(np.asarray(img), perms[int(rng.integers(len(perms)))]))
 
 
 @register("channel_shift")

@@ -21,8 +21,8 @@ def blur(
     s = draw(rng, sigma) * side(img)
     if s < 0.1:  # a kernel this narrow is the identity
         return img.copy()
-    kernel = fblur.create_gaussian_kernel_1d(s)
-    return Image.fromarray(fpixel.separable_convolve(np.asarray(img), kernel), "RGB")
+    kernel = fblur().create_gaussian_kernel_1d(s)
+    return Image.fromarray(fpixel().separable_convolve(np.asarray(img), kernel), "RGB")
 
 
 @register("sharpen")
@@ -41,7 +41,7 @@ def sharpen(
     effect = np.full((3, 3), -1.0, np.float32)
     effect[1, 1] = 8.0 + light
     kernel = (1.0 - a) * identity + a * effect
-    return Image.fromarray(fpixel.convolve(np.asarray(img), kernel), "RGB")
+    return Image.fromarray(fpixel().convolve(np.asarray(img), kernel), "RGB")
 
 
 @register("jpeg")

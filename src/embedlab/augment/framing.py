@@ -11,7 +11,9 @@ from embedlab.augment.graphics import random_text
 from embedlab.augment.registry import Magnitude, draw, random_color, register, side
 
 
-def _fit_font(ctx: AugContext, rng: np.random.Generator, text: str, height: float, width: float) -> ImageFont.FreeTypeFont:
+def _fit_font(
+    ctx: AugContext, rng: np.random.Generator, text: str, height: float, width: float
+) -> ImageFont.FreeTypeFont:
     """A random font ``height`` px high, shrunk once so ``text`` fits ``width``."""
     font = ctx.fonts.font(rng, height)
     length = font.getlength(text)

@@ -92,8 +92,9 @@ def rotate(
     rw, rh = _max_valid_rect(w, h, math.radians(a))
     rw, rh = max(1.0, min(rw, big.width)), max(1.0, min(rh, big.height))
     cx, cy = big.width / 2, big.height / 2
-    # One pixel of margin: bilinear edges are partly black.
-    box = (cx - rw / 2 + 1, cy - rh / 2 + 1, cx + rw / 2 - 1, cy + rh / 2 - 1)
+    # One pixel of margin: bilinear edges are partly black (quarter turns are exact).
+    m = 0 if a % 90 == 0 else 1
+    box = (cx - rw / 2 + m, cy - rh / 2 + m, cx + rw / 2 - m, cy + rh / 2 - m)
     if box[2] <= box[0] or box[3] <= box[1]:
         box = (0, 0, big.width, big.height)
     return big.resize((w, h), Image.BILINEAR, box=box)

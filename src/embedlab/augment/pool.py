@@ -66,7 +66,12 @@ class OverlayPool:
             _shrink(s, max_side) if isinstance(s, Image.Image) else s for s in self._sources
         ]
         self._cache: OrderedDict[int, Image.Image] = OrderedDict()
-        self.n_failed = 0
+        self._broken: set[int] = set()  # unreadable files are not retried
+
+    @property
+    def n_failed(self) -> int:
+        """How many source files could not be read."""
+        return len(self._broken)
 
     @classmethod
     def from_paths(cls, paths: Sequence[str | os.PathLike], **kwargs: Any) -> OverlayPool:
@@ -91,6 +96,8 @@ class OverlayPool:
         src = self._sources[index]
         if isinstance(src, Image.Image):
             return src
+        if index in self._broken:
+            return None
         if index in self._cache:
             self._cache.move_to_end(index)
             return self._cache[index]
@@ -98,9 +105,9 @@ class OverlayPool:
             with Image.open(src) as raw:
                 raw.draft("RGB", (self.max_side, self.max_side))  # JPEG: decode at reduced scale
                 img = _shrink(raw, self.max_side)
-        except (OSError, ValueError) as exc:
-            self.n_failed += 1
-            if self.n_failed <= 5:
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            self._broken.add(index)
+            if len(self._broken) <= 5:
                 log.warning("overlay pool: cannot read %s (%s); using a synthetic image", src, exc)
             return None
         if self.cache_size:

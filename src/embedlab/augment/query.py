@@ -4,7 +4,8 @@
 fires independently with its probability. Probabilities follow the ISC 2021
 drip-training code (REFERENCE.md §1); magnitudes are ours and grow with I
 (lengths are fractions of the shorter side; ranges are drawn uniformly).
-JPEG deliberately differs from the original, whose quality I·U(10, 50) got
+"blur/sharpen" and "overlay image / onto another image" are two rows each,
+each at 0.1·I. JPEG deliberately differs from the original, whose quality I·U(10, 50) got
 *worse* as I fell: here quality drops from U(60, 95) at I=0 to U(10, 50) at I=1.
 """
 
@@ -17,6 +18,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 import numpy as np
 from PIL import Image
 
+from embedlab.augment._albu import fblur, fpixel
 from embedlab.augment.catalogue import get_transform
 from embedlab.augment.context import AugContext
 from embedlab.augment.fonts import FontBank
@@ -51,7 +53,8 @@ QUERY_TABLE: tuple[Row, ...] = (
     ("text",               lambda i: 0.10 * i,  lambda i: {"size": (0.06, 0.08 + 0.17 * i),
                                                             "n_chars": (3, 4 + 16 * i), "opacity": (0.5, 1.0)}),
     ("meme",               lambda i: 0.10 * i,  lambda i: {"caption": (0.1 + 0.05 * i, 0.15 + 0.25 * i)}),
-    ("screenshot",         lambda i: 0.05 * i,  lambda i: {"bar": (0.08, 0.1 + 0.1 * i), "border": (0.0, 0.01 + 0.06 * i)}),
+    ("screenshot",         lambda i: 0.05 * i,  lambda i: {"bar": (0.08, 0.1 + 0.1 * i),
+                                                            "border": (0.0, 0.01 + 0.06 * i)}),
     ("blur",               lambda i: 0.10 * i,  lambda i: {"sigma": (0.002, 0.002 + 0.01 * i)}),
     ("sharpen",            lambda i: 0.10 * i,  lambda i: {"alpha": (0.1, 0.2 + 0.6 * i)}),
     ("pixelization",       lambda i: 0.10 * i,  lambda i: {"ratio": (1 - 0.85 * i, 1 - 0.4 * i)}),
@@ -92,8 +95,9 @@ def _fmt(value: Any) -> str:
 
 def format_query_table(intensity: float) -> str:
     """The policy as a Markdown table (for docs and run artifacts)."""
-    lines = [f"| op (I={intensity:g}) | p | magnitudes |", "|---|---|---|"]
-    for name, p, kw in query_augmentation_table(intensity):
+    rows = query_augmentation_table(intensity)
+    lines = [f"| op (I={float(intensity):g}) | p | magnitudes |", "|---|---|---|"]
+    for name, p, kw in rows:
         mags = ", ".join(f"{k}={_fmt(v)}" for k, v in kw.items()) or "-"
         lines.append(f"| {name} | {p:.3f} | {mags} |")
     return "\n".join(lines)
@@ -116,8 +120,12 @@ class QueryAugmenter:
         self.table = query_augmentation_table(self.intensity)
         bank = fonts if isinstance(fonts, FontBank) else FontBank(fonts)
         self.ctx = AugContext(pool=pool, fonts=bank)
+        # Import albumentations now, in the parent, so forked DataLoader workers inherit it.
+        fpixel(), fblur()
         # Rows that can never fire are dropped once, not re-tested per image.
-        self._steps = [(get_transform(r.name), r.name, r.probability, r.kwargs) for r in self.table if r.probability > 0]
+        self._steps = [
+            (get_transform(r.name), r.name, r.probability, r.kwargs) for r in self.table if r.probability > 0
+        ]
 
     @classmethod
     def from_paths(

@@ -50,7 +50,16 @@ class DescriptorModel(nn.Module):
             load_backbone_weights(self.body, pretrained)
         self.pool = GeM(spec.gem_p)
         self.proj = nn.Linear(self.body.num_features, spec.embedding_dim, bias=False)
+        self.channels_last = False
+
+    def use_channels_last(self, enabled: bool = True) -> "DescriptorModel":
+        """NHWC convolutions: about 1.5-2x faster on CPU (oneDNN) and on tensor cores."""
+        self.channels_last = enabled
+        self.body.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
+        return self
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         features = self.pool(self.body(images))
         return F.normalize(self.proj(features.to(self.proj.weight.dtype)).float(), dim=-1)

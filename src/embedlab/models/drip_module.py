@@ -30,11 +30,12 @@ class DripModule(pl.LightningModule):
         plateau_factor: float = 0.9,
         plateau_patience: int = 2,
         pretrained: str | None = None,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         # Plain types only: checkpoints must load with torch.load(weights_only=True).
-        self.save_hyperparameters(ignore=["pretrained"])
-        self.model = DescriptorModel(DescriptorSpec(**spec), pretrained=pretrained)
+        self.save_hyperparameters(ignore=["pretrained", "channels_last"])
+        self.model = DescriptorModel(DescriptorSpec(**spec), pretrained=pretrained).use_channels_last(channels_last)
         self.head = ArcFaceHead(self.model.spec.embedding_dim, n_classes, m=arcface_m, s=arcface_s)
 
     def margin(self) -> float:

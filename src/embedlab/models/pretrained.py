@@ -29,8 +29,9 @@ class PretrainedWeightsError(ValueError):
     """A weights file that cannot be loaded into the backbone."""
 
 
-def resolve_weights_path(spec: str) -> Path:
+def resolve_weights_path(spec: str | Path) -> Path:
     """Turn ``pkg:<package>/<relative path>`` or a plain path into an existing file."""
+    spec = str(spec)
     if spec.startswith("pkg:"):
         package, _, relative = spec[4:].partition("/")
         found = importlib.util.find_spec(package)
@@ -62,7 +63,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_backbone_weights(body: nn.Module, spec: str) -> None:
+def load_backbone_weights(body: nn.Module, spec: str | Path) -> None:
     """Load the weights named by ``spec`` into ``body`` (by name, else by position)."""
     path = resolve_weights_path(spec)
     source = {k: v for k, v in read_state_dict(path).items() if not k.startswith(_CLASSIFIER_PREFIXES)}

@@ -33,7 +33,7 @@ from pytorch_lightning.loggers import MLFlowLogger
 from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 
-from embedlab.atomic import atomic_path, write_json_atomic
+from embedlab.atomic import atomic_path, write_json_atomic, write_text_atomic
 from embedlab.augment import OverlayPool, QueryAugmenter
 from embedlab.config import DripConfig, DripStep, Params, flatten
 from embedlab.data.drip import (
@@ -67,6 +67,7 @@ class DripRequest:
     pretrained: Path | str | None = None  # None: drip.pretrained
     models_root: Path = Path("models/drip")
     reports_root: Path = Path("reports/drip")
+    plots_root: Path = Path("reports/plots")
 
     @property
     def out_dir(self) -> Path:
@@ -129,15 +130,13 @@ def _loader(dataset, batch_size: int, num_workers: int, shuffle: bool) -> DataLo
     )
 
 
-def build_w_matrix(module: DripModule, request: DripRequest, images: ClassImages, augment, cfg: DripConfig, seed: int) -> Path:
-    """Restore the previous step's weights, set W to class centroids, save W beside the run."""
-    restore_matching_weights(module, request.build_w_matrix, module.model.spec)
+def init_w_matrix(module: DripModule, request: DripRequest, images: ClassImages, augment, cfg: DripConfig, seed: int) -> Path:
+    """Set the ArcFace kernel to class centroids of the current model; save W beside the run."""
     views = [ReferenceViews(images, cfg.img_size)] + [
         QueryViews(images, augment, cfg.img_size, seed_for=lambda i, a=a: [seed, 1 + a, i])
         for a in range(cfg.w_matrix_augmentations)
     ]
-    device = resolve_device()
-    w = class_centroids(module.model, views, images.__len__(), cfg.batch_size, cfg.num_workers, device)
+    w = class_centroids(module.model, views, len(images), cfg.batch_size, cfg.num_workers, resolve_device())
     module.model.cpu()
     module.head.load_centroids(w)
     path = request.out_dir / "w_matrix.safetensors"
@@ -178,6 +177,7 @@ def run_drip(params: Params, request: DripRequest) -> dict:
         spec, len(classes), cfg.arcface_m, cfg.arcface_s, cfg.margin_warmup_epochs, cfg.lr, cfg.weight_decay,
         cfg.plateau_factor, cfg.plateau_patience,
         pretrained=None if (resuming or request.build_w_matrix) else (request.pretrained or cfg.pretrained),
+        channels_last=cfg.channels_last,
     )
 
     with tracking.stage_run("drip", f"drip/{request.name}", params.tracking.experiment, params.tracking.uri,
@@ -195,7 +195,9 @@ def run_drip(params: Params, request: DripRequest) -> dict:
         before = None
         if not resuming:
             if request.build_w_matrix:
-                mlflow.log_artifact(str(build_w_matrix(module, request, images, augment, cfg, params.seed)), "w_matrix")
+                restore_matching_weights(module, request.build_w_matrix, module.model.spec)
+            if request.build_w_matrix or cfg.w_init == "centroids":
+                mlflow.log_artifact(str(init_w_matrix(module, request, images, augment, cfg, params.seed)), "w_matrix")
             if cfg.evaluate and cfg.evaluate_before:
                 before = evaluate_descriptor_model(module.model, params, out_dir / "eval_before", prefix="before_")
                 write_json_atomic(out_dir / "eval_before.json", before)
@@ -229,8 +231,10 @@ def run_drip(params: Params, request: DripRequest) -> dict:
         model_path = export_descriptor_model(module.model, out_dir / "descriptor_model.safetensors")
         if cfg.evaluate:
             summary.update(evaluate_descriptor_model(module.model, params, out_dir / "eval"))
-        mlflow.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float)) and v is not None})
-        _write_reports(report_dir, out_dir, summary, run_id)
+        # val_loss already has its per-epoch history; a final copy would read as one more epoch.
+        mlflow.log_metrics({k: v for k, v in summary.items()
+                            if isinstance(v, (int, float)) and v is not None and k != "val_loss"})
+        _write_reports(request, summary, run_id)
         tracking.log_artifacts_if_present({
             "checkpoints": out_dir / "checkpoints", "model": model_path.parent / "descriptor_model.json",
             "descriptors": out_dir / "eval" / "descriptors", "eval": out_dir / "eval", "reports": report_dir,
@@ -244,17 +248,23 @@ def _metric(trainer: pl.Trainer, name: str) -> float | None:
     return None if value is None else float(value)
 
 
-def _write_reports(report_dir: Path, out_dir: Path, summary: dict, run_id: str) -> None:
-    """DVC metrics/plots files: the summary, the PR curve and the loss history."""
+def _write_reports(request: DripRequest, summary: dict, run_id: str) -> None:
+    """DVC metrics and plots files: the summary, the loss history and the PR curve.
+
+    Plot data goes to one folder per plot kind (``reports/plots/<kind>/<step>.csv``)
+    so that dvc.yaml's top-level plots can draw every step in one chart.
+    """
+    out_dir, report_dir = request.out_dir, request.report_dir
     report_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(report_dir / "metrics.json", summary)
-    for name in ("pr_curve.csv", "pr_curve.png"):
-        if (out_dir / "eval" / name).is_file():
-            with atomic_path(report_dir / name) as tmp:
-                shutil.copyfile(out_dir / "eval" / name, tmp)
-    history = _history(run_id)
-    with atomic_path(report_dir / "history.csv") as tmp:
-        tmp.write_text("epoch,train_loss,val_loss\n" + "".join(f"{e},{t},{v}\n" for e, t, v in history))
+    if (out_dir / "eval" / "pr_curve.png").is_file():
+        with atomic_path(report_dir / "pr_curve.png") as tmp:
+            shutil.copyfile(out_dir / "eval" / "pr_curve.png", tmp)
+    if (out_dir / "eval" / "pr_curve.csv").is_file():
+        with atomic_path(request.plots_root / "pr_curve" / f"{request.name}.csv") as tmp:
+            shutil.copyfile(out_dir / "eval" / "pr_curve.csv", tmp)
+    rows = "".join(f"{e},{t},{v}\n" for e, t, v in _history(run_id))
+    write_text_atomic(request.plots_root / "history" / f"{request.name}.csv", "epoch,train_loss,val_loss\n" + rows)
 
 
 def _history(run_id: str) -> list[tuple[int, float, float]]:

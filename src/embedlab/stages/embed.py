@@ -108,9 +108,10 @@ def embed_folder(
     num_workers: int = 0,
     on_bad_image: str = "fail",
     device: str = "auto",
+    channels_last: bool = True,
 ) -> dict:
     """Embed every image of ``images`` with ``checkpoint`` and write ``out`` (h5)."""
-    model = load_descriptor_model(checkpoint)
+    model = load_descriptor_model(checkpoint).use_channels_last(channels_last)
     result = embed_paths(model, list_images(images), img_size, batch_size, num_workers, on_bad_image, device)
     write_descriptors(out, result.names, result.vectors)
     for path in result.skipped:

@@ -1,0 +1,78 @@
+"""Shared fixtures: a tiny demo data set and a tiny project configuration.
+
+The tiny configuration (timm's ``test_resnet`` at 48 px, a 32-d embedding,
+a few dozen classes) runs the real stages end to end in seconds on 2 cores.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from embedlab.config import DemoDataConfig
+from embedlab.data.demo import build_demo_data
+
+PROJECT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+TINY_DEMO = DemoDataConfig(seed=1, n_training=32, n_reference=24, n_matched_queries=12, n_distractor_queries=6,
+                           n_imagenet=8, n_frm_faces=0, image_size=64, jpeg_quality=90)
+
+
+def tiny_params(data_root: str = "data/raw") -> dict:
+    """A small but complete params.yaml: every stage of the real pipeline, at toy size."""
+    params = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    params["data"].update(raw=data_root, disc=f"{data_root}/disc", imagenet=f"{data_root}/imagenet",
+                          frm_faces=f"{data_root}/frm_faces")
+    params["drip"].update(
+        backbone="test_resnet", pretrained=None, img_size=48, aug_size=64, embedding_dim=32, epochs=2,
+        batch_size=8, val_classes=8,
+        schedule={"s1": {"n_facebook_samples": 16, "init_from": "pretrained"},
+                  "s2": {"n_facebook_samples": 32, "n_imagenet_samples": 8, "init_from": "s1"}},
+    )
+    params["embed"].update(batch_size=32)
+    return params
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory) -> Path:
+    """A tiny DISC-layout data set built from the packaged photos (read-only: copy before changing)."""
+    root = tmp_path_factory.mktemp("tiny_demo")
+    build_demo_data(root, TINY_DEMO, progress=False)
+    return root
+
+
+@pytest.fixture
+def tiny_project(tmp_path: Path, tiny_demo: Path, monkeypatch) -> Path:
+    """A working directory with the tiny params.yaml, the demo data under data/raw and its own MLflow store."""
+    shutil.copytree(tiny_demo, tmp_path / "data" / "raw")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params()))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    return tmp_path
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """Environment for subprocesses: this venv's tools first on PATH."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_RUN")}
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.update(extra)
+    return env
+
+
+def run(cmd: list[str], cwd: Path, timeout: float = 600, **extra_env: str) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, cwd=cwd, env=cli_env(**extra_env), capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result

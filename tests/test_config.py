@@ -1,0 +1,67 @@
+"""params.yaml reading, overrides and profiles."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from embedlab.config import ConfigError, DripStep, apply_overrides, load_params, use_profile
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def test_project_params_load_with_a_three_step_schedule():
+    params = load_params(PROJECT / "params.yaml")
+    assert list(params.drip.schedule) == ["s1", "s2", "s3"]
+    assert isinstance(params.drip.schedule["s2"], DripStep)
+    assert params.drip.schedule["s2"].init_from == "s1"
+
+
+def test_unknown_parameter_is_an_error_naming_file_and_key(tmp_path):
+    raw = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    raw["drip"]["lerning_rate"] = 0.1
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=r"params.yaml.*drip.*lerning_rate"):
+        load_params(path)
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("qry_augs_intensity", 1.5, "qry_augs_intensity"),
+    ("w_init", "zeros", "w_init"),
+    ("precision", "fp8", "precision"),
+])
+def test_invalid_values_are_rejected(key, value, message):
+    params = load_params(PROJECT / "params.yaml")
+    with pytest.raises(ConfigError, match=message):
+        apply_overrides(params.drip, {key: value})
+
+
+def test_overrides_skip_none_and_keep_the_rest():
+    params = load_params(PROJECT / "params.yaml")
+    cfg = apply_overrides(params.drip, {"batch_size": 7, "lr": None})
+    assert cfg.batch_size == 7 and cfg.lr == params.drip.lr
+    assert cfg.schedule == params.drip.schedule
+
+
+def test_use_profile_full_replaces_the_schedule_and_keeps_comments(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text((PROJECT / "params.yaml").read_text())
+    use_profile(path, "full")
+    params = load_params(path)
+    assert params.profile == "full"
+    assert params.drip.backbone == "eca_nfnet_l1" and params.drip.img_size == 160
+    assert list(params.drip.schedule)[0] == "s50k" and "s1" not in params.drip.schedule
+    assert params.drip.schedule["s500k"].qry_augs_intensity == 0.60
+    assert params.demo_data.n_training == 240  # sections the profile leaves alone stay
+    assert "# The one source of parameters" in path.read_text()
+
+
+def test_use_profile_unknown_name(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text((PROJECT / "params.yaml").read_text())
+    with pytest.raises(ConfigError, match="unknown profile 'huge'"):
+        use_profile(path, "huge")
+    assert path.read_text() == (PROJECT / "params.yaml").read_text()

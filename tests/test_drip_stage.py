@@ -1,0 +1,127 @@
+"""The drip stage end to end on the tiny configuration: outputs, MLflow run, chaining, resume."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from safetensors.torch import load_file
+
+from embedlab.config import load_params
+from embedlab.stages.drip import plan_scheduled_step, run_drip
+from embedlab.stages.init_weights import write_initial_weights
+
+from conftest import cli_env, run
+
+pytestmark = pytest.mark.slow
+
+
+def _client(project: Path) -> MlflowClient:
+    return MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+
+
+def test_two_scheduled_steps_write_outputs_log_runs_and_chain(tiny_project: Path):
+    params = load_params("params.yaml")
+    write_initial_weights(params)
+    first = run_drip(params, plan_scheduled_step(params, "s1"))
+    second_request = plan_scheduled_step(params, "s2")
+    assert second_request.build_w_matrix == Path("models/drip/s1/checkpoints/last.ckpt")
+    second = run_drip(params, second_request)
+
+    for summary, classes in ((first, 16), (second, 40)):
+        assert summary["n_classes"] == classes and summary["epochs"] == 2
+        assert 0.0 <= summary["uAP"] <= 1.0 and 0.0 <= summary["before_uAP"] <= 1.0
+    out = Path("models/drip/s2")
+    for name in ("checkpoints/last.ckpt", "checkpoints/best.ckpt", "w_matrix.safetensors",
+                 "descriptor_model.safetensors", "eval/predictions.csv", "eval/descriptors/query.h5"):
+        assert (out / name).is_file(), name
+    report = json.loads(Path("reports/drip/s2/metrics.json").read_text())
+    assert report["uAP"] == pytest.approx(second["uAP"])
+    history = Path("reports/plots/history/s2.csv").read_text().splitlines()
+    assert history[0] == "epoch,train_loss,val_loss" and len(history) == 3
+    assert Path("reports/plots/pr_curve/s2.csv").read_text().startswith("precision,recall")
+    assert Path("reports/drip/s2/pr_curve.png").read_bytes()[:4] == b"\x89PNG"
+
+    # The W matrix of s2 has one centroid per class of s2, unit columns.
+    w = load_file(str(out / "w_matrix.safetensors"))["w"]
+    assert w.shape == (32, 40)
+    assert torch.allclose(w.norm(dim=0), torch.ones(40), atol=1e-4)
+
+    client = _client(tiny_project)
+    runs = client.search_runs([client.get_experiment_by_name("embedlab").experiment_id])
+    by_step = {r.data.tags["embedlab.drip_step"]: r for r in runs}
+    assert set(by_step) == {"s1", "s2"}
+    run2 = by_step["s2"]
+    assert run2.data.params["drip.n_classes"] == "40"
+    assert run2.data.params["drip.build_w_matrix"].endswith("s1/checkpoints/last.ckpt")
+    assert run2.data.metrics["uAP"] == pytest.approx(second["uAP"])
+    assert run2.data.tags["embedlab.stage"] == "drip"
+    assert len(client.get_metric_history(run2.info.run_id, "val_loss")) == 2
+    artifacts = {a.path for a in client.list_artifacts(run2.info.run_id)}
+    assert {"checkpoints", "w_matrix", "model", "descriptors", "reports"} <= artifacts
+    assert {a.path for a in client.list_artifacts(run2.info.run_id, "checkpoints")} >= {"checkpoints/last.ckpt"}
+
+
+def test_build_w_matrix_from_another_backbone_fails_before_training(tiny_project: Path):
+    params = load_params("params.yaml")
+    bad = tiny_project / "bad.ckpt"
+    bad.write_bytes(b"\x00" * 10)
+    result = subprocess.run(
+        ["embedlab", "drip", "--n-facebook-samples", "8", "--build-w-matrix", str(bad), "--epochs", "1"],
+        cwd=tiny_project, env=cli_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 2
+    assert "bad.ckpt" in result.stderr and "Traceback" not in result.stderr
+
+
+def _epochs_in_checkpoint(path: Path) -> int:
+    """Completed epochs: last.ckpt is written at the end of the epoch whose index it holds."""
+    return torch.load(path, map_location="cpu", weights_only=True)["epoch"] + 1
+
+
+def test_killed_step_resumes_into_the_same_run_and_finishes_its_epochs(tiny_project: Path):
+    cmd = ["embedlab", "drip", "--n-facebook-samples", "32", "--batch-size", "2", "--epochs", "6", "--name", "k"]
+    last = tiny_project / "models/drip/k/checkpoints/last.ckpt"
+    proc = subprocess.Popen(cmd, cwd=tiny_project, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while not last.is_file() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert last.is_file(), "no checkpoint after the first epoch"
+        time.sleep(0.2)  # into the second epoch
+        assert proc.poll() is None, "the step finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    epochs_before = _epochs_in_checkpoint(last)
+    assert epochs_before < 6
+    run_id = json.loads((tiny_project / "models/drip/k/run.json").read_text())["mlflow_run_id"]
+
+    run(cmd, tiny_project)
+
+    assert _epochs_in_checkpoint(last) == 6
+    client = _client(tiny_project)
+    runs = client.search_runs([client.get_experiment_by_name("embedlab").experiment_id])
+    assert [r.info.run_id for r in runs] == [run_id]
+    assert runs[0].info.status == "FINISHED"
+    summary = json.loads((tiny_project / "reports/drip/k/metrics.json").read_text())
+    assert summary["epochs"] == 6
+    assert len(client.get_metric_history(run_id, "val_loss")) == 6
+
+
+def test_changed_settings_start_afresh_instead_of_resuming(tiny_project: Path):
+    base = ["embedlab", "drip", "--n-facebook-samples", "8", "--epochs", "1", "--name", "x"]
+    run(base, tiny_project)
+    first_run = json.loads((tiny_project / "models/drip/x/run.json").read_text())["mlflow_run_id"]
+    run(base[:-2] + ["--name", "x", "--qry-augs-intensity", "0.9"], tiny_project)
+    second_run = json.loads((tiny_project / "models/drip/x/run.json").read_text())["mlflow_run_id"]
+    assert first_run != second_run
