@@ -56,7 +56,8 @@ def test_two_scheduled_steps_write_outputs_log_runs_and_chain(tiny_project: Path
 
     client = _client(tiny_project)
     runs = client.search_runs([client.get_experiment_by_name("embedlab").experiment_id])
-    by_step = {r.data.tags["embedlab.drip_step"]: r for r in runs}
+    assert {r.data.tags["embedlab.stage"] for r in runs} == {"drip_init", "drip"}
+    by_step = {r.data.tags["embedlab.drip_step"]: r for r in runs if r.data.tags["embedlab.stage"] == "drip"}
     assert set(by_step) == {"s1", "s2"}
     run2 = by_step["s2"]
     assert run2.data.params["drip.n_classes"] == "40"

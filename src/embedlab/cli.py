@@ -153,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         # Input problems (every such error names its file): one clear line, no traceback.
+        if args.verbose:
+            raise
         print(f"embedlab {args.command}: error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -23,11 +23,14 @@ def evaluate_descriptor_model(model: DescriptorModel, params: Params, out_dir: P
     """Embed DISC query + reference into ``out_dir/descriptors`` and evaluate into ``out_dir``."""
     layout = DiscLayout(Path(params.data.disc))
     layout.validate()
-    files = {}
+    files, ids, skipped = {}, {}, 0
     for subset, folder in (("query", layout.query_dir), ("reference", layout.reference_dir)):
-        result = embed_paths(model, list_images(folder), batch_size=params.embed.batch_size,
+        paths = list_images(folder)
+        result = embed_paths(model, paths, batch_size=params.embed.batch_size,
                              num_workers=params.embed.num_workers, on_bad_image=params.embed.on_bad_image)
-        files[subset] = out_dir / "descriptors" / f"{subset}.h5"
+        files[subset], ids[subset] = out_dir / "descriptors" / f"{subset}.h5", [p.stem for p in paths]
+        skipped += len(result.skipped)
         write_descriptors(files[subset], result.names, result.vectors)
-    metrics = evaluate_disc(files["query"], files["reference"], layout.ground_truth_csv, out_dir, k=params.evaluate.k)
-    return {f"{prefix}{k}": metrics[k] for k in HEADLINE}
+    metrics = evaluate_disc(files["query"], files["reference"], layout.ground_truth_csv, out_dir, k=params.evaluate.k,
+                            all_query_ids=ids["query"], all_reference_ids=ids["reference"])
+    return {**{f"{prefix}{k}": metrics[k] for k in HEADLINE}, f"{prefix}skipped_images": skipped}

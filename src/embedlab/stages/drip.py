@@ -209,7 +209,10 @@ def run_drip(params: Params, request: DripRequest) -> dict:
             gradient_clip_val=cfg.grad_clip, default_root_dir=str(out_dir), plugins=[AtomicCheckpointIO()],
             logger=MLFlowLogger(tracking_uri=mlflow.get_tracking_uri(), run_id=run_id),
             callbacks=[
-                ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor="val_loss", save_last=True),
+                # Two callbacks: Lightning 2.6 writes save_last only when the monitored
+                # checkpoint improved, but the next step and a resume need the latest weights.
+                ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor="val_loss"),
+                ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="last"),
                 LearningRateMonitor(logging_interval="epoch"),
                 *([StopRule(cfg.stop_train_loss, cfg.stop_val_loss)] if cfg.stop_rule else []),
             ],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -76,12 +76,17 @@ def evaluate_disc(
     query_subset: str | None = None,
     reference_subset: str | None = None,
     device: str = "auto",
+    all_query_ids: Sequence[str] | None = None,
+    all_reference_ids: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Search every query among the references, score against the ground truth.
 
     Writes ``predictions.csv``, ``metrics.json``, ``pr_curve.csv`` and
     ``pr_curve.png`` into ``out_dir`` (each atomically) and returns the
     metrics. ``recall_at_rank10`` can only reach its true value when k >= 10.
+    ``all_query_ids`` / ``all_reference_ids``: the ids of the whole image sets
+    when the h5 files lack images skipped as unreadable (default: the h5
+    names); ground-truth pairs of skipped images then count as misses.
     """
     out = Path(out_dir)
     q_names, q_vecs = read_descriptors(query_h5, query_subset)
@@ -91,7 +96,8 @@ def evaluate_disc(
             query_h5,
             f"descriptor dimension {q_vecs.shape[1]} differs from {r_vecs.shape[1]} in {reference_h5}",
         )
-    gt = read_ground_truth(ground_truth_csv, query_ids=q_names, reference_ids=r_names)
+    gt = read_ground_truth(ground_truth_csv, query_ids=all_query_ids or q_names,
+                           reference_ids=all_reference_ids or r_names)
     if not gt:
         raise GroundTruthError(f"{ground_truth_csv}: no ground-truth pairs, metrics would be undefined")
 

@@ -16,6 +16,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
+from embedlab import tracking
 from embedlab.atomic import atomic_path, write_json_atomic
 from embedlab.config import Params
 from embedlab.models.pretrained import load_backbone_weights
@@ -39,4 +40,7 @@ def write_initial_weights(params: Params, models_root: Path = Path("models/drip"
     info = {"backbone": cfg.backbone, "source": cfg.pretrained or f"random init (seed {params.seed})",
             "tensors": len(body.state_dict())}
     write_json_atomic(path.with_suffix(".json"), info)
+    with tracking.stage_run("drip_init", "drip/init-weights", params.tracking.experiment, params.tracking.uri):
+        tracking.log_params({"drip.backbone": cfg.backbone, "drip.pretrained": cfg.pretrained, "seed": params.seed})
+        tracking.log_artifacts_if_present({"init": path.parent})
     return {"out": str(path), **info}

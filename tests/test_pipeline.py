@@ -1,0 +1,102 @@
+"""The real tools around the stages: `dvc repro` in a temporary git repo and `mlflow run`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from conftest import PROJECT, run, tiny_params
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def tiny_repo(tmp_path: Path, tiny_demo: Path) -> Path:
+    """A git repo holding the project's dvc.yaml, the package source and the tiny params."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    shutil.copy(PROJECT / "dvc.yaml", repo)
+    shutil.copytree(PROJECT / "src" / "embedlab", repo / "src" / "embedlab",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(tiny_demo, repo / "data" / "raw")
+    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params()))
+    (repo / ".gitignore").write_text("mlflow.db\nmlruns/\n__pycache__/\n")
+    run(["git", "init", "-q"], repo)
+    run(["dvc", "init", "-q"], repo)
+    run(["dvc", "config", "--local", "core.site_cache_dir", str(tmp_path / "site_cache")], repo)
+    run(["dvc", "add", "-q", "data/raw"], repo)
+    # The project's layout: data.dvc at the top tracks data/raw.
+    dvc_file = (repo / "data" / "raw.dvc").read_text().replace("path: raw", "path: data/raw")
+    (repo / "data.dvc").write_text(dvc_file)
+    (repo / "data" / "raw.dvc").unlink()
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "tiny project"], repo)
+    return repo
+
+
+def test_dvc_repro_is_incremental_and_tracks_metrics_and_plots(tiny_repo: Path, tmp_path: Path):
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    first = run(["dvc", "repro"], tiny_repo, **env)
+    assert "Running stage 'drip@s2'" in first.stdout
+    metrics = json.loads((tiny_repo / "reports/drip/s2/metrics.json").read_text())
+    assert metrics["n_classes"] == 40 and 0 <= metrics["uAP"] <= 1
+
+    second = run(["dvc", "repro"], tiny_repo, **env)
+    assert "Running stage" not in second.stdout
+    assert "up to date" in run(["dvc", "status"], tiny_repo).stdout
+
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], tiny_repo).stdout)
+    workspace = next(iter(shown.values()))["data"]  # the workspace (keyed "" by DVC 3.67)
+    assert workspace["reports/drip/s1/metrics.json"]["data"]["uAP"] == pytest.approx(
+        json.loads((tiny_repo / "reports/drip/s1/metrics.json").read_text())["uAP"])
+    run(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], tiny_repo)
+    html = (tmp_path / "plots" / "index.html").read_text()
+    assert "reports/plots/history" in html and "reports/plots/pr_curve" in html
+
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name("embedlab").experiment_id])
+    assert sorted(r.data.tags.get("embedlab.drip_step", "init") for r in runs) == ["init", "s1", "s2"]
+    data_hash = yaml.safe_load((tiny_repo / "data.dvc").read_text())["outs"][0]["md5"]
+    head = run(["git", "rev-parse", "HEAD"], tiny_repo).stdout.strip()
+    assert all(r.data.tags["dvc.data_hash"] == data_hash for r in runs)
+    assert all(r.data.tags["mlflow.source.git.commit"] == head for r in runs)
+
+    # Changing the intensity re-runs the drip steps, not the weights they start from.
+    run(["git", "add", "-A"], tiny_repo)
+    run(["git", "commit", "-qm", "results"], tiny_repo)
+    exp = run(["dvc", "exp", "run", "-S", "drip.qry_augs_intensity=0.6"], tiny_repo, **env)
+    assert "Running stage 'drip@s1'" in exp.stdout and "Running stage 'drip@s2'" in exp.stdout
+    assert "Running stage 'drip_init'" not in exp.stdout
+    assert yaml.safe_load((tiny_repo / "params.yaml").read_text())["drip"]["qry_augs_intensity"] == 0.6
+
+
+def test_mlflow_run_drip_stage_logs_into_the_run_mlflow_opened(tmp_path: Path, tiny_demo: Path):
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(PROJECT / "MLproject", project)
+    shutil.copytree(tiny_demo, project / "data" / "raw")
+    (project / "params.yaml").write_text(yaml.safe_dump(tiny_params()))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run(["mlflow", "run", str(project), "-e", "drip_stage", "--env-manager", "local", "--experiment-name", "drip",
+         "-P", "n_facebook_samples=12", "-P", "n_imagenet_samples=0", "-P", "n_frm_face_samples=0",
+         "-P", "batch_size=8", "-P", "qry_augs_intensity=0.5", "-P", "epochs=2"],
+        tmp_path, MLFLOW_TRACKING_URI=uri)
+
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("drip").experiment_id])
+    assert len(runs) == 1, "the stage must log into MLflow's run, not open a second one"
+    logged = runs[0]
+    assert logged.info.status == "FINISHED"
+    assert logged.data.params["n_facebook_samples"] == "12"  # MLproject parameter
+    assert logged.data.params["drip.n_classes"] == "12"  # the stage's own parameters
+    assert logged.data.params["drip.qry_augs_intensity"] == "0.5"
+    assert 0.0 <= logged.data.metrics["uAP"] <= 1.0
+    assert len(client.get_metric_history(logged.info.run_id, "train_loss_epoch")) == 2
+    checkpoints = {a.path for a in client.list_artifacts(logged.info.run_id, "checkpoints")}
+    assert "checkpoints/last.ckpt" in checkpoints
+    assert (project / "models/drip/12cls/checkpoints/last.ckpt").is_file()
