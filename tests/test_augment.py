@@ -302,3 +302,17 @@ def test_pool_from_paths_is_lazy_bounded_and_survives_broken_files(tmp_path, cap
 def test_missing_font_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nofont.ttf"):
         FontBank([tmp_path / "nofont.ttf"])
+
+
+@pytest.mark.parametrize("name", transform_names())
+def test_every_op_survives_tiny_images(name):
+    """Crop and scale can leave a few pixels; the next op must still work (a
+    screenshot frame on a 4-px-high image once stopped a training run)."""
+    fn = get_transform(name)
+    ctx = AugContext(OverlayPool.from_images([Image.new("RGB", (50, 50), (255, 0, 0))]))
+    for size in [(1, 1), (2, 3), (3, 2), (7, 4), (16, 9)]:
+        for seed in range(10):
+            rng = np.random.default_rng(seed)
+            img = Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+            out = fn(img, rng, ctx)
+            assert out.mode == "RGB" and min(out.size) >= 1

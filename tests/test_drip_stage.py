@@ -66,7 +66,9 @@ def test_two_scheduled_steps_write_outputs_log_runs_and_chain(tiny_project: Path
     assert run2.data.tags["embedlab.stage"] == "drip"
     assert len(client.get_metric_history(run2.info.run_id, "val_loss")) == 2
     artifacts = {a.path for a in client.list_artifacts(run2.info.run_id)}
-    assert {"checkpoints", "w_matrix", "model", "descriptors", "reports"} <= artifacts
+    assert {"checkpoints", "w_matrix", "model", "eval", "reports"} <= artifacts
+    evaluated = {a.path for a in client.list_artifacts(run2.info.run_id, "eval/descriptors")}
+    assert evaluated == {"eval/descriptors/query.h5", "eval/descriptors/reference.h5"}
     assert {a.path for a in client.list_artifacts(run2.info.run_id, "checkpoints")} >= {"checkpoints/last.ckpt"}
 
 
@@ -119,10 +121,15 @@ def test_killed_step_resumes_into_the_same_run_and_finishes_its_epochs(tiny_proj
     assert len(client.get_metric_history(run_id, "val_loss")) == 6
 
 
-def test_changed_settings_start_afresh_instead_of_resuming(tiny_project: Path):
+def test_finished_or_changed_steps_start_afresh_instead_of_resuming(tiny_project: Path):
     base = ["embedlab", "drip", "--n-facebook-samples", "8", "--epochs", "1", "--name", "x"]
+    state = tiny_project / "models/drip/x/run.json"
     run(base, tiny_project)
-    first_run = json.loads((tiny_project / "models/drip/x/run.json").read_text())["mlflow_run_id"]
-    run(base[:-2] + ["--name", "x", "--qry-augs-intensity", "0.9"], tiny_project)
-    second_run = json.loads((tiny_project / "models/drip/x/run.json").read_text())["mlflow_run_id"]
-    assert first_run != second_run
+    first = json.loads(state.read_text())
+    assert first["complete"] is True
+    run(base + ["--qry-augs-intensity", "0.9"], tiny_project)
+    second = json.loads(state.read_text())
+    assert second["mlflow_run_id"] != first["mlflow_run_id"] and second["fingerprint"] != first["fingerprint"]
+    run(base + ["--qry-augs-intensity", "0.9"], tiny_project)  # same settings, but that run finished
+    third = json.loads(state.read_text())
+    assert third["mlflow_run_id"] != second["mlflow_run_id"] and third["fingerprint"] == second["fingerprint"]

@@ -66,7 +66,8 @@ def screenshot(
     out = Image.new("RGB", (w, h), theme)
     d = ImageDraw.Draw(out)
     # Status line (clock, battery) then a title bar in the app's colour.
-    status = max(4, top // 3)
+    top = max(top, 6)  # room for a status line and a title bar even on a tiny image
+    status = max(2, top // 3)
     d.rectangle((0, status, w, top), fill=accent)
     clock = ctx.fonts.font(rng, status * 0.8)
     d.text((margin + 2, 0), f"{int(rng.integers(24)):02d}:{int(rng.integers(60)):02d}", fill=ink, font=clock)

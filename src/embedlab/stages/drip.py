@@ -155,9 +155,11 @@ def run_drip(params: Params, request: DripRequest) -> dict:
     state_file = out_dir / "run.json"
     state = json.loads(state_file.read_text()) if state_file.is_file() else {}
     last_ckpt = out_dir / "checkpoints" / "last.ckpt"
-    resuming = state.get("fingerprint") == key and last_ckpt.is_file()
+    # Resume only an unfinished run of the same settings; a finished one re-run
+    # (DVC saw a code or data change the fingerprint does not cover) starts afresh.
+    resuming = state.get("fingerprint") == key and not state.get("complete") and last_ckpt.is_file()
     if not resuming and out_dir.exists():
-        shutil.rmtree(out_dir)  # stale output of other settings: never mix it into this run
+        shutil.rmtree(out_dir)  # other settings' output: never mix it into this run
     out_dir.mkdir(parents=True, exist_ok=True)
 
     data = params.data
@@ -181,7 +183,7 @@ def run_drip(params: Params, request: DripRequest) -> dict:
     )
 
     with tracking.stage_run("drip", f"drip/{request.name}", params.tracking.experiment, params.tracking.uri,
-                            resume_run_id=state.get("mlflow_run_id"),
+                            resume_run_id=state.get("mlflow_run_id") if resuming else None,
                             tags={"embedlab.drip_step": request.name}) as run:
         run_id = run.info.run_id
         write_json_atomic(state_file, {"fingerprint": key, "mlflow_run_id": run_id})
@@ -204,21 +206,7 @@ def run_drip(params: Params, request: DripRequest) -> dict:
         elif (out_dir / "eval_before.json").is_file():
             before = json.loads((out_dir / "eval_before.json").read_text())
 
-        trainer = pl.Trainer(
-            max_epochs=cfg.epochs, accelerator="auto", devices=1, precision=_precision(cfg.precision),
-            gradient_clip_val=cfg.grad_clip, default_root_dir=str(out_dir), plugins=[AtomicCheckpointIO()],
-            logger=MLFlowLogger(tracking_uri=mlflow.get_tracking_uri(), run_id=run_id),
-            callbacks=[
-                # Two callbacks: Lightning 2.6 writes save_last only when the monitored
-                # checkpoint improved, but the next step and a resume need the latest weights.
-                ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor="val_loss"),
-                ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="last"),
-                LearningRateMonitor(logging_interval="epoch"),
-                *([StopRule(cfg.stop_train_loss, cfg.stop_val_loss)] if cfg.stop_rule else []),
-            ],
-            limit_train_batches=cfg.limit_train_batches, log_every_n_steps=1, enable_model_summary=False,
-            num_sanity_val_steps=0,
-        )
+        trainer = _trainer(cfg, out_dir, run_id)
         trainer.fit(
             module,
             train_dataloaders=_loader(QueryViews(images, augment, cfg.img_size), cfg.batch_size, cfg.num_workers, True),
@@ -239,11 +227,30 @@ def run_drip(params: Params, request: DripRequest) -> dict:
                             if isinstance(v, (int, float)) and v is not None and k != "val_loss"})
         _write_reports(request, summary, run_id)
         tracking.log_artifacts_if_present({
-            "checkpoints": out_dir / "checkpoints", "model": model_path.parent / "descriptor_model.json",
-            "descriptors": out_dir / "eval" / "descriptors", "eval": out_dir / "eval", "reports": report_dir,
+            "checkpoints": out_dir / "checkpoints", "eval": out_dir / "eval", "reports": report_dir,
         })
-        mlflow.log_artifact(str(model_path), "model")
+        for path in (model_path, model_path.with_suffix(".json")):
+            mlflow.log_artifact(str(path), "model")
+        write_json_atomic(state_file, {"fingerprint": key, "mlflow_run_id": run_id, "complete": True})
     return summary
+
+
+def _trainer(cfg: DripConfig, out_dir: Path, run_id: str) -> pl.Trainer:
+    return pl.Trainer(
+        max_epochs=cfg.epochs, accelerator="auto", devices=1, precision=_precision(cfg.precision),
+        gradient_clip_val=cfg.grad_clip, default_root_dir=str(out_dir), plugins=[AtomicCheckpointIO()],
+        logger=MLFlowLogger(tracking_uri=mlflow.get_tracking_uri(), run_id=run_id),
+        callbacks=[
+            # Two callbacks: Lightning 2.6 writes save_last only when the monitored
+            # checkpoint improved, but the next step and a resume need the latest weights.
+            ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor="val_loss"),
+            ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="last"),
+            LearningRateMonitor(logging_interval="epoch"),
+            *([StopRule(cfg.stop_train_loss, cfg.stop_val_loss)] if cfg.stop_rule else []),
+        ],
+        limit_train_batches=cfg.limit_train_batches, log_every_n_steps=1, enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
 
 
 def _metric(trainer: pl.Trainer, name: str) -> float | None:
