@@ -133,3 +133,17 @@ def test_finished_or_changed_steps_start_afresh_instead_of_resuming(tiny_project
     run(base + ["--qry-augs-intensity", "0.9"], tiny_project)  # same settings, but that run finished
     third = json.loads(state.read_text())
     assert third["mlflow_run_id"] != second["mlflow_run_id"] and third["fingerprint"] == second["fingerprint"]
+
+
+def test_stop_rule_ends_the_step_once_the_loss_is_low_enough(tiny_project: Path):
+    """The original's advance rule (train loss < 2 or val loss < 1), here with
+    thresholds the first epoch meets, ends a 5-epoch step after one epoch."""
+    import dataclasses
+
+    from embedlab.config import DripStep
+    from embedlab.stages.drip import DripRequest
+
+    params = load_params("params.yaml")
+    params.drip = dataclasses.replace(params.drip, stop_rule=True, stop_train_loss=1e6, evaluate=False)
+    summary = run_drip(params, DripRequest(name="early", step=DripStep(8, epochs=5)))
+    assert summary["epochs"] == 1
