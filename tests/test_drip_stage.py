@@ -147,3 +147,21 @@ def test_stop_rule_ends_the_step_once_the_loss_is_low_enough(tiny_project: Path)
     params.drip = dataclasses.replace(params.drip, stop_rule=True, stop_train_loss=1e6, evaluate=False)
     summary = run_drip(params, DripRequest(name="early", step=DripStep(8, epochs=5)))
     assert summary["epochs"] == 1
+
+
+def test_unreadable_training_image_fails_naming_it_or_is_skipped_and_counted(tiny_project: Path):
+    import yaml
+
+    victim = sorted((tiny_project / "data/raw/disc/training").glob("*.jpg"))[3]
+    victim.write_bytes(victim.read_bytes()[:200])  # truncated JPEG
+    cmd = ["embedlab", "drip", "--n-facebook-samples", "8", "--epochs", "1", "--name", "bad"]
+    failed = subprocess.run(cmd, cwd=tiny_project, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert failed.returncode == 2 and victim.name in failed.stderr and "Traceback" not in failed.stderr
+
+    params = yaml.safe_load((tiny_project / "params.yaml").read_text())
+    params["data"]["on_bad_image"] = "skip"
+    (tiny_project / "params.yaml").write_text(yaml.safe_dump(params))
+    run(cmd, tiny_project)
+    summary = json.loads((tiny_project / "reports/drip/bad/metrics.json").read_text())
+    assert summary["skipped_training_images"] == 1
+    assert summary["epochs"] == 1

@@ -149,8 +149,13 @@ def check_on_bad_image(on_bad_image: str) -> str:
     return on_bad_image
 
 
-def load_or_skip(path: str | os.PathLike, on_bad_image: str) -> Image.Image | None:
-    """:func:`load_rgb`, or ``None`` plus a warning for a bad file when ``on_bad_image='skip'``."""
+def load_or_skip(path: str | os.PathLike, on_bad_image: str, bad_log: Path | None = None) -> Image.Image | None:
+    """:func:`load_rgb`, or ``None`` plus a warning for a bad file when ``on_bad_image='skip'``.
+
+    A skipped file is also appended to ``bad_log`` when given (one short line
+    per event, written with O_APPEND, so DataLoader worker processes can all
+    report); :func:`count_bad_images` reads it back for a run's summary.
+    """
     check_on_bad_image(on_bad_image)
     try:
         return load_rgb(path)
@@ -158,7 +163,17 @@ def load_or_skip(path: str | os.PathLike, on_bad_image: str) -> Image.Image | No
         if on_bad_image == "fail":
             raise
         log.warning("skipping bad image %s: %s", exc.path, exc.reason)
+        if bad_log is not None:
+            with open(bad_log, "a") as f:
+                f.write(f"{exc.path}\t{exc.reason}\n")
         return None
+
+
+def count_bad_images(bad_log: Path) -> int:
+    """Distinct images recorded as skipped in ``bad_log`` (0 when there is none)."""
+    if not bad_log.is_file():
+        return 0
+    return len({line.split("\t", 1)[0] for line in bad_log.read_text().splitlines() if line})
 
 
 def save_jpeg_atomic(img: Image.Image, path: str | os.PathLike, quality: int = 90) -> None:

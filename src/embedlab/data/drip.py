@@ -21,7 +21,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from embedlab.data.transforms import resize_square, to_tensor
-from embedlab.images import list_images, load_or_skip
+from embedlab.images import check_on_bad_image, list_images, load_or_skip
 
 log = logging.getLogger(__name__)
 
@@ -60,18 +60,23 @@ def draw_seed() -> int:
 
 
 class ClassImages:
-    """Loads class images at the augmentation size (the original's 384 px copy)."""
+    """Loads class images at the augmentation size (the original's 384 px copy).
 
-    def __init__(self, paths: Sequence[Path], aug_size: int, on_bad_image: str) -> None:
+    With ``on_bad_image="skip"`` an unreadable image is left out of its batch
+    and recorded in ``bad_log`` (see :func:`embedlab.images.load_or_skip`).
+    """
+
+    def __init__(self, paths: Sequence[Path], aug_size: int, on_bad_image: str, bad_log: Path | None = None) -> None:
         self.paths = list(paths)
         self.aug_size = aug_size
-        self.on_bad_image = on_bad_image
+        self.on_bad_image = check_on_bad_image(on_bad_image)
+        self.bad_log = bad_log
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def load(self, index: int) -> Image.Image | None:
-        img = load_or_skip(self.paths[index], self.on_bad_image)
+        img = load_or_skip(self.paths[index], self.on_bad_image, self.bad_log)
         return None if img is None else resize_square(img, self.aug_size)
 
 

@@ -45,6 +45,7 @@ from embedlab.data.drip import (
     collate_skipping_bad,
     select_classes,
 )
+from embedlab.images import count_bad_images
 from embedlab.models.centroids import class_centroids
 from embedlab.models.checkpoints import AtomicCheckpointIO, export_descriptor_model, restore_matching_weights
 from embedlab.models.drip_module import DripModule
@@ -169,7 +170,7 @@ def run_drip(params: Params, request: DripRequest) -> dict:
         ClassSource("frm_faces", Path(data.frm_faces), request.step.n_frm_face_samples),
     ])
     pl.seed_everything(params.seed, workers=True)
-    images = ClassImages(classes, cfg.aug_size, data.on_bad_image)
+    images = ClassImages(classes, cfg.aug_size, data.on_bad_image, bad_log=out_dir / "skipped_images.tsv")
     augment = QueryAugmenter(cfg.qry_augs_intensity, OverlayPool.from_paths(classes))
     g = torch.Generator().manual_seed(params.seed)
     val_ids = torch.randperm(len(classes), generator=g)[: min(cfg.val_classes, len(classes))].tolist()
@@ -217,6 +218,7 @@ def run_drip(params: Params, request: DripRequest) -> dict:
         summary = {
             "step": request.name, "n_classes": len(classes), "epochs": trainer.current_epoch,
             "train_loss": _metric(trainer, "train_loss_epoch"), "val_loss": _metric(trainer, "val_loss"),
+            "skipped_training_images": count_bad_images(images.bad_log),
             **(before or {}),
         }
         model_path = export_descriptor_model(module.model, out_dir / "descriptor_model.safetensors")
@@ -228,6 +230,7 @@ def run_drip(params: Params, request: DripRequest) -> dict:
         _write_reports(request, summary, run_id)
         tracking.log_artifacts_if_present({
             "checkpoints": out_dir / "checkpoints", "eval": out_dir / "eval", "reports": report_dir,
+            "skipped": images.bad_log,
         })
         for path in (model_path, model_path.with_suffix(".json")):
             mlflow.log_artifact(str(path), "model")
