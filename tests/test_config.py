@@ -58,6 +58,9 @@ def test_use_profile_full_replaces_the_schedule_and_keeps_comments(tmp_path):
     assert params.demo_data.n_training == 240  # sections the profile leaves alone stay
     assert "# The one source of parameters" in path.read_text()
 
+    use_profile(path, "demo")  # the values the switch overwrote were kept as profile "demo"
+    assert load_params(path) == load_params(PROJECT / "params.yaml")
+
 
 def test_use_profile_unknown_name(tmp_path):
     path = tmp_path / "params.yaml"
@@ -65,3 +68,30 @@ def test_use_profile_unknown_name(tmp_path):
     with pytest.raises(ConfigError, match="unknown profile 'huge'"):
         use_profile(path, "huge")
     assert path.read_text() == (PROJECT / "params.yaml").read_text()
+
+
+def test_dvc_stage_params_cover_every_setting_that_shapes_a_drip_step():
+    """dvc.yaml lists drip params one by one (so that runtime knobs rerun nothing):
+    a new DripConfig field must be added there, or declared a runtime field."""
+    import dataclasses
+
+    from embedlab.config import DRIP_RUNTIME_FIELDS, DripConfig
+
+    stage = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]["drip"]["do"]
+    listed = {p.split(".", 1)[1] for p in stage["params"] if p.startswith("drip.") and "${" not in p}
+    assert listed == {f.name for f in dataclasses.fields(DripConfig)} - set(DRIP_RUNTIME_FIELDS)
+    assert "drip.schedule.${key}" in stage["params"]
+
+
+def test_values_are_checked_against_their_types(tmp_path):
+    raw = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    raw["drip"]["lr"] = "2e-4"  # what PyYAML makes of `lr: 2e-4`
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert load_params(path).drip.lr == pytest.approx(2e-4)
+    for key, value in (("stop_rule", "no"), ("epochs", 2.5), ("batch_size", "big")):
+        bad = yaml.safe_load((PROJECT / "params.yaml").read_text())
+        bad["drip"][key] = value
+        path.write_text(yaml.safe_dump(bad))
+        with pytest.raises(ConfigError, match=f"drip.{key}"):
+            load_params(path)

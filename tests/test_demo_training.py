@@ -33,5 +33,5 @@ def test_first_demo_step_improves_on_the_untrained_model(tmp_path: Path):
 
     metrics = json.loads((tmp_path / "reports/drip/s1/metrics.json").read_text())
     # Measured: μAP 0.189 -> 0.219, recall@rank1 0.325 -> 0.550 (2 cores, seed 0).
-    assert metrics["uAP"] > 1.1 * metrics["before_uAP"], metrics
+    assert metrics["uAP"] > 1.05 * metrics["before_uAP"], metrics
     assert metrics["recall_at_rank1"] > metrics["before_recall_at_rank1"] + 0.1, metrics

@@ -73,15 +73,23 @@ def test_two_scheduled_steps_write_outputs_log_runs_and_chain(tiny_project: Path
 
 
 def test_build_w_matrix_from_another_backbone_fails_before_training(tiny_project: Path):
-    params = load_params("params.yaml")
-    bad = tiny_project / "bad.ckpt"
-    bad.write_bytes(b"\x00" * 10)
-    result = subprocess.run(
-        ["embedlab", "drip", "--n-facebook-samples", "8", "--build-w-matrix", str(bad), "--epochs", "1"],
-        cwd=tiny_project, env=cli_env(), capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 2
-    assert "bad.ckpt" in result.stderr and "Traceback" not in result.stderr
+    import pytorch_lightning as pl
+
+    from embedlab.models.drip_module import DripModule
+
+    other = DripModule({"backbone": "test_convnext", "embedding_dim": 32, "gem_p": 3.0, "img_size": 48}, n_classes=4)
+    trainer = pl.Trainer(max_epochs=0, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.strategy.connect(other)
+    trainer.save_checkpoint(tiny_project / "convnext.ckpt")
+    (tiny_project / "garbage.ckpt").write_bytes(b"\x00" * 10)
+    for name, message in (("convnext.ckpt", "test_convnext"), ("garbage.ckpt", "not a readable checkpoint")):
+        result = subprocess.run(
+            ["embedlab", "drip", "--n-facebook-samples", "8", "--build-w-matrix", name, "--epochs", "1"],
+            cwd=tiny_project, env=cli_env(), capture_output=True, text=True, timeout=300,
+        )
+        assert result.returncode == 2
+        assert name in result.stderr and message in result.stderr and "Traceback" not in result.stderr
+    assert not (tiny_project / "models/drip/8cls/checkpoints").exists(), "no training started"
 
 
 def _epochs_in_checkpoint(path: Path) -> int:
@@ -130,9 +138,14 @@ def test_finished_or_changed_steps_start_afresh_instead_of_resuming(tiny_project
     run(base + ["--qry-augs-intensity", "0.9"], tiny_project)
     second = json.loads(state.read_text())
     assert second["mlflow_run_id"] != first["mlflow_run_id"] and second["fingerprint"] != first["fingerprint"]
-    run(base + ["--qry-augs-intensity", "0.9"], tiny_project)  # same settings, but that run finished
+    # The same settings again: that run finished, so its weights stand and only the evaluation reruns.
+    last = tiny_project / "models/drip/x/checkpoints/last.ckpt"
+    trained = last.read_bytes()
+    run(base + ["--qry-augs-intensity", "0.9"], tiny_project)
     third = json.loads(state.read_text())
-    assert third["mlflow_run_id"] != second["mlflow_run_id"] and third["fingerprint"] == second["fingerprint"]
+    assert third == second
+    assert last.read_bytes() == trained
+    assert json.loads((tiny_project / "reports/drip/x/metrics.json").read_text())["epochs"] == 1
 
 
 def test_stop_rule_ends_the_step_once_the_loss_is_low_enough(tiny_project: Path):
@@ -147,6 +160,8 @@ def test_stop_rule_ends_the_step_once_the_loss_is_low_enough(tiny_project: Path)
     params.drip = dataclasses.replace(params.drip, stop_rule=True, stop_train_loss=1e6, evaluate=False)
     summary = run_drip(params, DripRequest(name="early", step=DripStep(8, epochs=5)))
     assert summary["epochs"] == 1
+    # Without an evaluation the PR-curve out DVC expects still exists, holding only its header.
+    assert Path("reports/plots/pr_curve/early.csv").read_text() == "precision,recall,threshold\n"
 
 
 def test_unreadable_training_image_fails_naming_it_or_is_skipped_and_counted(tiny_project: Path):
@@ -165,3 +180,33 @@ def test_unreadable_training_image_fails_naming_it_or_is_skipped_and_counted(tin
     summary = json.loads((tiny_project / "reports/drip/bad/metrics.json").read_text())
     assert summary["skipped_training_images"] == 1
     assert summary["epochs"] == 1
+
+
+def test_step_interrupted_before_its_first_checkpoint_reuses_its_run_and_w_matrix(tiny_project: Path):
+    """Killed while computing W or the "before" scores: the re-run continues the same
+    MLflow run and loads the saved W matrix instead of computing it again."""
+    import mlflow
+    import torch.nn.functional as F
+    from safetensors.torch import save_file
+
+    from embedlab import tracking
+    from embedlab.config import DripStep
+    from embedlab.stages.drip import DripRequest, effective_config, step_fingerprint
+    from embedlab.stages.run_state import RunState
+
+    params = load_params("params.yaml")
+    request = DripRequest(name="w", step=DripStep(8, epochs=1))
+    key = step_fingerprint(params, effective_config(params.drip, request.step), request)
+    request.out_dir.mkdir(parents=True)
+    mlflow.set_tracking_uri(tracking.tracking_uri())
+    earlier = MlflowClient().create_run(tracking.ensure_experiment("embedlab")).info.run_id
+    RunState(key, earlier).save(request.out_dir / "run.json")
+    saved_w = F.normalize(torch.randn(32, 8, generator=torch.Generator().manual_seed(5)), dim=0)
+    save_file({"w": saved_w}, str(request.out_dir / "w_matrix.safetensors"))
+
+    run_drip(params, request)
+
+    state = RunState.load(request.out_dir / "run.json")
+    assert state.mlflow_run_id == earlier and state.complete
+    assert torch.equal(load_file(str(request.out_dir / "w_matrix.safetensors"))["w"], saved_w)
+    assert MlflowClient().get_run(earlier).info.status == "FINISHED"

@@ -55,6 +55,17 @@ def test_embed_fails_on_a_bad_image_naming_it(tmp_path: Path, model_file: Path, 
     assert not out.exists(), "no partial descriptor file"
 
 
+def test_bad_image_in_a_loader_worker_is_still_one_clear_error(tmp_path: Path, model_file: Path,
+                                                                folder_with_bad_image: Path):
+    import subprocess
+
+    result = subprocess.run(["embedlab", "embed", "--checkpoint", str(model_file), "--images",
+                             str(folder_with_bad_image), "--out", str(tmp_path / "q.h5"), "--num-workers", "1"],
+                            env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "Q99999.jpg" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_embed_skips_bad_images_when_told_and_counts_them(tmp_path: Path, model_file: Path,
                                                           folder_with_bad_image: Path):
     out = tmp_path / "q.h5"

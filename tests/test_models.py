@@ -50,6 +50,15 @@ def test_arcface_logits_by_hand():
     assert logits[0, 1:].tolist() == pytest.approx([8.0, -4.0], rel=1e-5)
 
 
+def test_arcface_cosine_stays_fp32_under_bf16_autocast():
+    head = ArcFaceHead(8, 5)
+    emb = F.normalize(torch.randn(3, 8), dim=1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cosine = head.cosine(emb)
+    assert cosine.dtype == torch.float32
+    assert torch.allclose(cosine, head.cosine(emb), atol=1e-6)
+
+
 def test_arcface_falls_back_when_theta_plus_m_passes_pi():
     # θ = 170°: θ + m > π, so the target logit is cos θ − m·sin m (still decreasing in θ).
     c = math.cos(math.radians(170))

@@ -28,6 +28,7 @@ def tiny_repo(tmp_path: Path, tiny_demo: Path) -> Path:
     (repo / ".gitignore").write_text("mlflow.db\nmlruns/\n__pycache__/\n")
     run(["git", "init", "-q"], repo)
     run(["dvc", "init", "-q"], repo)
+    shutil.copy(PROJECT / ".dvcignore", repo)
     run(["dvc", "config", "--local", "core.site_cache_dir", str(tmp_path / "site_cache")], repo)
     run(["dvc", "add", "-q", "data/raw"], repo)
     # The project's layout: data.dvc at the top tracks data/raw.
@@ -46,6 +47,9 @@ def test_dvc_repro_is_incremental_and_tracks_metrics_and_plots(tiny_repo: Path, 
     metrics = json.loads((tiny_repo / "reports/drip/s2/metrics.json").read_text())
     assert metrics["n_classes"] == 40 and 0 <= metrics["uAP"] <= 1
 
+    # Running the code writes bytecode next to it: not a change of the code.
+    (tiny_repo / "src/embedlab/__pycache__").mkdir(exist_ok=True)
+    (tiny_repo / "src/embedlab/__pycache__/cli.cpython-311.pyc").write_bytes(b"\x00bytecode")
     second = run(["dvc", "repro"], tiny_repo, **env)
     assert "Running stage" not in second.stdout
     assert "up to date" in run(["dvc", "status"], tiny_repo).stdout

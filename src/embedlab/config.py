@@ -54,6 +54,12 @@ class DripStep:
     init_from: str | None = None
 
 
+# DripConfig fields that change how fast a step runs, not what it learns: left
+# out of the resume fingerprint and of the DVC stage's params (dvc.yaml lists
+# every other field; a test keeps the two in step).
+DRIP_RUNTIME_FIELDS = ("num_workers", "channels_last", "schedule")
+
+
 @dataclasses.dataclass
 class DripConfig:
     """The drip stage: backbone, ArcFace head, optimiser, augmentations."""
@@ -109,7 +115,6 @@ class EmbedConfig:
     batch_size: int = 64
     num_workers: int = 0
     on_bad_image: str = "fail"  # fail | skip
-    channels_last: bool = True
 
     def __post_init__(self) -> None:
         _check_choice("embed.on_bad_image", self.on_bad_image, ("fail", "skip"))
@@ -165,8 +170,46 @@ def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
             value = _build(type(default), value, f"{where}.{name}")
         elif cls is DripConfig and name == "schedule":
             value = {str(k): _build(DripStep, v, f"{where}.schedule.{k}") for k, v in (value or {}).items()}
+        else:
+            value = _coerce(value, fields[name].type, f"{where}.{name}")
         kwargs[name] = value
     return cls(**kwargs)
+
+
+_SCALARS = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def _coerce(value: Any, annotation: str, where: str) -> Any:
+    """Check a scalar against its field's annotation (e.g. "float | None").
+
+    PyYAML reads ``2e-4`` (no dot) as a string while DVC reads it as a number:
+    numeric strings are accepted for float fields; anything else that does not
+    fit is an error naming the setting.
+    """
+    kinds = [k.strip() for k in str(annotation).split("|")]
+    if value is None:
+        if "None" in kinds:
+            return None
+        raise ConfigError(f"{where}: a value is required")
+    for kind in kinds:
+        expected = _SCALARS.get(kind)
+        if expected is None:
+            continue
+        if expected is bool:
+            if isinstance(value, bool):
+                return value
+        elif expected is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            try:
+                return float(value)
+            except ValueError:
+                continue
+        elif expected is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        elif expected is str and isinstance(value, str):
+            return value
+    if not any(k in _SCALARS for k in kinds):
+        return value  # not a scalar field
+    raise ConfigError(f"{where}: {value!r} is not a valid {annotation}")
 
 
 def _has_defaults(cls: type) -> bool:
@@ -197,6 +240,8 @@ def use_profile(path: str | os.PathLike, name: str) -> None:
     """Write profile ``name`` of params.yaml into its top-level values (comments kept).
 
     A profile's ``schedule`` replaces the current one instead of merging into it.
+    The values it overwrites are first kept as the current profile (e.g.
+    ``demo``) when params.yaml does not define that one, so a switch can be undone.
     """
     from ruamel.yaml import YAML  # round-trip: keeps the file's comments and order
 
@@ -216,6 +261,14 @@ def use_profile(path: str | os.PathLike, name: str) -> None:
             else:
                 target[key] = copy.deepcopy(value)
 
+    def snapshot(target, overlay):
+        return {key: snapshot(target[key], value)
+                if isinstance(value, Mapping) and key != "schedule" and isinstance(target.get(key), Mapping)
+                else copy.deepcopy(target[key]) for key, value in overlay.items() if key in target}
+
+    current = doc.get("profile", "demo")
+    if current != name and current not in profiles:
+        doc["profiles"][current] = snapshot(doc, profiles[name])
     merge(doc, profiles[name])
     doc["profile"] = name
     buffer = io.StringIO()

@@ -41,7 +41,12 @@ _HIGH_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 class BadImageError(ValueError):
     """A file that cannot be decoded into an image; names the file and why."""
 
-    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+    def __init__(self, path: str | os.PathLike, reason: str = "") -> None:
+        if not reason and "\n" in str(path):
+            # PyTorch re-raises a DataLoader worker's error as exc_type(worker traceback):
+            # its last line holds the original "<path>: <reason>".
+            last = str(path).strip().splitlines()[-1].split("BadImageError: ", 1)[-1]
+            path, _, reason = last.partition(": ")
         self.path = Path(path)
         self.reason = reason
         super().__init__(f"{self.path}: {reason}")

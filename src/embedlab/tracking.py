@@ -21,7 +21,13 @@ from mlflow.tracking import MlflowClient
 
 
 def repo_root(start: Path | None = None) -> Path:
+    """The project's root. `dvc exp run --temp/--queue` runs in a git copy under
+    <repo>/.dvc/tmp/exps/, deleted afterwards: results must land in <repo>."""
     start = (start or Path.cwd()).resolve()
+    parts = start.parts
+    for i in range(len(parts) - 3):
+        if parts[i:i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--show-toplevel"], cwd=start, capture_output=True, text=True, check=True
@@ -61,8 +67,8 @@ def ensure_experiment(name: str) -> str:
         return experiment.experiment_id
     uri = mlflow.get_tracking_uri()
     artifacts = None
-    if uri.startswith("sqlite:"):  # keep artifacts beside the database, not in the cwd
-        artifacts = (repo_root() / "mlruns").resolve().as_uri()
+    if uri.startswith("sqlite:///"):  # artifacts beside the database, not in the cwd
+        artifacts = (Path(uri[len("sqlite:///"):]).resolve().parent / "mlruns").as_uri()
     return client.create_experiment(name, artifact_location=artifacts)
 
 
@@ -105,9 +111,14 @@ def stage_run(
 
 
 def log_params(params: Mapping[str, Any]) -> None:
-    """Log params, skipping values MLflow already holds (a resumed run)."""
+    """Log params; those MLflow already holds (a resumed run) must keep their value."""
     existing = mlflow.get_run(mlflow.active_run().info.run_id).data.params
-    fresh = {k: ("" if v is None else v) for k, v in params.items() if k not in existing}
+    values = {k: ("" if v is None else str(v)) for k, v in params.items()}
+    clashes = {k: (existing[k], v) for k, v in values.items() if k in existing and existing[k] != v}
+    if clashes:
+        raise ValueError(f"MLflow run {mlflow.active_run().info.run_id} already holds other values for "
+                         f"{sorted(clashes)} (held, new): {clashes}; log this stage into its own run")
+    fresh = {k: v for k, v in values.items() if k not in existing}
     if fresh:
         mlflow.log_params(fresh)
 

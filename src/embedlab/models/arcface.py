@@ -38,7 +38,10 @@ class ArcFaceHead(nn.Module):
         return self.weight.shape[1]
 
     def cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
-        return F.normalize(embeddings.float(), dim=1) @ F.normalize(self.weight.float(), dim=0)
+        # fp32 even under autocast: bf16 rounds cosines near 1 to 1.0 (step 2^-8),
+        # where the target gradient vanishes.
+        with torch.autocast(embeddings.device.type, enabled=False):
+            return F.normalize(embeddings.float(), dim=1) @ F.normalize(self.weight.float(), dim=0)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, m: float | None = None) -> torch.Tensor:
         return arcface_logits(self.cosine(embeddings), labels, self.m if m is None else m, self.s)

@@ -74,8 +74,8 @@ class DripModule(pl.LightningModule):
         body = [p for name, p in self.named_parameters() if not name.startswith("head.")]
         optimizer = torch.optim.Adam(
             [
-                {"params": body, "weight_decay": self.hparams.weight_decay},
-                {"params": head, "weight_decay": 0.0},
+                {"params": body, "weight_decay": self.hparams.weight_decay, "name": "body"},
+                {"params": head, "weight_decay": 0.0, "name": "head"},
             ],
             lr=self.hparams.lr,
         )

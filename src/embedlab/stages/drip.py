@@ -10,16 +10,14 @@ the previous checkpoint, its ArcFace kernel is set to the class centroids
 (saved as ``w_matrix.safetensors``) and training starts at epoch 0. At the
 end the model embeds the DISC query and reference sets and scores μAP.
 
-A killed step, re-run with the same settings, resumes from its last
-checkpoint into the same MLflow run (``run.json`` in the output folder keeps
-the run id and a fingerprint of the settings; other settings start afresh).
+Re-runs (see :mod:`embedlab.stages.run_state`): the same settings resume an
+unfinished step into its MLflow run (from ``last.ckpt``, reusing a saved W
+matrix) or only re-evaluate a finished one; other settings start afresh.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import itertools
 import json
 import logging
 import shutil
@@ -30,12 +28,13 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.loggers import MLFlowLogger
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
-from embedlab.atomic import atomic_path, write_json_atomic, write_text_atomic
+from embedlab import tracking
+from embedlab.atomic import atomic_path, write_json_atomic
 from embedlab.augment import OverlayPool, QueryAugmenter
-from embedlab.config import DripConfig, DripStep, Params, flatten
+from embedlab.config import DRIP_RUNTIME_FIELDS, DripConfig, DripStep, Params, flatten
 from embedlab.data.drip import (
     ClassImages,
     ClassSource,
@@ -47,13 +46,19 @@ from embedlab.data.drip import (
 )
 from embedlab.images import count_bad_images
 from embedlab.models.centroids import class_centroids
-from embedlab.models.checkpoints import AtomicCheckpointIO, export_descriptor_model, restore_matching_weights
+from embedlab.models.checkpoints import (
+    AtomicCheckpointIO,
+    export_descriptor_model,
+    read_checkpoint,
+    restore_matching_weights,
+)
 from embedlab.models.drip_module import DripModule
 from embedlab.models.stop_rule import StopRule
 from embedlab.stages.disc_eval import evaluate_descriptor_model
+from embedlab.stages.drip_reports import loss_history, write_reports
 from embedlab.stages.embed import resolve_device
 from embedlab.stages.init_weights import INIT_STEP, initial_weights_path
-from embedlab import tracking
+from embedlab.stages.run_state import RunState, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +83,17 @@ class DripRequest:
     def report_dir(self) -> Path:
         return self.reports_root / self.name
 
-    @property
-    def n_classes(self) -> int:
-        s = self.step
-        return s.n_facebook_samples + s.n_imagenet_samples + s.n_frm_face_samples
+    def check(self) -> None:
+        """Refuse requests whose output folder would clobber something (it may be cleared)."""
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            raise ValueError(f"drip: step name {self.name!r} must be a plain folder name")
+        if self.build_w_matrix is not None:
+            parent = Path(self.build_w_matrix)
+            if not parent.is_file():
+                raise FileNotFoundError(f"{parent}: checkpoint for build_w_matrix not found")
+            if self.out_dir.resolve() in parent.resolve().parents:
+                raise ValueError(f"{parent}: build_w_matrix lies inside this run's own output folder "
+                                 f"{self.out_dir}; name the new step differently (--name)")
 
 
 def plan_scheduled_step(params: Params, name: str) -> DripRequest:
@@ -105,22 +117,21 @@ def effective_config(cfg: DripConfig, step: DripStep) -> DripConfig:
     return dataclasses.replace(cfg, **{k: v for k, v in overrides.items() if v is not None}, schedule={})
 
 
-def fingerprint(params: Params, cfg: DripConfig, request: DripRequest) -> str:
-    """Settings that must match for a re-run to resume instead of starting afresh."""
-    h = hashlib.sha256()
-    h.update(json.dumps([params.seed, dataclasses.asdict(params.data), dataclasses.asdict(cfg),
-                         dataclasses.asdict(request.step), request.name], sort_keys=True, default=str).encode())
-    if request.build_w_matrix:
-        with open(request.build_w_matrix, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()[:16]
+def step_fingerprint(params: Params, cfg: DripConfig, request: DripRequest) -> str:
+    """What must match for a re-run to resume or re-evaluate instead of starting afresh."""
+    model_settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in DRIP_RUNTIME_FIELDS}
+    settings = [params.seed, dataclasses.asdict(params.data), model_settings, dataclasses.asdict(request.step),
+                request.name, str(request.pretrained), tracking.dvc_data_hash()]
+    return fingerprint(settings, [request.build_w_matrix])
 
 
 def _precision(setting: str) -> str:
     if setting != "auto":
         return setting
-    return "bf16-mixed" if torch.cuda.is_available() else "32-true"
+    if not torch.cuda.is_available():
+        return "32-true"
+    # bf16 where the GPU has it natively (Ampere+); fp16 with a scaler before that (V100, T4).
+    return "bf16-mixed" if torch.cuda.is_bf16_supported(including_emulation=False) else "16-mixed"
 
 
 def _loader(dataset, batch_size: int, num_workers: int, shuffle: bool) -> DataLoader:
@@ -131,8 +142,17 @@ def _loader(dataset, batch_size: int, num_workers: int, shuffle: bool) -> DataLo
     )
 
 
-def init_w_matrix(module: DripModule, request: DripRequest, images: ClassImages, augment, cfg: DripConfig, seed: int) -> Path:
-    """Set the ArcFace kernel to class centroids of the current model; save W beside the run."""
+def init_w_matrix(module: DripModule, request: DripRequest, images: ClassImages, augment, cfg: DripConfig,
+                  seed: int) -> Path:
+    """Set the ArcFace kernel to class centroids of the current model, saved beside the run.
+
+    A W matrix already saved by an interrupted run of the same settings is
+    loaded instead of computed again (at 1M+ classes it is hours of work).
+    """
+    path = request.out_dir / "w_matrix.safetensors"
+    if path.is_file():
+        module.head.load_centroids(load_file(str(path))["w"])
+        return path
     views = [ReferenceViews(images, cfg.img_size)] + [
         QueryViews(images, augment, cfg.img_size, seed_for=lambda i, a=a: [seed, 1 + a, i])
         for a in range(cfg.w_matrix_augmentations)
@@ -140,28 +160,47 @@ def init_w_matrix(module: DripModule, request: DripRequest, images: ClassImages,
     w = class_centroids(module.model, views, len(images), cfg.batch_size, cfg.num_workers, resolve_device())
     module.model.cpu()
     module.head.load_centroids(w)
-    path = request.out_dir / "w_matrix.safetensors"
     with atomic_path(path) as tmp:
         save_file({"w": w}, str(tmp))
     return path
 
 
+def _starting_point(module: DripModule, request: DripRequest, images: ClassImages, augment, cfg: DripConfig,
+                    params: Params) -> dict | None:
+    """Parent weights, W matrix and the "before" evaluation; each reused when already saved."""
+    if request.build_w_matrix:
+        restore_matching_weights(module, request.build_w_matrix, module.model.spec)
+    if request.build_w_matrix or cfg.w_init == "centroids":
+        mlflow.log_artifact(str(init_w_matrix(module, request, images, augment, cfg, params.seed)), "w_matrix")
+    return _evaluate_before(module, request, cfg, params, compute=True)
+
+
+def _evaluate_before(module: DripModule, request: DripRequest, cfg: DripConfig, params: Params,
+                     compute: bool) -> dict | None:
+    saved = request.out_dir / "eval_before.json"
+    if saved.is_file():
+        return json.loads(saved.read_text())
+    if not (compute and cfg.evaluate and cfg.evaluate_before):
+        return None
+    before = evaluate_descriptor_model(module.model, params, request.out_dir / "eval_before", prefix="before_")
+    write_json_atomic(saved, before)
+    return before
+
+
 def run_drip(params: Params, request: DripRequest) -> dict:
     """Train one drip step, evaluate it, log everything; returns the step's metrics."""
+    request.check()
     cfg = effective_config(params.drip, request.step)
-    out_dir, report_dir = request.out_dir, request.report_dir
-    if request.build_w_matrix and not Path(request.build_w_matrix).is_file():
-        raise FileNotFoundError(f"{request.build_w_matrix}: checkpoint for build_w_matrix not found")
-    key = fingerprint(params, cfg, request)
+    out_dir = request.out_dir
+    key = step_fingerprint(params, cfg, request)
     state_file = out_dir / "run.json"
-    state = json.loads(state_file.read_text()) if state_file.is_file() else {}
-    last_ckpt = out_dir / "checkpoints" / "last.ckpt"
-    # Resume only an unfinished run of the same settings; a finished one re-run
-    # (DVC saw a code or data change the fingerprint does not cover) starts afresh.
-    resuming = state.get("fingerprint") == key and not state.get("complete") and last_ckpt.is_file()
-    if not resuming and out_dir.exists():
+    state = RunState.load(state_file)
+    same = state.fingerprint == key
+    if not same and out_dir.exists():
         shutil.rmtree(out_dir)  # other settings' output: never mix it into this run
     out_dir.mkdir(parents=True, exist_ok=True)
+    last_ckpt = out_dir / "checkpoints" / "last.ckpt"
+    phase = "evaluate" if same and state.complete else "resume" if same and last_ckpt.is_file() else "start"
 
     data = params.data
     classes = select_classes([
@@ -179,15 +218,15 @@ def run_drip(params: Params, request: DripRequest) -> dict:
     module = DripModule(
         spec, len(classes), cfg.arcface_m, cfg.arcface_s, cfg.margin_warmup_epochs, cfg.lr, cfg.weight_decay,
         cfg.plateau_factor, cfg.plateau_patience,
-        pretrained=None if (resuming or request.build_w_matrix) else (request.pretrained or cfg.pretrained),
+        pretrained=None if (phase != "start" or request.build_w_matrix) else (request.pretrained or cfg.pretrained),
         channels_last=cfg.channels_last,
     )
 
     with tracking.stage_run("drip", f"drip/{request.name}", params.tracking.experiment, params.tracking.uri,
-                            resume_run_id=state.get("mlflow_run_id") if resuming else None,
+                            resume_run_id=state.mlflow_run_id if same else None,
                             tags={"embedlab.drip_step": request.name}) as run:
         run_id = run.info.run_id
-        write_json_atomic(state_file, {"fingerprint": key, "mlflow_run_id": run_id})
+        RunState(key, run_id, complete=False).save(state_file)
         tracking.log_params({
             **{f"drip.{k}": v for k, v in flatten(cfg).items() if k != "schedule"},
             "drip.step": request.name, "drip.n_classes": len(classes), "seed": params.seed,
@@ -195,29 +234,25 @@ def run_drip(params: Params, request: DripRequest) -> dict:
             "drip.start_weights": str(request.pretrained or cfg.pretrained or ""),
             **{f"drip.{k}": v for k, v in dataclasses.asdict(request.step).items()},
         })
-        before = None
-        if not resuming:
-            if request.build_w_matrix:
-                restore_matching_weights(module, request.build_w_matrix, module.model.spec)
-            if request.build_w_matrix or cfg.w_init == "centroids":
-                mlflow.log_artifact(str(init_w_matrix(module, request, images, augment, cfg, params.seed)), "w_matrix")
-            if cfg.evaluate and cfg.evaluate_before:
-                before = evaluate_descriptor_model(module.model, params, out_dir / "eval_before", prefix="before_")
-                write_json_atomic(out_dir / "eval_before.json", before)
-        elif (out_dir / "eval_before.json").is_file():
-            before = json.loads((out_dir / "eval_before.json").read_text())
-
-        trainer = _trainer(cfg, out_dir, run_id)
-        trainer.fit(
-            module,
-            train_dataloaders=_loader(QueryViews(images, augment, cfg.img_size), cfg.batch_size, cfg.num_workers, True),
-            val_dataloaders=_loader(ValidationPairs(images, val_ids, augment, cfg.img_size, params.seed),
-                                    cfg.batch_size, cfg.num_workers, False),
-            ckpt_path=str(last_ckpt) if resuming else None,
-        )
+        if phase == "start":
+            before = _starting_point(module, request, images, augment, cfg, params)
+        else:
+            before = _evaluate_before(module, request, cfg, params, compute=False)
+        if phase == "evaluate":  # a finished run of the same settings and code: its weights stand
+            module.load_state_dict(read_checkpoint(last_ckpt)["state_dict"])
+        else:
+            _trainer(cfg, out_dir, run_id).fit(
+                module,
+                train_dataloaders=_loader(QueryViews(images, augment, cfg.img_size), cfg.batch_size,
+                                          cfg.num_workers, True),
+                val_dataloaders=_loader(ValidationPairs(images, val_ids, augment, cfg.img_size, params.seed),
+                                        cfg.batch_size, cfg.num_workers, False),
+                ckpt_path=str(last_ckpt) if phase == "resume" else None,
+            )
+        history = loss_history(run_id)
         summary = {
-            "step": request.name, "n_classes": len(classes), "epochs": trainer.current_epoch,
-            "train_loss": _metric(trainer, "train_loss_epoch"), "val_loss": _metric(trainer, "val_loss"),
+            "step": request.name, "n_classes": len(classes), "epochs": len(history),
+            "train_loss": history[-1][1] if history else None, "val_loss": history[-1][2] if history else None,
             "skipped_training_images": count_bad_images(images.bad_log),
             **(before or {}),
         }
@@ -227,14 +262,14 @@ def run_drip(params: Params, request: DripRequest) -> dict:
         # val_loss already has its per-epoch history; a final copy would read as one more epoch.
         mlflow.log_metrics({k: v for k, v in summary.items()
                             if isinstance(v, (int, float)) and v is not None and k != "val_loss"})
-        _write_reports(request, summary, run_id)
+        write_reports(request.report_dir, request.plots_root, request.name, out_dir / "eval", summary, history)
         tracking.log_artifacts_if_present({
-            "checkpoints": out_dir / "checkpoints", "eval": out_dir / "eval", "reports": report_dir,
+            "checkpoints": out_dir / "checkpoints", "eval": out_dir / "eval", "reports": request.report_dir,
             "skipped": images.bad_log,
         })
         for path in (model_path, model_path.with_suffix(".json")):
             mlflow.log_artifact(str(path), "model")
-        write_json_atomic(state_file, {"fingerprint": key, "mlflow_run_id": run_id, "complete": True})
+        RunState(key, run_id, complete=True).save(state_file)
     return summary
 
 
@@ -251,38 +286,6 @@ def _trainer(cfg: DripConfig, out_dir: Path, run_id: str) -> pl.Trainer:
             LearningRateMonitor(logging_interval="epoch"),
             *([StopRule(cfg.stop_train_loss, cfg.stop_val_loss)] if cfg.stop_rule else []),
         ],
-        limit_train_batches=cfg.limit_train_batches, log_every_n_steps=1, enable_model_summary=False,
+        limit_train_batches=cfg.limit_train_batches, log_every_n_steps=50, enable_model_summary=False,
         num_sanity_val_steps=0,
     )
-
-
-def _metric(trainer: pl.Trainer, name: str) -> float | None:
-    value = trainer.callback_metrics.get(name)
-    return None if value is None else float(value)
-
-
-def _write_reports(request: DripRequest, summary: dict, run_id: str) -> None:
-    """DVC metrics and plots files: the summary, the loss history and the PR curve.
-
-    Plot data goes to one folder per plot kind (``reports/plots/<kind>/<step>.csv``)
-    so that dvc.yaml's top-level plots can draw every step in one chart.
-    """
-    out_dir, report_dir = request.out_dir, request.report_dir
-    report_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(report_dir / "metrics.json", summary)
-    if (out_dir / "eval" / "pr_curve.png").is_file():
-        with atomic_path(report_dir / "pr_curve.png") as tmp:
-            shutil.copyfile(out_dir / "eval" / "pr_curve.png", tmp)
-    if (out_dir / "eval" / "pr_curve.csv").is_file():
-        with atomic_path(request.plots_root / "pr_curve" / f"{request.name}.csv") as tmp:
-            shutil.copyfile(out_dir / "eval" / "pr_curve.csv", tmp)
-    rows = "".join(f"{e},{t},{v}\n" for e, t, v in _history(run_id))
-    write_text_atomic(request.plots_root / "history" / f"{request.name}.csv", "epoch,train_loss,val_loss\n" + rows)
-
-
-def _history(run_id: str) -> list[tuple[int, float, float]]:
-    """Per-epoch losses from MLflow (complete across a resume, unlike in-memory state)."""
-    client = mlflow.tracking.MlflowClient()
-    train, val = ([m.value for m in sorted(client.get_metric_history(run_id, name), key=lambda m: m.step)]
-                  for name in ("train_loss_epoch", "val_loss"))
-    return [(epoch, t, v) for epoch, (t, v) in enumerate(itertools.zip_longest(train, val, fillvalue=float("nan")))]
