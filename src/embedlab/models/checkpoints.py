@@ -45,6 +45,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+def checkpoint_epoch(path: str | Path) -> int:
+    """The epoch index a Lightning checkpoint was saved at (tensors memory-mapped, not read)."""
+    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"])
+
+
 def checkpoint_spec(ckpt: dict[str, Any], path: Path) -> DescriptorSpec:
     try:
         return DescriptorSpec(**ckpt["hyper_parameters"]["spec"])

@@ -48,6 +48,7 @@ from embedlab.images import count_bad_images
 from embedlab.models.centroids import class_centroids
 from embedlab.models.checkpoints import (
     AtomicCheckpointIO,
+    checkpoint_epoch,
     export_descriptor_model,
     read_checkpoint,
     restore_matching_weights,
@@ -241,6 +242,10 @@ def run_drip(params: Params, request: DripRequest) -> dict:
         if phase == "evaluate":  # a finished run of the same settings and code: its weights stand
             module.load_state_dict(read_checkpoint(last_ckpt)["state_dict"])
         else:
+            if phase == "resume":
+                # Checkpoints hold no RNG state: reseed by the epochs done, or the resumed
+                # epochs would replay the first epochs' augmentations and shuffles.
+                pl.seed_everything(params.seed + checkpoint_epoch(last_ckpt) + 1, workers=True)
             _trainer(cfg, out_dir, run_id).fit(
                 module,
                 train_dataloaders=_loader(QueryViews(images, augment, cfg.img_size), cfg.batch_size,
