@@ -8,7 +8,7 @@ from PIL import Image, ImageDraw, ImageFont
 from embedlab.augment.context import AugContext
 from embedlab.augment.fonts import MIN_FONT_PX, load_font
 from embedlab.augment.graphics import random_text
-from embedlab.augment.registry import Magnitude, draw, random_color, register, side
+from embedlab.augment.registry import Magnitude, draw, random_color, register
 
 
 def _fit_font(
