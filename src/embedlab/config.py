@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import io
 import os
+import typing
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -163,13 +164,15 @@ def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ConfigError(f"{where}: unknown parameter(s) {unknown}; known: {sorted(fields)}")
+    hints = typing.get_type_hints(cls)  # the annotations as types (nested sections, schedules)
     kwargs = {}
     for name, value in values.items():
-        default = getattr(cls(), name) if _has_defaults(cls) else None
-        if dataclasses.is_dataclass(default) and isinstance(value, Mapping):
-            value = _build(type(default), value, f"{where}.{name}")
-        elif cls is DripConfig and name == "schedule":
-            value = {str(k): _build(DripStep, v, f"{where}.schedule.{k}") for k, v in (value or {}).items()}
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint) and isinstance(value, Mapping):
+            value = _build(hint, value, f"{where}.{name}")
+        elif typing.get_origin(hint) is dict and dataclasses.is_dataclass(typing.get_args(hint)[1]):
+            item = typing.get_args(hint)[1]
+            value = {str(k): _build(item, v, f"{where}.{name}.{k}") for k, v in (value or {}).items()}
         else:
             value = _coerce(value, fields[name].type, f"{where}.{name}")
         kwargs[name] = value
@@ -210,13 +213,6 @@ def _coerce(value: Any, annotation: str, where: str) -> Any:
     if not any(k in _SCALARS for k in kinds):
         return value  # not a scalar field
     raise ConfigError(f"{where}: {value!r} is not a valid {annotation}")
-
-
-def _has_defaults(cls: type) -> bool:
-    return all(
-        f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
-        for f in dataclasses.fields(cls)
-    )
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

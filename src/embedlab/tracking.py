@@ -25,7 +25,7 @@ def repo_root(start: Path | None = None) -> Path:
     <repo>/.dvc/tmp/exps/, deleted afterwards: results must land in <repo>."""
     start = (start or Path.cwd()).resolve()
     parts = start.parts
-    for i in range(len(parts) - 3):
+    for i in range(len(parts) - 2):
         if parts[i:i + 3] == (".dvc", "tmp", "exps"):
             return Path(*parts[:i])
     try:

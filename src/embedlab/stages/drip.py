@@ -44,6 +44,7 @@ from embedlab.data.drip import (
     collate_skipping_bad,
     select_classes,
 )
+from embedlab.devices import torch_device
 from embedlab.images import count_bad_images
 from embedlab.models.centroids import class_centroids
 from embedlab.models.checkpoints import (
@@ -57,7 +58,6 @@ from embedlab.models.drip_module import DripModule
 from embedlab.models.stop_rule import StopRule
 from embedlab.stages.disc_eval import evaluate_descriptor_model
 from embedlab.stages.drip_reports import loss_history, write_reports
-from embedlab.stages.embed import resolve_device
 from embedlab.stages.init_weights import INIT_STEP, initial_weights_path
 from embedlab.stages.run_state import RunState, fingerprint
 
@@ -158,7 +158,7 @@ def init_w_matrix(module: DripModule, request: DripRequest, images: ClassImages,
         QueryViews(images, augment, cfg.img_size, seed_for=lambda i, a=a: [seed, 1 + a, i])
         for a in range(cfg.w_matrix_augmentations)
     ]
-    w = class_centroids(module.model, views, len(images), cfg.batch_size, cfg.num_workers, resolve_device())
+    w = class_centroids(module.model, views, len(images), cfg.batch_size, cfg.num_workers, torch_device())
     module.model.cpu()
     module.head.load_centroids(w)
     with atomic_path(path) as tmp:

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from embedlab.data.transforms import resize_square, to_tensor
 from embedlab.descriptors import write_descriptors
+from embedlab.devices import torch_device
 from embedlab.images import list_images, load_or_skip
 from embedlab.models.backbone import DescriptorModel
 from embedlab.models.checkpoints import load_descriptor_model
@@ -54,12 +55,6 @@ class Embeddings:
     skipped: list[Path]
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
 @torch.no_grad()
 def embed_paths(
     model: DescriptorModel,
@@ -72,7 +67,7 @@ def embed_paths(
     progress: bool = True,
 ) -> Embeddings:
     """Descriptors of ``paths`` (names are file stems, e.g. Q00000)."""
-    dev = resolve_device(device)
+    dev = torch_device(device)
     was_training = model.training
     model.eval().to(dev)
     loader = DataLoader(
