@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from embedlab.config import DemoDataConfig
+from embedlab.config import DemoDataConfig, FaceDemoConfig
 from embedlab.data.demo import build_demo_data
+from embedlab.data.face_demo import build_demo_faces
 
 PROJECT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -28,12 +29,15 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 TINY_DEMO = DemoDataConfig(seed=1, n_training=32, n_reference=24, n_matched_queries=12, n_distractor_queries=6,
                            n_imagenet=8, n_frm_faces=0, image_size=64, jpeg_quality=90)
 
+TINY_FACES = FaceDemoConfig(seed=1, n_persons=16, images_per_person=3, fakes_per_person=2, n_test_persons=4,
+                            n_test_pairs=24, image_size=32)
+
 
 def tiny_params(data_root: str = "data/raw") -> dict:
     """A small but complete params.yaml: every stage of the real pipeline, at toy size."""
     params = yaml.safe_load((PROJECT / "params.yaml").read_text())
     params["data"].update(raw=data_root, disc=f"{data_root}/disc", imagenet=f"{data_root}/imagenet",
-                          frm_faces=f"{data_root}/frm_faces")
+                          frm_faces=f"{data_root}/frm_faces", faces=f"{data_root}/faces")
     params["drip"].update(
         backbone="test_resnet", pretrained=None, img_size=48, aug_size=64, embedding_dim=32, epochs=2,
         batch_size=8, val_classes=8,
@@ -41,6 +45,18 @@ def tiny_params(data_root: str = "data/raw") -> dict:
                   "s2": {"n_facebook_samples": 32, "n_imagenet_samples": 8, "init_from": "s1"}},
     )
     params["embed"].update(batch_size=32)
+    params["evaluate"].update(train_descriptors=24, ensemble=["drip/s2", "gem/big"])
+    params["augment"].update(classes=8, per_class=4, size=48, workers=1, build=["big"])
+    params["gem"].update(
+        backbone="test_resnet", pretrained=None, img_size=48, proj_hidden=32, proj_dim=64, p=4, k=2, epochs=2,
+        iters=3, warmup_epochs=1, flat_epochs=0, train=["big"],
+    )
+    params["triplet"].update(
+        backbone="vit_tiny_patch16_224", pretrained=None, img_size=32, patch_size=8, depth=2, p=4, k=2,
+        valid_fraction=0.25, eval_batch_size=64,
+        pretrain={"miner": "all", "lr": 3e-4, "epochs": 2, "init_from": None},
+        finetune={"miner": "hard", "lr": 1e-4, "epochs": 1, "init_from": "pretrain"},
+    )
     return params
 
 
@@ -49,6 +65,14 @@ def tiny_demo(tmp_path_factory) -> Path:
     """A tiny DISC-layout data set built from the packaged photos (read-only: copy before changing)."""
     root = tmp_path_factory.mktemp("tiny_demo")
     build_demo_data(root, TINY_DEMO, progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_faces(tmp_path_factory) -> Path:
+    """A tiny demo face set in the Kryptonite layout (read-only: copy before changing)."""
+    root = tmp_path_factory.mktemp("tiny_faces") / "faces"
+    build_demo_faces(root, TINY_FACES, progress=False)
     return root
 
 

@@ -95,3 +95,39 @@ def test_values_are_checked_against_their_types(tmp_path):
         path.write_text(yaml.safe_dump(bad))
         with pytest.raises(ConfigError, match=f"drip.{key}"):
             load_params(path)
+
+
+def test_dvc_stage_params_cover_every_setting_of_the_gem_and_triplet_stages():
+    """Like the drip stage: each field shapes the model (listed in dvc.yaml) or is a runtime knob."""
+    import dataclasses
+
+    from embedlab.config import GEM_RUNTIME_FIELDS, TRIPLET_RUNTIME_FIELDS, GemConfig, TripletConfig
+
+    stages = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]
+    gem = {p.split(".", 1)[1] for p in stages["gem"]["do"]["params"] if p.startswith("gem.")}
+    # gem.recipe is only the CLI's default set; each stage names its own.
+    assert gem == {f.name for f in dataclasses.fields(GemConfig)} - set(GEM_RUNTIME_FIELDS) - {"recipe"}
+    data_settings = {"data_out", "fake_classes", "valid_fraction"}  # the face_data stage's, a dependency
+    face_data = {p.split(".", 1)[1] for p in stages["face_data"]["params"] if p.startswith("triplet.")}
+    assert face_data == data_settings
+    model = {f.name for f in dataclasses.fields(TripletConfig)} - set(TRIPLET_RUNTIME_FIELDS) - data_settings
+    for phase, other in (("pretrain", "finetune"), ("finetune", "pretrain")):
+        listed = {p.split(".", 1)[1] for p in stages[f"triplet_{phase}"]["params"] if p.startswith("triplet.")}
+        assert listed == model - {other}, phase  # a phase does not rerun when the other's settings change
+
+
+def test_bad_gem_and_triplet_settings_name_the_setting(tmp_path):
+    path = tmp_path / "params.yaml"
+    for section, key, value, message in (("gem", "k", 1, "gem.k"), ("gem", "devices", 0, "gem.devices"),
+                                         ("triplet", "fake_classes", "each", "triplet.fake_classes"),
+                                         ("triplet", "p", 1, "at least 2")):
+        bad = yaml.safe_load((PROJECT / "params.yaml").read_text())
+        bad[section][key] = value
+        path.write_text(yaml.safe_dump(bad))
+        with pytest.raises(ConfigError, match=message):
+            load_params(path)
+    bad = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    bad["triplet"]["finetune"]["miner"] = "semi-hard"
+    path.write_text(yaml.safe_dump(bad))
+    with pytest.raises(ConfigError, match="miner"):
+        load_params(path)

@@ -67,7 +67,10 @@ def test_two_scheduled_steps_write_outputs_log_runs_and_chain(tiny_project: Path
     artifacts = {a.path for a in client.list_artifacts(run2.info.run_id)}
     assert {"checkpoints", "w_matrix", "model", "eval", "reports"} <= artifacts
     evaluated = {a.path for a in client.list_artifacts(run2.info.run_id, "eval/descriptors")}
-    assert evaluated == {"eval/descriptors/query.h5", "eval/descriptors/reference.h5"}
+    # The training descriptors are the post-processing's training set (evaluate.train_descriptors).
+    assert evaluated == {"eval/descriptors/query.h5", "eval/descriptors/reference.h5", "eval/descriptors/train.h5"}
+    post = {a.path for a in client.list_artifacts(run2.info.run_id, "eval/post")}
+    assert "eval/post/metrics.json" in post and 0 <= run2.data.metrics["post_uAP"] <= 1
     assert {a.path for a in client.list_artifacts(run2.info.run_id, "checkpoints")} >= {"checkpoints/last.ckpt"}
 
 

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def tiny_repo(tmp_path: Path, tiny_demo: Path) -> Path:
+def tiny_repo(tmp_path: Path, tiny_demo: Path, tiny_faces: Path) -> Path:
     """A git repo holding the project's dvc.yaml, the package source and the tiny params."""
     repo = tmp_path / "repo"
     repo.mkdir()
@@ -24,6 +24,7 @@ def tiny_repo(tmp_path: Path, tiny_demo: Path) -> Path:
     shutil.copytree(PROJECT / "src" / "embedlab", repo / "src" / "embedlab",
                     ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(tiny_demo, repo / "data" / "raw")
+    shutil.copytree(tiny_faces, repo / "data" / "raw" / "faces")
     (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params()))
     (repo / ".gitignore").write_text("mlflow.db\nmlruns/\n__pycache__/\n")
     run(["git", "init", "-q"], repo)
@@ -43,9 +44,20 @@ def tiny_repo(tmp_path: Path, tiny_demo: Path) -> Path:
 def test_dvc_repro_is_incremental_and_tracks_metrics_and_plots(tiny_repo: Path, tmp_path: Path):
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     first = run(["dvc", "repro"], tiny_repo, **env)
-    assert "Running stage 'drip@s2'" in first.stdout
+    for stage in ("drip@s2", "augment@big", "gem@big", "ensemble", "face_data", "triplet_pretrain",
+                  "triplet_finetune"):
+        assert f"Running stage '{stage}'" in first.stdout
     metrics = json.loads((tiny_repo / "reports/drip/s2/metrics.json").read_text())
     assert metrics["n_classes"] == 40 and 0 <= metrics["uAP"] <= 1
+    assert 0 <= metrics["post_uAP"] <= 1  # after whitening + score normalisation
+    gem = json.loads((tiny_repo / "reports/gem/big/metrics.json").read_text())
+    assert gem["n_classes"] == 8 and 0 <= gem["uAP"] <= 1
+    ensemble = json.loads((tiny_repo / "reports/ensemble/metrics.json").read_text())
+    assert ensemble["members"] == ["drip/s2", "gem/big"] and 0 <= ensemble["post_uAP"] <= 1
+    faces = json.loads((tiny_repo / "reports/triplet/finetune/metrics.json").read_text())
+    assert 0 <= faces["test_eer"] <= 1 and "valid_eer_fake_same_person" in faces
+    table = run(["embedlab", "report"], tiny_repo, **env).stdout
+    assert "gem/big" in table and "ensemble: drip/s2 + gem/big" in table and "finetune" in table
 
     # Running the code writes bytecode next to it: not a change of the code.
     (tiny_repo / "src/embedlab/__pycache__").mkdir(exist_ok=True)
@@ -64,7 +76,9 @@ def test_dvc_repro_is_incremental_and_tracks_metrics_and_plots(tiny_repo: Path, 
 
     client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
     runs = client.search_runs([client.get_experiment_by_name("embedlab").experiment_id])
-    assert sorted(r.data.tags.get("embedlab.drip_step", "init") for r in runs) == ["init", "s1", "s2"]
+    stages = sorted(r.data.tags["embedlab.stage"] for r in runs)
+    assert stages == ["drip", "drip", "drip_init", "ensemble", "gem", "triplet", "triplet"]
+    assert sorted(r.data.tags["embedlab.drip_step"] for r in runs if "embedlab.drip_step" in r.data.tags) == ["s1", "s2"]
     data_hash = yaml.safe_load((tiny_repo / "data.dvc").read_text())["outs"][0]["md5"]
     head = run(["git", "rev-parse", "HEAD"], tiny_repo).stdout.strip()
     assert all(r.data.tags["dvc.data_hash"] == data_hash for r in runs)
@@ -75,7 +89,8 @@ def test_dvc_repro_is_incremental_and_tracks_metrics_and_plots(tiny_repo: Path, 
     run(["git", "commit", "-qm", "results"], tiny_repo)
     exp = run(["dvc", "exp", "run", "-S", "drip.qry_augs_intensity=0.6"], tiny_repo, **env)
     assert "Running stage 'drip@s1'" in exp.stdout and "Running stage 'drip@s2'" in exp.stdout
-    assert "Running stage 'drip_init'" not in exp.stdout
+    for untouched in ("drip_init", "augment@big", "gem@big", "triplet_pretrain"):
+        assert f"Running stage '{untouched}'" not in exp.stdout
     assert yaml.safe_load((tiny_repo / "params.yaml").read_text())["drip"]["qry_augs_intensity"] == 0.6
 
 
@@ -104,3 +119,24 @@ def test_mlflow_run_drip_stage_logs_into_the_run_mlflow_opened(tmp_path: Path, t
     checkpoints = {a.path for a in client.list_artifacts(logged.info.run_id, "checkpoints")}
     assert "checkpoints/last.ckpt" in checkpoints
     assert (project / "models/drip/12cls/checkpoints/last.ckpt").is_file()
+
+
+def test_a_changed_recipe_reruns_its_set_and_model_only(tiny_repo: Path, tmp_path: Path):
+    """DVC's view of the augment/gem chain: what a parameter change makes stale."""
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    run(["dvc", "repro", "gem@big", "face_data"], tiny_repo, **env)
+    images = sorted(p.relative_to(tiny_repo) for p in (tiny_repo / "data/augmented/big").rglob("*.jpg"))
+    assert len(images) == 8 * 4  # 8 classes x (anchor + 3 augmentations)
+    assert "up to date" in run(["dvc", "status", "gem@big"], tiny_repo).stdout
+
+    params = yaml.safe_load((tiny_repo / "params.yaml").read_text())
+    params["augment"]["recipes"]["big"] = {"last": [{"op": "grayscale", "p": 1.0}]}
+    (tiny_repo / "params.yaml").write_text(yaml.safe_dump(params))
+    assert "augment@big" in run(["dvc", "status", "--with-deps", "gem@big"], tiny_repo).stdout
+    assert "up to date" in run(["dvc", "status", "face_data"], tiny_repo).stdout
+    rerun = run(["dvc", "repro", "gem@big"], tiny_repo, **env)
+    assert "Running stage 'augment@big'" in rerun.stdout and "Running stage 'gem@big'" in rerun.stdout
+    from PIL import Image
+    import numpy as np
+    sample = np.asarray(Image.open(tiny_repo / images[5]).convert("RGB")).astype(int)
+    assert np.abs(sample[..., 0] - sample[..., 1]).max() <= 3  # the regenerated set is grayscale

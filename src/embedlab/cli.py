@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from embedlab.config import ConfigError, DripStep, apply_overrides, load_params, use_profile
+from embedlab.postprocess.cli import add_parser as add_postprocess_parser
 
 
 def _params(args):
@@ -17,12 +18,30 @@ def _params(args):
 
 def cmd_demo_data(args) -> None:
     from embedlab.data.demo import build_demo_data
+    from embedlab.data.face_demo import build_demo_faces
 
     params = _params(args)
     cfg = apply_overrides(params.demo_data, {"seed": args.seed, "n_training": args.n_training,
                                              "n_reference": args.n_reference}, "demo-data")
-    summary = build_demo_data(Path(args.out or params.data.raw), cfg)
+    root = Path(args.out or params.data.raw)
+    summary = build_demo_data(root, cfg)
+    summary["faces"] = build_demo_faces(root / "faces" if args.out else Path(params.data.faces), params.demo_faces)
     print(json.dumps(summary, indent=2, default=str))
+
+
+def cmd_augment(args) -> None:
+    from embedlab.augment.generator import format_summary
+    from embedlab.stages.augment import run_augment, show_recipe
+
+    params = _params(args)
+    overrides = {"classes": args.classes, "per_class": args.per_class, "size": args.size, "workers": args.workers,
+                 "seed": args.seed}
+    if args.show:
+        print(show_recipe(params, args.recipe, overrides, args.params))
+        return
+    manifest, out = run_augment(params, args.recipe, overrides, out=args.out, restart=args.restart,
+                                if_stale=args.if_stale, progress=not args.no_progress, params_file=args.params)
+    print(format_summary(manifest, out))
 
 
 def cmd_drip(args) -> None:
@@ -44,6 +63,46 @@ def cmd_drip(args) -> None:
         request.build_w_matrix = Path(args.build_w_matrix) if args.build_w_matrix else None
     summary = run_drip(params, request)
     print(json.dumps(summary, indent=2))
+
+
+def cmd_gem(args) -> None:
+    from embedlab.stages.gem import plan_gem, run_gem
+
+    params = _params(args)
+    request = plan_gem(params, args.recipe, args.data)
+    overrides = {"epochs": args.epochs, "iters": args.iters, "lr": args.lr, "p": args.p, "k": args.k,
+                 "ce_weight": args.ce_weight, "triplet_weight": args.triplet_weight, "devices": args.devices}
+    cfg = apply_overrides(params.gem, overrides, "gem")
+    summary = run_gem(params, request, cfg)
+    if summary:  # DDP worker processes return nothing
+        print(json.dumps(summary, indent=2))
+
+
+def cmd_face_data(args) -> None:
+    from embedlab.stages.face_data import write_face_data
+
+    print(json.dumps(write_face_data(_params(args)), indent=2))
+
+
+def cmd_triplet(args) -> None:
+    from embedlab.stages.triplet import plan_phase, run_triplet
+
+    params = _params(args)
+    overrides = {"miner": args.miner, "lr": args.lr, "epochs": args.epochs, "init_from": args.init_from}
+    print(json.dumps(run_triplet(params, plan_phase(params, args.phase, overrides)), indent=2))
+
+
+def cmd_face_submission(args) -> None:
+    from embedlab.stages.face_eval import write_face_submission
+
+    print(json.dumps(write_face_submission(args.checkpoint, args.pairs, args.out, args.batch_size,
+                                           args.num_workers), indent=2))
+
+
+def cmd_ensemble(args) -> None:
+    from embedlab.stages.ensemble import run_ensemble
+
+    print(json.dumps(run_ensemble(_params(args), args.members), indent=2))
 
 
 def cmd_embed(args) -> None:
@@ -98,6 +157,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-training", type=int)
     p.add_argument("--n-reference", type=int)
 
+    p = command("augment", cmd_augment, "generate an augmented training set (anchor + augmentations per class)",
+                "embedlab augment --recipe bw --classes 100 --per-class 20 --size 256   (--show: the recipe's steps)")
+    p.add_argument("--recipe", required=True, help="a recipe of augment.recipes in params.yaml (e.g. big, bw)")
+    p.add_argument("--classes", type=int, help="at most this many source classes; 0: all (default: augment.classes)")
+    p.add_argument("--per-class", type=int, help="images per class, anchor included (default: augment.per_class)")
+    p.add_argument("--size", type=int, help="image size in pixels (default: augment.size)")
+    p.add_argument("--workers", type=int, help="processes; 0: all cores (default: augment.workers)")
+    p.add_argument("--seed", type=int, help="default: augment.seed")
+    p.add_argument("--out", help="output folder (default: <augment.out>/<recipe>)")
+    p.add_argument("--restart", action="store_true", help="delete the set's existing output and start afresh")
+    p.add_argument("--if-stale", choices=("fail", "restart"), default="fail",
+                   help="output made with other parameters: fail (default) or restart (dvc repro)")
+    p.add_argument("--show", action="store_true", help="print the recipe's effective steps and exit")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
     p = command("drip", cmd_drip, "train one drip step (ArcFace over a growing class count)",
                 "embedlab drip --n-facebook-samples 200 --n-imagenet-samples 0 --n-frm-face-samples 0 "
                 "--batch-size 32 --qry-augs-intensity 0.5")
@@ -110,6 +184,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--qry-augs-intensity", type=float)
     p.add_argument("--epochs", type=int)
     p.add_argument("--build-w-matrix", help="previous step's checkpoint: start from its weights and class centroids")
+
+    p = command("gem", cmd_gem, "train the GeM model (P×K batches, CE + triplet) on one generated training set",
+                "embedlab gem --recipe big --epochs 4 --iters 20")
+    p.add_argument("--recipe", help="generated set under augment.out (default: gem.recipe)")
+    p.add_argument("--data", help="a generated set's folder (default: <augment.out>/<recipe>)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--iters", type=int, help="iterations per epoch")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--p", type=int, help="identities per batch")
+    p.add_argument("--k", type=int, help="images per identity")
+    p.add_argument("--ce-weight", type=float)
+    p.add_argument("--triplet-weight", type=float)
+    p.add_argument("--devices", type=int, help=">1: DDP with one classifier shard per rank")
+
+    command("face-data", cmd_face_data, "build the triplet stage's face data set (CSVs, validation pairs)",
+            "embedlab face-data")
+
+    p = command("triplet", cmd_triplet, "train one phase of the face encoder with a triplet loss",
+                "embedlab triplet --phase finetune --miner hard --epochs 3")
+    p.add_argument("--phase", choices=("pretrain", "finetune"), required=True)
+    p.add_argument("--miner", choices=("all", "hard"))
+    p.add_argument("--lr", type=float)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--init-from", help="a phase name or a .ckpt to start from; 'none': triplet.pretrained "
+                   "(default: the phase's init_from in params.yaml)")
+
+    p = command("face-submission", cmd_face_submission, "write pair_id,similarity for a folder of face pairs",
+                "embedlab face-submission --checkpoint models/triplet/finetune/encoder.safetensors "
+                "--pairs data/raw/faces/test_public --out submission.csv")
+    p.add_argument("--checkpoint", required=True, help="a triplet .ckpt or an exported encoder .safetensors")
+    p.add_argument("--pairs", required=True, help="folder of <pair_id>/0.jpg, 1.jpg")
+    p.add_argument("--out", required=True)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--num-workers", type=int, default=0)
 
     command("init-weights", cmd_init_weights, "write the backbone weights the first drip step starts from",
             "embedlab init-weights")
@@ -142,7 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
                 "embedlab use-profile full")
     p.add_argument("name")
 
-    command("report", cmd_report, "print the results table of the drip steps", "embedlab report")
+    add_postprocess_parser(sub)
+    p = command("ensemble", cmd_ensemble, "score the concatenated descriptors of trained models, before and after "
+                "post-processing", "embedlab ensemble --members drip/s3 gem/big")
+    p.add_argument("--members", nargs="+", help="<stage>/<name> of trained models (default: evaluate.ensemble)")
+    command("report", cmd_report, "print the results table of the training stages", "embedlab report")
     return parser
 
 

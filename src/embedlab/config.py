@@ -41,6 +41,25 @@ class DemoDataConfig:
 
 
 @dataclasses.dataclass
+class FaceDemoConfig:
+    """Size and seed of the demo face set (``embedlab demo-data``)."""
+
+    seed: int = 0
+    n_persons: int = 48  # persons in train/
+    images_per_person: int = 4  # real images per person (>= 2)
+    fakes_per_person: int = 2  # a person with fakes gets this many (a fifth of them one less, at least 1)
+    fake_share: float = 0.75  # share of the persons that have deepfakes
+    n_test_persons: int = 16  # identities seen only in test_public
+    n_test_pairs: int = 120  # a third each: genuine, other_person, fake_same_person
+    image_size: int = 64  # pixels (square)
+    jpeg_quality: int = 90
+    # Share of the donor's inner features in a deepfake, drawn per person from [min, max]:
+    # near 1 a face swap, near 0.5 a morph.
+    fake_blend_min: float = 0.4
+    fake_blend_max: float = 0.6
+
+
+@dataclasses.dataclass
 class DripStep:
     """One step of the drip schedule: how many classes from each source."""
 
@@ -122,8 +141,27 @@ class EmbedConfig:
 
 
 @dataclasses.dataclass
+class PostprocessSettings:
+    """Post-processing scored beside the plain descriptors (see embedlab.postprocess)."""
+
+    whiten: bool = True
+    whiten_dim: int | None = None  # None: the descriptor size, capped at the training descriptors - 1
+    whiten_power: float = 0.5  # 0.5 full whitening, 0 plain PCA
+    score_norm_factor: float = 2.0  # s' = q·r - factor·mean of the n nearest training scores; 0: off
+    score_norm_n: int = 10
+    stretch_factor: float = 0.0  # query stretching; 0: off
+    stretch_n: int = 5
+
+
+@dataclasses.dataclass
 class EvaluateConfig:
     k: int = 10  # neighbours per query in the kNN search
+    # DISC training images embedded as the post-processing "training set"
+    # (whitening, score normalisation); 0 scores the plain descriptors only.
+    train_descriptors: int = 0
+    postprocess: PostprocessSettings = dataclasses.field(default_factory=PostprocessSettings)
+    # `embedlab ensemble`: trained models (<stage>/<name>) whose descriptors are concatenated.
+    ensemble: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -138,10 +176,150 @@ class DataConfig:
     disc: str = "data/raw/disc"
     imagenet: str = "data/raw/imagenet"
     frm_faces: str = "data/raw/frm_faces"
+    faces: str = "data/raw/faces"  # the face layout (Kryptonite): train/meta.json, test_public/
     on_bad_image: str = "fail"  # fail | skip
 
     def __post_init__(self) -> None:
         _check_choice("data.on_bad_image", self.on_bad_image, ("fail", "skip"))
+
+
+# GemConfig fields that change how fast a run goes, not what it learns (left out
+# of the resume fingerprint and of the DVC stage's params).
+GEM_RUNTIME_FIELDS = ("num_workers", "channels_last", "devices", "classifier_devices", "train")
+
+
+@dataclasses.dataclass
+class GemConfig:
+    """The GeM trainer (ISC 2021 "bag of tricks"): GemNet, P×K batches, CE + triplet."""
+
+    recipe: str = "big"  # the generated set `embedlab gem` trains on by default
+    train: list[str] = dataclasses.field(default_factory=lambda: ["big"])  # recipes `dvc repro` trains on
+    backbone: str = "resnet50"
+    pretrained: str | None = None  # local weights file; None trains from scratch
+    img_size: int = 256
+    gem_p: float = 3.0
+    proj_hidden: int = 4096
+    proj_dim: int = 8192
+    last_stride_1: bool = True
+    waveblock: bool = True
+    ce_weight: float = 10.0
+    triplet_weight: float = 1.0
+    label_smoothing: float = 0.1
+    p: int = 32  # identities per batch
+    k: int = 4  # images per identity (the original's num_instances)
+    lr: float = 3.5e-4
+    weight_decay: float = 0.0
+    warmup_epochs: float = 5
+    flat_epochs: float = 5
+    epochs: int = 25
+    iters: int | None = 8000  # iterations per epoch; None: about one pass over the images
+    precision: str = "auto"  # auto: bf16-mixed on GPU, 32 on CPU
+    channels_last: bool = True
+    num_workers: int = 0
+    devices: int = 1  # >1: DDP, the classifier split into one shard per rank
+    classifier_devices: int = 1  # one process: the classifier split over this many GPUs
+    evaluate: bool = True
+    evaluate_before: bool = True
+
+    def __post_init__(self) -> None:
+        _check_choice("gem.precision", self.precision, ("auto", "32-true", "bf16-mixed", "16-mixed"))
+        if self.devices < 1 or self.classifier_devices < 1:
+            raise ConfigError("gem.devices and gem.classifier_devices must be at least 1")
+        for name in ("p", "k"):
+            if getattr(self, name) < 2:
+                raise ConfigError(f"gem.{name} must be at least 2 (a batch needs positives and negatives)")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"gem.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
+
+# AugmentConfig fields that do not shape a generated set (left out of its
+# fingerprint and of the DVC stage's params; dvc.yaml lists every other field).
+AUGMENT_RUNTIME_FIELDS = ("workers", "build", "out")
+
+
+@dataclasses.dataclass
+class AugmentConfig:
+    """The augmented training sets (``embedlab augment``): sources, sizes, recipes.
+
+    ``base`` (the ``big`` chain) and ``recipes`` are checked against the op
+    catalogue by :func:`embedlab.augment.recipes.load_recipes`. Defaults are
+    the original's scale (REFERENCE.md section 2); params.yaml holds the demo's.
+    """
+
+    source: str = "data/raw/disc/training"  # one class per image
+    faces: str = "data/raw/frm_faces"  # extra classes of the recipes with `faces: true`
+    out: str = "data/augmented"  # a set is written to <out>/<recipe>
+    every: int = 10  # keep every n-th source image (sorted by name)
+    classes: int = 0  # at most this many source classes; 0: all
+    per_class: int = 20  # images per class: the anchor <class>_0 plus per_class - 1 augmentations
+    size: int = 256  # pixels (square)
+    jpeg_quality: int = 100
+    seed: int = 0
+    workers: int = 0  # processes; 0: all cores
+    on_bad_image: str = "skip"  # skip (listed in manifest.json) | fail
+    build: list[str] = dataclasses.field(default_factory=lambda: ["big"])  # the sets `dvc repro` generates
+    base: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    recipes: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_choice("augment.on_bad_image", self.on_bad_image, ("skip", "fail"))
+        for name, low in (("every", 1), ("classes", 0), ("per_class", 1), ("size", 8), ("workers", 0)):
+            if getattr(self, name) < low:
+                raise ConfigError(f"augment.{name} must be at least {low}, got {getattr(self, name)}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ConfigError(f"augment.jpeg_quality must be in 1..100, got {self.jpeg_quality}")
+        if not isinstance(self.build, list) or not all(isinstance(b, str) for b in self.build):
+            raise ConfigError(f"augment.build must be a list of recipe names, got {self.build!r}")
+
+
+@dataclasses.dataclass
+class TripletPhase:
+    """One phase of the triplet stage: its miner, learning rate, length and starting point."""
+
+    miner: str = "all"  # all: every valid triplet of the batch | hard: batch-hard (Hermans et al.)
+    lr: float = 1e-4
+    epochs: int = 10
+    init_from: str | None = None  # None: triplet.pretrained; "pretrain": that phase's last checkpoint
+
+    def __post_init__(self) -> None:
+        _check_choice("triplet phase miner", self.miner, ("all", "hard"))
+
+
+# TripletConfig fields that change how fast a phase runs, not what it learns.
+TRIPLET_RUNTIME_FIELDS = ("num_workers", "eval_batch_size")
+
+
+@dataclasses.dataclass
+class TripletConfig:
+    """The deepfake-robust face encoder (REFERENCE.md §4): ViT CLS embedding, triplet loss."""
+
+    data_out: str = "data/faces"  # `embedlab face-data` writes the CSVs here
+    fake_classes: str = "per_person"  # per_person | per_image: how deepfakes become classes
+    valid_fraction: float = 0.2  # persons held out for the validation pairs
+    backbone: str = "vit_base_patch16_224"
+    pretrained: str | None = None  # local ViT weights (e.g. DINO ViT-B/16); None: from scratch
+    img_size: int = 224
+    patch_size: int | None = None
+    depth: int | None = None
+    normalize_embeddings: bool = True  # one setting for both phases (the original mixed them)
+    margin: float = 0.1
+    p: int = 16  # labels per batch
+    k: int = 4  # images per label
+    iters: int | None = None  # batches per epoch; None: every label about once
+    weight_decay: float = 0.0
+    precision: str = "auto"
+    num_workers: int = 0
+    eval_batch_size: int = 64
+    pretrain: TripletPhase = dataclasses.field(default_factory=TripletPhase)
+    finetune: TripletPhase = dataclasses.field(
+        default_factory=lambda: TripletPhase(miner="hard", lr=1e-6, epochs=3, init_from="pretrain"))
+
+    def __post_init__(self) -> None:
+        _check_choice("triplet.fake_classes", self.fake_classes, ("per_person", "per_image"))
+        _check_choice("triplet.precision", self.precision, ("auto", "32-true", "bf16-mixed", "16-mixed"))
+        if self.p < 2 or self.k < 2:
+            raise ConfigError(f"triplet: a batch of {self.p} labels x {self.k} instances holds no triplet; "
+                              "p and k must be at least 2")
 
 
 @dataclasses.dataclass
@@ -150,8 +328,12 @@ class Params:
     profile: str = "demo"
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     demo_data: DemoDataConfig = dataclasses.field(default_factory=DemoDataConfig)
+    demo_faces: FaceDemoConfig = dataclasses.field(default_factory=FaceDemoConfig)
     drip: DripConfig = dataclasses.field(default_factory=DripConfig)
     embed: EmbedConfig = dataclasses.field(default_factory=EmbedConfig)
+    gem: GemConfig = dataclasses.field(default_factory=GemConfig)
+    triplet: TripletConfig = dataclasses.field(default_factory=TripletConfig)
+    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
     evaluate: EvaluateConfig = dataclasses.field(default_factory=EvaluateConfig)
     tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from embedlab.config import Params
 from embedlab.tracking import tracking_uri
 
-COLUMNS = (
+RETRIEVAL_COLUMNS = (
     ("step", "step", "{}"),
     ("classes", "n_classes", "{}"),
     ("epochs", "epochs", "{}"),
@@ -16,9 +16,24 @@ COLUMNS = (
     ("val loss", "val_loss", "{:.3f}"),
     ("μAP before", "before_uAP", "{:.4f}"),
     ("μAP", "uAP", "{:.4f}"),
+    ("μAP post", "post_uAP", "{:.4f}"),  # after whitening + score normalisation (evaluate.postprocess)
     ("R@P90", "recall_at_p90", "{:.4f}"),
     ("R@rank1", "recall_at_rank1", "{:.4f}"),
     ("R@rank10", "recall_at_rank10", "{:.4f}"),
+)
+
+
+FACE_COLUMNS = (
+    ("phase", "phase", "{}"),
+    ("miner", "miner", "{}"),
+    ("epochs", "epochs", "{}"),
+    ("train loss", "train_loss", "{:.4f}"),
+    ("EER before", "before_valid_eer", "{:.4f}"),
+    ("EER", "valid_eer", "{:.4f}"),
+    ("EER real-vs-fake", "valid_eer_fake_same_person", "{:.4f}"),
+    ("EER other person", "valid_eer_other_person", "{:.4f}"),
+    ("test EER", "test_eer", "{:.4f}"),
+    ("test AUC", "test_roc_auc", "{:.4f}"),
 )
 
 
@@ -31,28 +46,49 @@ def _cell(fmt: str, value) -> str:
         return str(value)
 
 
+def metric_rows(reports_root: Path, order: list[str]) -> list[dict]:
+    """``<reports_root>/<name>/metrics.json`` of each name in ``order``, then any others found."""
+    found = {p.parent.name: p for p in sorted(reports_root.glob("*/metrics.json"))}
+    names = [name for name in order if name in found] + sorted(set(found) - set(order))
+    return [json.loads(found[name].read_text()) for name in names]
+
+
 def drip_rows(params: Params, reports_root: Path = Path("reports/drip")) -> list[dict]:
     """Metrics of each drip step in schedule order, then any other runs found."""
-    found = {p.parent.name: p for p in sorted(reports_root.glob("*/metrics.json"))}
-    order = [name for name in params.drip.schedule if name in found] + sorted(set(found) - set(params.drip.schedule))
-    return [json.loads(found[name].read_text()) for name in order]
+    return metric_rows(reports_root, list(params.drip.schedule))
 
 
-def format_table(rows: list[dict]) -> str:
-    header = [title for title, _, _ in COLUMNS]
-    body = [[_cell(fmt, row.get(key)) for _, key, fmt in COLUMNS] for row in rows]
+def gem_rows(params: Params, reports_root: Path = Path("reports/gem")) -> list[dict]:
+    """Metrics of each GeM run, in the order of gem.train."""
+    return metric_rows(reports_root, list(params.gem.train))
+
+
+def ensemble_rows(report: Path = Path("reports/ensemble/metrics.json")) -> list[dict]:
+    return [json.loads(report.read_text())] if report.is_file() else []
+
+
+def format_table(rows: list[dict], columns=RETRIEVAL_COLUMNS) -> str:
+    header = [title for title, _, _ in columns]
+    body = [[_cell(fmt, row.get(key)) for _, key, fmt in columns] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in body)) if body else len(h) for i, h in enumerate(header)]
     line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
     return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in body)])
 
 
 def results_report(params: Params) -> str:
-    rows = drip_rows(params)
-    table = format_table(rows) if rows else "(no drip results yet: run `dvc repro`)"
+    sections = [
+        ("Drip training on the DISC query/reference sets", drip_rows(params), RETRIEVAL_COLUMNS, "drip"),
+        ("GeM trainer on generated training sets (step = gem/<recipe>)", gem_rows(params), RETRIEVAL_COLUMNS, "gem"),
+        ("Ensemble: concatenated descriptors (μAP post: whitened + score-normalised)",
+         ensemble_rows(), RETRIEVAL_COLUMNS, "ensemble"),
+        ("Face encoder (triplet stage): EER on the validation pairs, then the labelled test pairs",
+         metric_rows(Path("reports/triplet"), ["pretrain", "finetune"]), FACE_COLUMNS, "triplet"),
+    ]
+    parts = [f"{title}\n{format_table(rows, columns) if rows else f'(no {stage} results yet: run `dvc repro`)'}"
+             for title, rows, columns, stage in sections]
     uri = tracking_uri(params.tracking.uri)
     return (
-        "Drip training on the DISC query/reference sets\n"
-        f"{table}\n\n"
+        "\n\n".join(parts) + "\n\n"
         "Compare the runs in the MLflow UI:\n"
         f"  .venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000\n"
         "  then open http://127.0.0.1:5000"

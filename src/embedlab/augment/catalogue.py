@@ -6,12 +6,13 @@ One module per family; each op is ``fn(img, rng, ctx, **magnitudes)`` (see
 =====================  =====================================================
 family                 ops
 =====================  =====================================================
-geometric              random_resized_crop, crop, scale, rotate, perspective,
-                       pad, hflip, vflip
+geometric              random_resized_crop, crop, scale, resize, rotate,
+                       perspective, pad, hflip, vflip
 color                  grayscale, color_jitter, brightness, colorize,
                        channel_invert, channel_swap, channel_shift
 degrade                blur, sharpen, jpeg, pixelization, shuffle_pixels
-overlays               opacity, overlay_onto_image, overlay_image
+overlays               opacity, overlay_onto_image, overlay_image, underlay,
+                       overlay
 graphics               stripes, emoji, text
 framing                meme, screenshot
 =====================  =====================================================

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
+from embedlab.augment._resize import resize_image
 from embedlab.augment.fonts import FontBank
 from embedlab.augment.pool import OverlayPool, synthetic_background
 
@@ -22,5 +23,5 @@ class AugContext:
         """A pool image (synthetic when there is none), resized to ``size`` if given."""
         if self.pool is not None and len(self.pool) > 0:
             img = self.pool.sample(rng)
-            return img if size is None or img.size == size else img.resize(size, Image.BILINEAR)
+            return img if size is None or img.size == size else resize_image(img, size)
         return synthetic_background(rng, size or (128, 128))

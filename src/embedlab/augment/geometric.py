@@ -1,4 +1,4 @@
-"""Geometric ops: crops, scale, rotation, perspective, padding, flips."""
+"""Geometric ops: crops, scale, resize, rotation, perspective, padding, flips."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from embedlab.augment._resize import resize_image
 from embedlab.augment.context import AugContext
 from embedlab.augment.registry import Magnitude, draw, random_color, register, side
 
@@ -22,7 +23,8 @@ def random_resized_crop(
     size: int | tuple[int, int] | None = None,
 ) -> Image.Image:
     """torchvision's RandomResizedCrop: a window of ``scale`` of the area and
-    aspect ``ratio``, resized to ``size`` (w, h; default: the input size)."""
+    aspect ``ratio``, resized to ``size`` (w, h; default: the input size).
+    Resampling: bilinear when enlarging, pixel-area averaging when reducing."""
     w, h = img.size
     out = img.size if size is None else (size, size) if isinstance(size, int) else tuple(size)
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
@@ -32,11 +34,11 @@ def random_resized_crop(
         cw, ch = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
         if 0 < cw <= w and 0 < ch <= h:
             x0, y0 = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-            return img.resize(out, Image.BILINEAR, box=(x0, y0, x0 + cw, y0 + ch))
+            return resize_image(img, out, box=(x0, y0, x0 + cw, y0 + ch))
     # Same fallback as torchvision: the central crop with the closest ratio.
     cw, ch = (w, min(h, round(w / ratio[0]))) if w / h < ratio[0] else (min(w, round(h * ratio[1])), h)
     x0, y0 = (w - cw) // 2, (h - ch) // 2
-    return img.resize(out, Image.BILINEAR, box=(x0, y0, x0 + cw, y0 + ch))
+    return resize_image(img, out, box=(x0, y0, x0 + cw, y0 + ch))
 
 
 @register("crop")
@@ -62,6 +64,16 @@ def scale(
     return img.resize(new, Image.BILINEAR)
 
 
+@register("resize")
+def resize(img: Image.Image, rng: np.random.Generator, ctx: AugContext, size: int = 256) -> Image.Image:
+    """Resize to ``size``×``size`` pixels, aspect not kept (torchvision's
+    ``Resize((size, size))``). The one op whose magnitude is in pixels: recipes
+    close with it to give every image of a set the same size. Bilinear when
+    enlarging, pixel-area averaging when reducing (antialiased)."""
+    size = max(1, int(size))
+    return resize_image(img, (size, size)) if img.size != (size, size) else img.copy()
+
+
 def _max_valid_rect(w: int, h: int, angle_rad: float) -> tuple[float, float]:
     """Largest axis-aligned rectangle inside a w×h rectangle rotated by angle."""
     long_side, short_side = (w, h) if w >= h else (h, w)
@@ -85,8 +97,12 @@ def rotate(
     input size: with ``crop_border`` the largest rectangle free of black corners
     is cut out and resized back; without it the corners stay black."""
     a = draw(rng, angle)
-    if not crop_border:
-        return img.rotate(a, resample=Image.BILINEAR)
+    if not crop_border:  # as Image.rotate(a, BILINEAR), through OpenCV (5x faster)
+        w, h = img.size
+        matrix = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), a, 1.0)
+        out = cv2.warpAffine(np.asarray(img), matrix, (w, h), flags=cv2.INTER_LINEAR,
+                             borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        return Image.fromarray(out, "RGB")
     w, h = img.size
     big = img.rotate(a, resample=Image.BILINEAR, expand=True)
     rw, rh = _max_valid_rect(w, h, math.radians(a))

@@ -10,7 +10,7 @@ import math
 import string
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from embedlab.augment.context import AugContext
 from embedlab.augment.registry import Magnitude, draw, draw_int, random_color, register, side
@@ -154,7 +154,29 @@ def text(
     x = int(rng.integers(0, max(1, int(img.width * 0.8))))
     y = int(rng.integers(0, max(1, int(img.height - font.size))))
     mask = Image.new("L", img.size, 0)
-    ImageDraw.Draw(mask).text((x, y), s, fill=round(255 * draw(rng, opacity)), font=font)
+    ImageDraw.Draw(mask).text((x, y), _visible_prefix(font, s, img.width - x), fill=round(255 * draw(rng, opacity)),
+                              font=font)
     out = img.copy()
-    out.paste(random_color(rng), (0, 0, img.width, img.height), mask)
+    box = mask.getbbox()
+    if box is not None:  # paste only where the text is: the same pixels, less work
+        out.paste(random_color(rng), box, mask.crop(box))
+    else:
+        random_color(rng)  # keep the rng stream of an empty draw
     return out
+
+
+def _visible_prefix(font: ImageFont.FreeTypeFont, s: str, room: float) -> str:
+    """The part of ``s`` that can reach into ``room`` pixels: rendering the
+    characters far past the right edge (most of a large font's text) costs
+    time and changes no pixel. A margin of one font size covers overhangs."""
+    limit = room + font.size
+    if len(s) < 2 or font.getlength(s) <= limit:
+        return s
+    lo, hi = 1, len(s)  # the shortest prefix whose advance passes the limit (getlength grows with the prefix)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if font.getlength(s[:mid]) > limit:
+            hi = mid
+        else:
+            lo = mid + 1
+    return s[:lo]

@@ -1,7 +1,9 @@
-"""Compositing with other images: opacity, overlay onto, overlay image.
+"""Compositing with other images: opacity, overlay onto, overlay image,
+underlay, overlay.
 
 The other image comes from ``ctx`` (the overlay pool, or a synthetic gradient
-when there is none). Outputs keep the input size.
+when there is none). Outputs keep the input size, except ``underlay`` (the
+other image's aspect) and ``overlay`` (``factor`` times larger).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from embedlab.augment._resize import resize_array, resize_image
 from embedlab.augment.context import AugContext
 from embedlab.augment.registry import Magnitude, draw, register, side
 
@@ -73,3 +76,46 @@ def overlay_image(
     out = img.copy()
     _paste(out, other, _paste_position(rng, out.size, other.size), draw(rng, opacity))
     return out
+
+
+@register("underlay")
+def underlay(
+    img: Image.Image, rng: np.random.Generator, ctx: AugContext, area: Magnitude = (0.04, 0.1)
+) -> Image.Image:
+    """Paste the image into another picture, where it covers ``area`` of that
+    picture's area (aspect kept), at a random place: the copy becomes a detail
+    of a new image. The other picture keeps its own aspect ratio and gets our
+    image's pixel count, so the output is about as large as the input.
+
+    Our reading of the original's "underlay (paste into another image at scale
+    0.04–0.1)" as an area fraction (REFERENCE.md §2); see also ``overlay``.
+    (The original code did the reverse: it pasted another image, shrunk to
+    0.04–0.1 of its sides, onto ours; ``overlay_image`` does that.)
+    """
+    other = ctx.other_image(rng)
+    k = (img.width * img.height / (other.width * other.height)) ** 0.5
+    bw, bh = max(1, round(other.width * k)), max(1, round(other.height * k))
+    background = resize_image(other, (bw, bh)) if (bw, bh) != other.size else other.copy()
+    # Our image at `area` of the background, aspect kept, never larger than the background.
+    s = min((min(1.0, max(0.0, draw(rng, area))) * bw * bh / (img.width * img.height)) ** 0.5,
+            bw / img.width, bh / img.height)
+    small = resize_image(img, (max(1, round(img.width * s)), max(1, round(img.height * s))))
+    background.paste(small, _paste_position(rng, background.size, small.size))
+    return background
+
+
+@register("overlay")
+def overlay(
+    img: Image.Image, rng: np.random.Generator, ctx: AugContext, factor: Magnitude = (2.5, 3.5)
+) -> Image.Image:
+    """Our reading of the original's "image enlarged 2.5–3.5× onto another base
+    image" (REFERENCE.md §2): another picture is resized to ``factor`` times
+    our size (both sides) and our image, unchanged, is pasted at a random place
+    on it. The output is ``factor`` times larger; after the recipe's closing
+    resize our image fills 1/``factor`` of each side."""
+    f = max(1.0, draw(rng, factor))
+    size = (max(img.width, round(img.width * f)), max(img.height, round(img.height * f)))
+    canvas = resize_array(np.asarray(ctx.other_image(rng)), size)  # a new array, also at the same size
+    x, y = _paste_position(rng, size, img.size)
+    canvas[y : y + img.height, x : x + img.width] = np.asarray(img)
+    return Image.fromarray(canvas, "RGB")

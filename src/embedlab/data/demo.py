@@ -23,8 +23,6 @@ Same seed and package versions -> byte-identical files.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import re
 from pathlib import Path
@@ -32,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from embedlab.atomic import write_text_atomic
+from embedlab.atomic import write_csv_atomic, write_text_atomic
 from embedlab.config import DemoDataConfig
 from embedlab.data.demo_edits import EDITS, edit_query
 from embedlab.images import list_images, load_rgb, save_jpeg_atomic
@@ -305,9 +303,9 @@ def build_demo_data(out_root: str | Path, cfg: DemoDataConfig, progress: bool = 
             emit("frm_faces", f"F{j:06d}", img, f"lfw_subset[{k}]", None)
     bar.close()
 
-    write_text_atomic(disc / "ground_truth.csv", _csv(["query_id", "reference_id"], sorted(truth)))
-    write_text_atomic(disc / "manifest.csv", _csv(["image_id", "folder", "source", "photo", "x0", "y0", "x1", "y1",
-                                                   "edits"], sorted(manifest, key=lambda r: (r[1], r[0]))))
+    write_csv_atomic(disc / "ground_truth.csv", ["query_id", "reference_id"], sorted(truth))
+    write_csv_atomic(disc / "manifest.csv", ["image_id", "folder", "source", "photo", "x0", "y0", "x1", "y1", "edits"],
+                     sorted(manifest, key=lambda r: (r[1], r[0])))
     for folder, names in written.items():  # images of an earlier, larger demo build
         for p in list_images(folder, allow_empty=True) if folder.is_dir() else []:
             if p.name not in names:
@@ -317,9 +315,3 @@ def build_demo_data(out_root: str | Path, cfg: DemoDataConfig, progress: bool = 
             "cell_side_px": round(side, 1), "photos": [n for n, _ in named]}
 
 
-def _csv(header: list[str], rows: list) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(header)
-    w.writerows(rows)
-    return buf.getvalue()

@@ -52,6 +52,10 @@ class DescriptorModel(nn.Module):
         self.proj = nn.Linear(self.body.num_features, spec.embedding_dim, bias=False)
         self.channels_last = False
 
+    @property
+    def descriptor_dim(self) -> int:
+        return self.spec.embedding_dim
+
     def use_channels_last(self, enabled: bool = True) -> "DescriptorModel":
         """NHWC convolutions: about 1.5-2x faster on CPU (oneDNN) and on tensor cores."""
         self.channels_last = enabled

@@ -81,28 +81,51 @@ def restore_matching_weights(module: torch.nn.Module, path: str | Path, spec: De
     return sorted(restored)
 
 
-def load_descriptor_model(path: str | Path) -> DescriptorModel:
-    """A descriptor model from a Lightning .ckpt or an exported .safetensors (+ .json)."""
+def _model_from_spec(spec: dict[str, Any], path: Path) -> torch.nn.Module:
+    """The untrained model a spec describes, by its ``kind``: a drip DescriptorModel (no kind),
+    a GemNet (``gem_net``) or a FaceEncoder (``face_encoder``)."""
+    from embedlab.models.face_encoder import FACE_ENCODER_KIND, FaceEncoder, FaceEncoderSpec
+    from embedlab.models.gem_net import GEM_NET_KIND, GemNet, GemNetSpec  # they build on this package
+
+    kinds = {GEM_NET_KIND: (GemNet, GemNetSpec), FACE_ENCODER_KIND: (FaceEncoder, FaceEncoderSpec),
+             None: (DescriptorModel, DescriptorSpec)}
+    kind = spec.get("kind")
+    if kind not in kinds:
+        raise CheckpointError(f"{path}: unknown model kind {kind!r}; known: {sorted(k for k in kinds if k)}")
+    model_cls, spec_cls = kinds[kind]
+    try:
+        return model_cls(spec_cls(**spec))
+    except TypeError as exc:
+        raise CheckpointError(f"{path}: not a {spec_cls.__name__} ({exc})") from exc
+
+
+def load_descriptor_model(path: str | Path) -> torch.nn.Module:
+    """A descriptor model (drip, GeM or face encoder) from a Lightning .ckpt or an exported .safetensors (+ .json)."""
     path = Path(path)
     if path.suffix == ".safetensors":
         spec_path = path.with_suffix(".json")
         if not spec_path.is_file():
             raise CheckpointError(f"{path}: missing its spec file {spec_path.name}")
-        spec = DescriptorSpec(**json.loads(spec_path.read_text()))
+        spec = json.loads(spec_path.read_text())
         state = load_file(str(path))
     else:
         ckpt = read_checkpoint(path)
-        spec = checkpoint_spec(ckpt, path)
+        try:
+            spec = dict(ckpt["hyper_parameters"]["spec"])
+        except (KeyError, TypeError) as exc:
+            raise CheckpointError(f"{path}: no descriptor spec in its hyper-parameters "
+                                  f"(not an embedlab model checkpoint)") from exc
+        # The classifier / ArcFace head is training-only; the descriptor model is "model.*".
         state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    model = DescriptorModel(spec)
+    model = _model_from_spec(spec, path)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit {spec.backbone}: {exc}") from exc
+        raise CheckpointError(f"{path}: weights do not fit {spec.get('backbone')}: {exc}") from exc
     return model.eval()
 
 
-def export_descriptor_model(model: DescriptorModel, path: str | Path) -> Path:
+def export_descriptor_model(model: torch.nn.Module, path: str | Path) -> Path:
     """Write ``path`` (.safetensors) and its spec beside it (.json); the classifier is not part of it."""
     path = Path(path)
     with atomic_path(path) as tmp:

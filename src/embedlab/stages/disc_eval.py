@@ -5,13 +5,16 @@ Shared by the training stages: embed both sets to h5, search, evaluate.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+
+import torch
 
 from embedlab.config import Params
 from embedlab.data.disc import DiscLayout
 from embedlab.descriptors import write_descriptors
 from embedlab.images import list_images
-from embedlab.models.backbone import DescriptorModel
+from embedlab.postprocess import PostprocessConfig, postprocess_files
 from embedlab.stages.embed import embed_paths
 from embedlab.stages.evaluate import evaluate_disc
 
@@ -19,18 +22,51 @@ from embedlab.stages.evaluate import evaluate_disc
 HEADLINE = ("uAP", "recall_at_p90", "threshold_at_p90", "recall_at_rank1", "recall_at_rank10")
 
 
-def evaluate_descriptor_model(model: DescriptorModel, params: Params, out_dir: Path, prefix: str = "") -> dict:
-    """Embed DISC query + reference into ``out_dir/descriptors`` and evaluate into ``out_dir``."""
+def evaluate_descriptor_model(model: torch.nn.Module, params: Params, out_dir: Path, prefix: str = "") -> dict:
+    """Embed DISC query + reference into ``out_dir/descriptors`` and evaluate into ``out_dir``.
+
+    With ``evaluate.train_descriptors`` > 0, that many DISC training images are
+    embedded too, the descriptors are post-processed (whitening, score
+    normalisation, ...) into ``out_dir/post`` and scored again: the ``post_``
+    metrics, so one table shows μAP before and after post-processing.
+    """
     layout = DiscLayout(Path(params.data.disc))
     layout.validate()
-    files, ids, skipped = {}, {}, 0
-    for subset, folder in (("query", layout.query_dir), ("reference", layout.reference_dir)):
-        paths = list_images(folder)
+    sets = {"query": list_images(layout.query_dir), "reference": list_images(layout.reference_dir)}
+    n_train = params.evaluate.train_descriptors
+    if n_train > 0:
+        sets["train"] = list_images(layout.training_dir)[:n_train]
+    files, embedded, skipped = {}, {}, 0
+    for subset, paths in sets.items():
+        # Training images follow the training data's setting (a stage that skipped one while
+        # training must not fail on it here); queries and references follow embed's.
+        on_bad_image = params.data.on_bad_image if subset == "train" else params.embed.on_bad_image
         result = embed_paths(model, paths, batch_size=params.embed.batch_size,
-                             num_workers=params.embed.num_workers, on_bad_image=params.embed.on_bad_image)
-        files[subset], ids[subset] = out_dir / "descriptors" / f"{subset}.h5", [p.stem for p in paths]
+                             num_workers=params.embed.num_workers, on_bad_image=on_bad_image)
+        files[subset] = out_dir / "descriptors" / f"{subset}.h5"
+        embedded[subset] = len(result.names)
         skipped += len(result.skipped)
         write_descriptors(files[subset], result.names, result.vectors)
-    metrics = evaluate_disc(files["query"], files["reference"], layout.ground_truth_csv, out_dir, k=params.evaluate.k,
-                            all_query_ids=ids["query"], all_reference_ids=ids["reference"])
-    return {**{f"{prefix}{k}": metrics[k] for k in HEADLINE}, f"{prefix}skipped_images": skipped}
+    ids = {subset: [p.stem for p in sets[subset]] for subset in ("query", "reference")}
+
+    def score(query: Path, reference: Path, folder: Path, tag: str) -> dict:
+        metrics = evaluate_disc(query, reference, layout.ground_truth_csv, folder, k=params.evaluate.k,
+                                all_query_ids=ids["query"], all_reference_ids=ids["reference"])
+        return {f"{prefix}{tag}{k}": metrics[k] for k in HEADLINE}
+
+    summary = {**score(files["query"], files["reference"], out_dir, ""), f"{prefix}skipped_images": skipped}
+    if n_train > 0:
+        query, reference, _ = postprocess_files([files["query"]], [files["reference"]], [files["train"]],
+                                                out_dir / "post" / "descriptors",
+                                                postprocess_settings(params, embedded["train"], model.descriptor_dim))
+        summary.update(score(query, reference, out_dir / "post", "post_"))
+    return summary
+
+
+def postprocess_settings(params: Params, n_train: int, dim: int) -> PostprocessConfig:
+    """evaluate.postprocess as a PostprocessConfig; an unset whitening size fits the training set."""
+    settings = dataclasses.asdict(params.evaluate.postprocess)
+    if settings["whiten"] and settings["whiten_dim"] is None:
+        # PCA needs more samples than dimensions: a small demo training set caps the size.
+        settings["whiten_dim"] = max(1, min(dim, n_train - 1))
+    return PostprocessConfig(**settings)

@@ -18,9 +18,7 @@ matrix) or only re-evaluate a finished one; other settings start afresh.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import shutil
 from pathlib import Path
 
 import mlflow
@@ -32,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
 from embedlab import tracking
-from embedlab.atomic import atomic_path, write_json_atomic
+from embedlab.atomic import atomic_path
 from embedlab.augment import OverlayPool, QueryAugmenter
 from embedlab.config import DRIP_RUNTIME_FIELDS, DripConfig, DripStep, Params, flatten
 from embedlab.data.drip import (
@@ -44,7 +42,7 @@ from embedlab.data.drip import (
     collate_skipping_bad,
     select_classes,
 )
-from embedlab.devices import torch_device
+from embedlab.devices import lightning_precision, torch_device
 from embedlab.images import count_bad_images
 from embedlab.models.centroids import class_centroids
 from embedlab.models.checkpoints import (
@@ -59,13 +57,13 @@ from embedlab.models.stop_rule import StopRule
 from embedlab.stages.disc_eval import evaluate_descriptor_model
 from embedlab.stages.drip_reports import loss_history, write_reports
 from embedlab.stages.init_weights import INIT_STEP, initial_weights_path
-from embedlab.stages.run_state import RunState, fingerprint
+from embedlab.stages.run_state import OutputFolders, RunState, fingerprint, open_run_dir, scores_before
 
 log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
-class DripRequest:
+class DripRequest(OutputFolders):
     """What one drip run trains: its name, class counts and starting point."""
 
     name: str
@@ -77,12 +75,8 @@ class DripRequest:
     plots_root: Path = Path("reports/plots")
 
     @property
-    def out_dir(self) -> Path:
-        return self.models_root / self.name
-
-    @property
-    def report_dir(self) -> Path:
-        return self.reports_root / self.name
+    def run_name(self) -> str:
+        return self.name
 
     def check(self) -> None:
         """Refuse requests whose output folder would clobber something (it may be cleared)."""
@@ -124,15 +118,6 @@ def step_fingerprint(params: Params, cfg: DripConfig, request: DripRequest) -> s
     settings = [params.seed, dataclasses.asdict(params.data), model_settings, dataclasses.asdict(request.step),
                 request.name, str(request.pretrained), tracking.dvc_data_hash()]
     return fingerprint(settings, [request.build_w_matrix])
-
-
-def _precision(setting: str) -> str:
-    if setting != "auto":
-        return setting
-    if not torch.cuda.is_available():
-        return "32-true"
-    # bf16 where the GPU has it natively (Ampere+); fp16 with a scaler before that (V100, T4).
-    return "bf16-mixed" if torch.cuda.is_bf16_supported(including_emulation=False) else "16-mixed"
 
 
 def _loader(dataset, batch_size: int, num_workers: int, shuffle: bool) -> DataLoader:
@@ -178,14 +163,8 @@ def _starting_point(module: DripModule, request: DripRequest, images: ClassImage
 
 def _evaluate_before(module: DripModule, request: DripRequest, cfg: DripConfig, params: Params,
                      compute: bool) -> dict | None:
-    saved = request.out_dir / "eval_before.json"
-    if saved.is_file():
-        return json.loads(saved.read_text())
-    if not (compute and cfg.evaluate and cfg.evaluate_before):
-        return None
-    before = evaluate_descriptor_model(module.model, params, request.out_dir / "eval_before", prefix="before_")
-    write_json_atomic(saved, before)
-    return before
+    return scores_before(request.out_dir, compute and cfg.evaluate and cfg.evaluate_before,
+                         lambda folder: evaluate_descriptor_model(module.model, params, folder, prefix="before_"))
 
 
 def run_drip(params: Params, request: DripRequest) -> dict:
@@ -195,13 +174,9 @@ def run_drip(params: Params, request: DripRequest) -> dict:
     out_dir = request.out_dir
     key = step_fingerprint(params, cfg, request)
     state_file = out_dir / "run.json"
-    state = RunState.load(state_file)
-    same = state.fingerprint == key
-    if not same and out_dir.exists():
-        shutil.rmtree(out_dir)  # other settings' output: never mix it into this run
-    out_dir.mkdir(parents=True, exist_ok=True)
+    state, phase = open_run_dir(out_dir, key)
+    same = state.fingerprint == key  # the same settings: continue their MLflow run
     last_ckpt = out_dir / "checkpoints" / "last.ckpt"
-    phase = "evaluate" if same and state.complete else "resume" if same and last_ckpt.is_file() else "start"
 
     data = params.data
     classes = select_classes([
@@ -280,7 +255,7 @@ def run_drip(params: Params, request: DripRequest) -> dict:
 
 def _trainer(cfg: DripConfig, out_dir: Path, run_id: str) -> pl.Trainer:
     return pl.Trainer(
-        max_epochs=cfg.epochs, accelerator="auto", devices=1, precision=_precision(cfg.precision),
+        max_epochs=cfg.epochs, accelerator="auto", devices=1, precision=lightning_precision(cfg.precision),
         gradient_clip_val=cfg.grad_clip, default_root_dir=str(out_dir), plugins=[AtomicCheckpointIO()],
         logger=MLFlowLogger(tracking_uri=mlflow.get_tracking_uri(), run_id=run_id),
         callbacks=[

@@ -23,7 +23,6 @@ from embedlab.data.transforms import resize_square, to_tensor
 from embedlab.descriptors import write_descriptors
 from embedlab.devices import torch_device
 from embedlab.images import list_images, load_or_skip
-from embedlab.models.backbone import DescriptorModel
 from embedlab.models.checkpoints import load_descriptor_model
 
 log = logging.getLogger(__name__)
@@ -53,11 +52,12 @@ class Embeddings:
     names: list[str]
     vectors: np.ndarray
     skipped: list[Path]
+    kept: list[int] = dataclasses.field(default_factory=list)  # index into the paths of each vector
 
 
 @torch.no_grad()
 def embed_paths(
-    model: DescriptorModel,
+    model: torch.nn.Module,
     paths: Sequence[Path],
     img_size: int | None = None,
     batch_size: int = 64,
@@ -78,6 +78,7 @@ def embed_paths(
         pin_memory=dev.type == "cuda",
     )
     names: list[str] = []
+    kept_all: list[int] = []
     chunks: list[np.ndarray] = []
     skipped: list[Path] = []
     for images, kept, bad in tqdm(loader, desc="embed", unit="batch", disable=not progress, leave=False):
@@ -88,10 +89,11 @@ def embed_paths(
             vectors = model(images.to(dev, non_blocking=True))
         chunks.append(vectors.float().cpu().numpy())
         names.extend(Path(paths[i]).stem for i in kept)
+        kept_all.extend(kept)
     model.train(was_training)
-    dim = model.spec.embedding_dim
+    dim = model.descriptor_dim
     vectors = np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float32)
-    return Embeddings(names, np.ascontiguousarray(vectors, dtype=np.float32), skipped)
+    return Embeddings(names, np.ascontiguousarray(vectors, dtype=np.float32), skipped, kept_all)
 
 
 def embed_folder(

@@ -13,11 +13,35 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shutil
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import embedlab
 from embedlab.atomic import write_json_atomic
+
+
+class OutputFolders:
+    """Where one run of a stage writes: ``models_root/<run_name>`` and ``reports_root/<run_name>``.
+
+    Mixed into the stages' request dataclasses, which hold the two roots and
+    say which of their fields names the run.
+    """
+
+    models_root: Path
+    reports_root: Path
+
+    @property
+    def run_name(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def out_dir(self) -> Path:
+        return self.models_root / self.run_name
+
+    @property
+    def report_dir(self) -> Path:
+        return self.reports_root / self.run_name
 
 
 @dataclasses.dataclass
@@ -61,3 +85,35 @@ def fingerprint(settings: Any, files: Iterable[Path | None] = ()) -> str:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()[:16]
+
+
+def open_run_dir(out_dir: Path, key: str) -> tuple[RunState, str]:
+    """The stage's state in ``out_dir`` and what this run does: "start", "resume" or "evaluate".
+
+    A folder left by other settings is cleared first: never mix its output
+    into this run. "resume" needs ``checkpoints/last.ckpt``; "evaluate" means
+    the same settings already finished (the weights stand, only scores are redone).
+    """
+    state = RunState.load(out_dir / "run.json")
+    same = state.fingerprint == key
+    if not same and out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if same and state.complete:
+        return state, "evaluate"
+    if same and (out_dir / "checkpoints" / "last.ckpt").is_file():
+        return state, "resume"
+    return state, "start"
+
+
+def scores_before(out_dir: Path, compute: bool, score: Callable[[Path], dict]) -> dict | None:
+    """The starting model's scores (the tables' "before"): ``score(out_dir / "eval_before")``,
+    computed once and kept in ``eval_before.json``, so a resumed or re-evaluated run reuses them."""
+    saved = out_dir / "eval_before.json"
+    if saved.is_file():
+        return json.loads(saved.read_text())
+    if not compute:
+        return None
+    before = score(out_dir / "eval_before")
+    write_json_atomic(saved, before)
+    return before

@@ -1,0 +1,45 @@
+"""Labelled image files as a training dataset: (image tensor, label)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from PIL import Image
+from torch.utils.data import Dataset
+
+from embedlab.data.transforms import resize_square, to_tensor
+from embedlab.images import check_on_bad_image, load_or_skip
+
+
+class LabelledImages(Dataset):
+    """(ImageNet-normalised tensor [3, size, size], label) for (path, label) rows.
+
+    ``rows``: objects with ``.path`` and ``.label`` (e.g. a face data set's
+    rows) or (path, label) tuples; relative paths are
+    read under ``root``. ``labels`` feeds a :class:`~embedlab.data.samplers.PKSampler`.
+    ``augment`` (PIL -> PIL) runs before the resize. With ``on_bad_image="skip"``
+    an unreadable image gives None (use ``collate_skipping_bad``).
+    """
+
+    def __init__(self, rows: Sequence[Any], img_size: int, root: str | Path | None = None,
+                 on_bad_image: str = "fail", bad_log: Path | None = None,
+                 augment: Callable[[Image.Image], Image.Image] | None = None) -> None:
+        pairs = [(r[0], r[1]) if isinstance(r, (tuple, list)) else (r.path, r.label) for r in rows]
+        base = Path(root) if root is not None else None
+        self.paths = [base / p if base is not None else Path(p) for p, _ in pairs]
+        self.labels = [int(label) for _, label in pairs]
+        self.img_size = img_size
+        self.on_bad_image = check_on_bad_image(on_bad_image)
+        self.bad_log, self.augment = bad_log, augment
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        img = load_or_skip(self.paths[index], self.on_bad_image, self.bad_log)
+        if img is None:
+            return None
+        if self.augment is not None:
+            img = self.augment(img).convert("RGB")
+        return to_tensor(resize_square(img, self.img_size)), self.labels[index]

@@ -1,0 +1,144 @@
+"""LightningModule of the GeM trainer (ISC 2021 "bag of tricks", REFERENCE.md §2).
+
+GemNet (backbone with last stride 1 → GeM → projector → BN neck) plus a
+bias-free classifier on the neck feature. Loss: ce_weight·CE (label
+smoothing) on the classifier logits + triplet_weight·soft batch-hard triplet
+on the GeM feature. Adam with a warm-up / flat / cosine schedule stepped per
+iteration.
+
+The classifier is the only part that grows with the class count, so it is
+the part that is split: over ``classifier_devices`` GPUs of one process
+(:class:`ShardedLinear`), or one shard per DDP rank (the logits never leave
+their rank; the softmax is reduced across ranks). Checkpoints always hold the
+whole ``classifier.weight``, so a run resumes on any number of devices. The
+exported descriptor model has no classifier at all.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.distributed as dist
+
+from embedlab.models.gem_net import GemNet, GemNetSpec
+from embedlab.models.losses import combine_gem_loss, gem_loss, soft_batch_hard_triplet
+from embedlab.models.lr_schedule import WarmupFlatCosine
+from embedlab.models.sharded_classifier import (
+    DistributedShardedCrossEntropy,
+    ShardedLinear,
+    exclude_shards_from_ddp,
+    shard_sizes,
+)
+
+CLASSIFIER_KEY = "classifier.weight"
+
+
+class GemModule(pl.LightningModule):
+    def __init__(
+        self,
+        spec: dict[str, Any],
+        n_classes: int,
+        ce_weight: float = 10.0,
+        triplet_weight: float = 1.0,
+        label_smoothing: float = 0.1,
+        lr: float = 3.5e-4,
+        weight_decay: float = 0.0,
+        warmup_epochs: float = 5,
+        flat_epochs: float = 5,
+        epochs: int = 25,
+        iters_per_epoch: int = 8000,
+        classifier_devices: int = 1,
+        pretrained: str | None = None,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        # Plain types only: checkpoints must load with torch.load(weights_only=True).
+        self.save_hyperparameters(ignore=["pretrained", "channels_last"])
+        self.model = GemNet(GemNetSpec(**spec), pretrained=pretrained).use_channels_last(channels_last)
+        self.n_classes = n_classes
+        self.classifier = ShardedLinear(self.model.spec.proj_dim, n_classes, self._classifier_devices())
+
+    def _classifier_devices(self) -> list[torch.device] | int:
+        wanted = int(self.hparams.classifier_devices)
+        if wanted > 1 and torch.cuda.device_count() >= wanted:
+            return [torch.device("cuda", i) for i in range(wanted)]
+        return 1  # one shard that moves with the module
+
+    @property
+    def distributed_classifier(self) -> bool:
+        return isinstance(self.classifier, DistributedShardedCrossEntropy)
+
+    def setup(self, stage: str) -> None:
+        """Under DDP: one classifier shard per rank, kept out of DDP's broadcast and gradient sync."""
+        if self._trainer is None or self.trainer.world_size <= 1 or self.distributed_classifier:
+            return
+        full = self.classifier.full_weight()  # the same on every rank (same seed): shards of one init
+        self.classifier = DistributedShardedCrossEntropy(self.model.spec.proj_dim, self.n_classes,
+                                                         self.hparams.label_smoothing)
+        self.classifier.load_full_weight(full)
+        exclude_shards_from_ddp(self)
+
+    def _full_classifier_weight(self) -> torch.Tensor:
+        if not self.distributed_classifier:
+            return self.classifier.full_weight()
+        local = self.classifier.weight.detach()
+        sizes = shard_sizes(self.n_classes, self.trainer.world_size)
+        padded = local.new_zeros(max(sizes), local.shape[1])
+        padded[: local.shape[0]] = local
+        gathered = [torch.empty_like(padded) for _ in sizes]
+        dist.all_gather(gathered, padded)  # every rank saves (Lightning writes rank 0's file)
+        return torch.cat([g[:n] for g, n in zip(gathered, sizes)]).cpu()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if k.startswith("classifier.")]:
+            del state[key]
+        state[CLASSIFIER_KEY] = self._full_classifier_weight()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The checkpoint's whole classifier → this module's shards (any device or rank count)."""
+        state = checkpoint["state_dict"]
+        full = state.pop(CLASSIFIER_KEY)
+        if self.distributed_classifier:
+            offset = self.classifier.shard_offset
+            state[CLASSIFIER_KEY] = full[offset:offset + self.classifier.weight.shape[0]]
+            return
+        for i, (offset, size) in enumerate(zip(self.classifier.offsets, self.classifier.sizes)):
+            state[f"classifier.shards.{i}"] = full[offset:offset + size]
+
+    def training_step(self, batch, batch_idx: int):
+        if batch is None:  # every image of the batch was unreadable and skipped
+            return None
+        images, labels = batch
+        gem_feature, neck = self.model.features(images)
+        hp = self.hparams
+        if self.distributed_classifier:  # CE over every rank's classes; triplet within this rank's batch
+            loss, parts = combine_gem_loss(self.classifier(neck, labels), soft_batch_hard_triplet(gem_feature, labels),
+                                           hp.ce_weight, hp.triplet_weight)
+        else:
+            loss, parts = gem_loss(self.classifier(neck), labels, gem_feature, hp.ce_weight, hp.triplet_weight,
+                                   hp.label_smoothing)
+        n = len(labels)
+        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
+        self.log("train_ce", parts["ce"], on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
+        self.log("train_triplet", parts["triplet"], on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.log("gem_p", self.model.pool.p.detach())
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        trainable = [p for p in self.parameters() if p.requires_grad]  # the BN neck's bias stays frozen
+        optimizer = torch.optim.Adam(trainable, lr=hp.lr, weight_decay=hp.weight_decay)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupFlatCosine(
+            hp.warmup_epochs, hp.flat_epochs, hp.epochs, steps_per_epoch=max(1, int(hp.iters_per_epoch))))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def iterations_per_epoch(n_images: int, batch_size: int, configured: int | None) -> int:
+    """``configured`` iterations, or enough batches to show every image about once."""
+    return int(configured) if configured else max(1, math.ceil(n_images / batch_size))

@@ -1,0 +1,249 @@
+"""A bias-free classifier too big for one device, split row-wise into shards.
+
+The GeM trainer (REFERENCE.md §2) classifies 8192-d features into 100k
+classes (800M weights). The original split the classifier into 4 chunks on 4
+GPUs and needed a class count divisible by 4; here any count works
+(``shard_sizes``: sizes differ by at most one).
+
+Two ways to shard:
+
+* ``ShardedLinear``: model parallel in one process. Shard i is a Parameter
+  on ``devices[i]``; features go to each shard's device, partial logits come
+  back and are concatenated on the features' device, so the usual
+  ``F.cross_entropy`` applies. Given a device list, the shards stay on their
+  devices when the module is moved (``.to``/``.cuda`` only change their
+  dtype), so a Lightning single-device run keeps them spread.
+* ``DistributedShardedCrossEntropy``: DDP, one shard per rank. Features (with
+  gradient) and labels are all-gathered, each rank computes the logits of its own classes
+  for the whole global batch, and ``sharded_cross_entropy`` computes the exact
+  (label-smoothed) cross-entropy from all-reduced maxima and sums, never
+  materialising the full logits anywhere. The shard must stay out of DDP's
+  gradient averaging: ``exclude_shards_from_ddp(model)`` before wrapping.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+
+def shard_sizes(n_classes: int, n_shards: int) -> list[int]:
+    """Row counts of ``n_shards`` shards of ``n_classes`` rows: the first ``n_classes % n_shards`` get one more."""
+    if n_shards < 1 or n_classes < 1:
+        raise ValueError(f"need at least one class and one shard, got {n_classes} classes, {n_shards} shards")
+    if n_shards > n_classes:
+        raise ValueError(f"{n_shards} shards for {n_classes} classes: at most one shard per class")
+    base, extra = divmod(n_classes, n_shards)
+    return [base + 1] * extra + [base] * (n_shards - extra)
+
+
+def shard_offsets(sizes: list[int]) -> list[int]:
+    """First class of each shard."""
+    return [sum(sizes[:i]) for i in range(len(sizes))]
+
+
+def linear_init_(weight: torch.Tensor, in_features: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """nn.Linear's default weight init (kaiming uniform, a=√5: U(±1/√in)), in place, for any row block."""
+    bound = 1.0 / math.sqrt(in_features) if in_features > 0 else 0.0
+    with torch.no_grad():
+        return weight.uniform_(-bound, bound, generator=generator)
+
+
+class ShardedLinear(nn.Module):
+    """Bias-free ``Linear(in_features, n_classes)`` with the weight split row-wise over devices.
+
+    ``devices``: a list (shard i on ``devices[i]``, kept there when the module
+    is moved) or a shard count (all shards on the CPU, moved with the module).
+    """
+
+    def __init__(self, in_features: int, n_classes: int, devices: list[torch.device | str] | int) -> None:
+        super().__init__()
+        if isinstance(devices, int):
+            self.devices: list[torch.device] | None = None
+            placement = [torch.device("cpu")] * devices
+        else:
+            self.devices = placement = [torch.device(d) for d in devices]
+        self.in_features, self.n_classes = in_features, n_classes
+        self.sizes = shard_sizes(n_classes, len(placement))
+        full = linear_init_(torch.empty(n_classes, in_features), in_features)  # same draws as nn.Linear
+        self.shards = nn.ParameterList(
+            nn.Parameter(rows.clone().to(device)) for rows, device in zip(full.split(self.sizes), placement)
+        )
+
+    @property
+    def offsets(self) -> list[int]:
+        return shard_offsets(self.sizes)
+
+    def _apply(self, fn, recurse: bool = True):
+        super()._apply(fn, recurse)
+        if self.devices is not None:  # pinned shards: moves change the dtype, never the device
+            for shard, device in zip(self.shards, self.devices):
+                if shard.device != device:
+                    shard.data = shard.data.to(device)
+        return self
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        parts = [F.linear(features.to(shard.device), shard).to(features.device) for shard in self.shards]
+        return torch.cat(parts, dim=1)
+
+    @torch.no_grad()
+    def full_weight(self) -> torch.Tensor:
+        """The whole [n_classes, in_features] weight, on the CPU."""
+        return torch.cat([shard.detach().cpu() for shard in self.shards])
+
+    @torch.no_grad()
+    def load_full_weight(self, weight: torch.Tensor) -> None:
+        if tuple(weight.shape) != (self.n_classes, self.in_features):
+            raise ValueError(f"weight {tuple(weight.shape)} != classifier ({self.n_classes}, {self.in_features})")
+        for shard, rows in zip(self.shards, weight.split(self.sizes)):
+            shard.copy_(rows)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, n_classes={self.n_classes}, shards={self.sizes}"
+
+
+class _ShardedCrossEntropy(torch.autograd.Function):
+    """Exact label-smoothed CE over class-sharded logits; backward is local to the shard."""
+
+    @staticmethod
+    def forward(ctx, logits, labels, shard_offset, n_classes, label_smoothing, group):
+        logits = logits.float()
+        n_rows, n_local = logits.shape
+        # Softmax statistics over all shards: max (for stability), Σexp, and the sums of
+        # logits (smoothing term) and target logits (each on the one rank owning the class).
+        row_max = logits.max(dim=1).values
+        dist.all_reduce(row_max, op=dist.ReduceOp.MAX, group=group)
+        exp = (logits - row_max[:, None]).exp()
+        local = labels - shard_offset
+        owned = (local >= 0) & (local < n_local)
+        target = torch.zeros(n_rows, dtype=logits.dtype, device=logits.device)
+        target[owned] = logits[owned, local[owned]]
+        sums = torch.stack([exp.sum(dim=1), logits.sum(dim=1), target])
+        dist.all_reduce(sums, op=dist.ReduceOp.SUM, group=group)
+        sum_exp, sum_logits, target = sums
+        log_z = row_max + sum_exp.log()
+        eps = label_smoothing
+        # CE with smoothing: (1-ε)·(log Z - z_y) + ε·(log Z - mean_c z_c)
+        loss = log_z - (1.0 - eps) * target - eps * sum_logits / n_classes
+        ctx.save_for_backward(exp, sum_exp, local, owned)
+        ctx.eps, ctx.n_classes = eps, n_classes
+        return loss.mean()
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        exp, sum_exp, local, owned = ctx.saved_tensors
+        n_rows = exp.shape[0]
+        # d loss_i / d z_ic = softmax_ic - q_ic, q = (1-ε)·onehot + ε/C; only this shard's columns.
+        grad = exp / sum_exp[:, None] - ctx.eps / ctx.n_classes
+        rows = owned.nonzero().squeeze(1)
+        grad[rows, local[rows]] -= 1.0 - ctx.eps
+        return grad * (grad_loss / n_rows), None, None, None, None, None
+
+
+def sharded_cross_entropy(local_logits: torch.Tensor, labels: torch.Tensor, shard_offset: int, n_classes: int,
+                          label_smoothing: float = 0.0, group=None) -> torch.Tensor:
+    """Mean label-smoothed CE of ``labels`` given this rank's logits of classes [offset, offset + width).
+
+    Every rank of ``group`` passes the logits of its own classes for the same
+    rows (the global batch) and the same labels, and gets the same loss: the
+    unsharded ``F.cross_entropy(full_logits, labels, label_smoothing=...)``.
+    The gradient w.r.t. ``local_logits`` is the exact gradient of that loss
+    (no collective in backward). Computed in fp32.
+    """
+    return _ShardedCrossEntropy.apply(local_logits, labels, shard_offset, n_classes, label_smoothing, group)
+
+
+class _GatherRows(torch.autograd.Function):
+    """All ranks' rows, concatenated in rank order; backward: sum over ranks × ``grad_scale``, own rows.
+
+    (torch.distributed.nn.functional.all_gather, deprecated, with the scale folded in.)
+    """
+
+    @staticmethod
+    def forward(ctx, x, group, grad_scale):
+        ctx.group, ctx.grad_scale = group, grad_scale
+        world = dist.get_world_size(group)
+        out = x.new_empty((world * x.shape[0], *x.shape[1:]))
+        dist.all_gather_into_tensor(out, x.contiguous(), group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        world, rank = dist.get_world_size(ctx.group), dist.get_rank(ctx.group)
+        if dist.get_backend(ctx.group) == dist.Backend.NCCL:
+            own = grad.new_empty((grad.shape[0] // world, *grad.shape[1:]))
+            dist.reduce_scatter_tensor(own, grad.contiguous(), group=ctx.group)
+        else:  # gloo has no reduce-scatter
+            grad = grad.clone(memory_format=torch.contiguous_format)  # never reduce into autograd's buffer
+            dist.all_reduce(grad, group=ctx.group)
+            own = grad.chunk(world)[rank]
+        return own * ctx.grad_scale, None, None
+
+
+class DistributedShardedCrossEntropy(nn.Module):
+    """The classifier shard of this rank plus the CE over all ranks' shards (for DDP).
+
+    ``forward(local_features, local_labels)`` takes this rank's batch (every
+    rank the same batch size) and returns the CE over the global batch, the
+    same on every rank. Gradients follow DDP's convention: the shard gets the
+    exact gradient of that loss, and this rank's features get world size ×
+    their exact gradient, so that after DDP averages the replicated
+    parameters' gradients over ranks, every gradient equals the one of the
+    unsharded CE over the global batch (DDP with a replicated classifier).
+    """
+
+    def __init__(self, in_features: int, n_classes: int, label_smoothing: float = 0.1, group=None) -> None:
+        super().__init__()
+        if not dist.is_available() or not dist.is_initialized():
+            raise RuntimeError("DistributedShardedCrossEntropy needs torch.distributed initialised "
+                               "(use ShardedLinear in a single process)")
+        self.group = group
+        self.world_size = dist.get_world_size(group)
+        self.rank = dist.get_rank(group)
+        self.in_features, self.n_classes, self.label_smoothing = in_features, n_classes, label_smoothing
+        sizes = shard_sizes(n_classes, self.world_size)
+        self.shard_offset = shard_offsets(sizes)[self.rank]
+        # Ranks share the seed (seed_everything): offset it by the shard, or equal shards would start equal.
+        generator = torch.Generator().manual_seed((torch.initial_seed() + self.shard_offset) % 2**63)
+        self.weight = nn.Parameter(linear_init_(torch.empty(sizes[self.rank], in_features), in_features, generator))
+
+    @torch.no_grad()
+    def load_full_weight(self, weight: torch.Tensor) -> None:
+        """Take this rank's rows of a whole [n_classes, in_features] weight."""
+        if tuple(weight.shape) != (self.n_classes, self.in_features):
+            raise ValueError(f"weight {tuple(weight.shape)} != classifier ({self.n_classes}, {self.in_features})")
+        self.weight.copy_(weight[self.shard_offset:self.shard_offset + self.weight.shape[0]])
+
+    def forward(self, local_features: torch.Tensor, local_labels: torch.Tensor) -> torch.Tensor:
+        sizes = [torch.zeros(1, dtype=torch.long, device=local_labels.device) for _ in range(self.world_size)]
+        dist.all_gather(sizes, torch.tensor([local_labels.shape[0]], device=local_labels.device), group=self.group)
+        if len({int(s) for s in sizes}) != 1:
+            raise ValueError(f"local batch sizes differ across ranks ({[int(s) for s in sizes]}): "
+                             "use equal batches (drop_last, PKSampler)")
+        labels = [torch.empty_like(local_labels) for _ in range(self.world_size)]
+        dist.all_gather(labels, local_labels.contiguous(), group=self.group)
+        features = _GatherRows.apply(local_features, self.group, float(self.world_size))
+        logits = F.linear(features.to(self.weight.dtype), self.weight)
+        return sharded_cross_entropy(logits, torch.cat(labels), self.shard_offset, self.n_classes,
+                                     self.label_smoothing, self.group)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, n_classes={self.n_classes}, rank={self.rank}, "
+                f"classes=[{self.shard_offset}, {self.shard_offset + self.weight.shape[0]})")
+
+
+def exclude_shards_from_ddp(model: nn.Module) -> list[str]:
+    """Keep every ``DistributedShardedCrossEntropy`` weight in ``model`` out of DDP's gradient sync.
+
+    Call before DDP wraps ``model`` (Lightning: in the module's ``__init__``
+    or ``setup``). Returns the excluded parameter names.
+    """
+    names = [f"{prefix}.weight" if prefix else "weight" for prefix, module in model.named_modules()
+             if isinstance(module, DistributedShardedCrossEntropy)]
+    ignored = sorted(set(getattr(model, "_ddp_params_and_buffers_to_ignore", ())) | set(names))
+    nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignored)
+    return names

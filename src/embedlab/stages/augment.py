@@ -1,0 +1,67 @@
+"""Augment stage: one augmented training set per recipe (REFERENCE.md §2).
+
+    embedlab augment --recipe bw                  # settings from params.yaml's augment section
+    embedlab augment --recipe big --classes 100 --per-class 20 --size 256 --workers 8
+    embedlab augment --recipe blur_bw --show      # print the recipe's effective steps, make nothing
+
+Writes ``<augment.out>/<recipe>`` (see :mod:`embedlab.augment.generator` for
+the layout). Everything is checked before the first image is written: the
+recipes, the source folder, an existing output folder's parameters. A re-run
+resumes; ``dvc repro`` passes ``--if-stale restart`` so that a parameter
+change regenerates the set while a killed run still resumes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from embedlab.augment.generator import GenerateSettings, generate, select_classes
+from embedlab.augment.recipes import Recipe, format_recipe, get_recipe, load_recipes
+from embedlab.config import AUGMENT_RUNTIME_FIELDS, AugmentConfig, Params, apply_overrides
+from embedlab.images import list_images
+
+
+POOL_MAX = 10_000  # the original drew its overlay images from 10k images
+
+
+def overlay_sources(source: str | Path, limit: int = POOL_MAX) -> list[str]:
+    """The other images of underlay / overlay / opacity steps: the source
+    images, at most ``limit`` of them, evenly spaced in name order."""
+    paths = list_images(source)
+    return [str(p) for p in paths[:: max(1, -(-len(paths) // limit))]]
+
+
+def plan_recipe(cfg: AugmentConfig, name: str, params_file: str = "params.yaml") -> Recipe:
+    """Recipe ``name`` resolved at ``cfg.size``; every recipe is checked first."""
+    recipes = load_recipes(cfg.base, cfg.recipes, cfg.size, where=f"{params_file}: augment")
+    return get_recipe(recipes, name, where=f"{params_file}: augment")
+
+
+def show_recipe(params: Params, name: str, overrides: dict[str, Any] | None = None,
+                params_file: str = "params.yaml") -> str:
+    cfg = apply_overrides(params.augment, overrides or {}, "augment")
+    return format_recipe(plan_recipe(cfg, name, params_file))
+
+
+def run_augment(params: Params, name: str, overrides: dict[str, Any] | None = None, out: str | Path | None = None,
+                restart: bool = False, if_stale: str = "fail", progress: bool = True,
+                params_file: str = "params.yaml") -> tuple[dict[str, Any], Path]:
+    """Generate the set of recipe ``name``; return its manifest and folder.
+
+    ``overrides`` are AugmentConfig fields (None values ignored), e.g. from the CLI.
+    """
+    cfg = apply_overrides(params.augment, overrides or {}, "augment")
+    recipe = plan_recipe(cfg, name, params_file)
+    classes = select_classes(cfg.source, cfg.every, cfg.classes, cfg.faces if recipe.faces else None)
+    pool = overlay_sources(cfg.source)
+    settings = GenerateSettings(per_class=cfg.per_class, jpeg_quality=cfg.jpeg_quality, seed=cfg.seed,
+                                on_bad_image=cfg.on_bad_image)
+    folder = Path(out) if out else Path(cfg.out) / name
+    shaping = {k: v for k, v in dataclasses.asdict(cfg).items()
+               if k not in (*AUGMENT_RUNTIME_FIELDS, "base", "recipes")}
+    manifest = generate(recipe, classes, folder, settings, pool, workers=cfg.workers, restart=restart,
+                        if_stale=if_stale, progress=progress, extra={**shaping, "workers": cfg.workers})
+    return manifest, folder
+

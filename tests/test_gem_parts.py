@@ -1,0 +1,329 @@
+"""The GeM trainer's parts: network, sharded classifier, losses, P×K sampler, LR schedule."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections import Counter
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import nn
+
+from embedlab.data.samplers import PKSampler
+from embedlab.models.gem_net import GemNet, GemNetSpec, Waveblock, set_last_stride_1
+from embedlab.models.losses import gem_loss, hardest_pairs, soft_batch_hard_triplet
+from embedlab.models.lr_schedule import WarmupFlatCosine, warmup_flat_cosine
+from embedlab.models.sharded_classifier import (
+    DistributedShardedCrossEntropy,
+    ShardedLinear,
+    exclude_shards_from_ddp,
+    shard_sizes,
+)
+
+TINY = GemNetSpec(backbone="test_resnet", img_size=64, proj_hidden=32, proj_dim=48)
+
+
+# ---------------------------------------------------------------- GemNet
+
+def test_gem_net_outputs_and_unit_descriptors():
+    torch.manual_seed(0)
+    net = GemNet(TINY)
+    x = torch.randn(4, 3, 64, 64)
+    gem, neck = net.train().features(x)
+    assert gem.shape == (4, net.body.num_features) and gem.dtype == torch.float32
+    assert neck.shape == (4, 48) and net.descriptor_dim == 48
+    with torch.no_grad():
+        descriptors = net.eval()(x)
+        fast = net.use_channels_last()(x)
+    assert descriptors.shape == (4, 48) and descriptors.dtype == torch.float32
+    assert torch.allclose(descriptors.norm(dim=1), torch.ones(4), atol=1e-5)
+    assert torch.allclose(descriptors, fast, atol=1e-5)
+
+
+@pytest.mark.parametrize("backbone", ["test_resnet", "mobilenetv2_100"])
+def test_last_stride_1_doubles_the_final_map(backbone):
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        default = GemNet(GemNetSpec(backbone, proj_hidden=8, proj_dim=8, last_stride_1=False)).eval().body(x)
+        stride_1 = GemNet(GemNetSpec(backbone, proj_hidden=8, proj_dim=8)).eval().body(x)
+    assert default.shape[-2:] == (2, 2)
+    assert stride_1.shape[-2:] == (4, 4) and stride_1.shape[1] == default.shape[1]
+
+
+def test_set_last_stride_1_refuses_other_backbones():
+    import timm
+
+    with pytest.raises(ValueError, match="output_stride=16"):
+        set_last_stride_1(timm.create_model("mobilenetv2_100", num_classes=0, global_pool=""))
+
+
+def test_waveblock_masks_one_band_in_training_only():
+    wave = Waveblock(ratio=0.3, gain=1.5)
+    x = torch.ones(2, 3, 10, 4)
+    torch.manual_seed(1)
+    masked = wave.train()(x)
+    rows = masked[0, 0, :, 0]
+    kept = (rows == 1.0).nonzero().squeeze(1)
+    assert len(kept) == 3 and (kept.diff() == 1).all()  # one band of round(0.3·10) rows
+    assert ((rows == 1.0) | (rows == 1.5)).all()
+    assert torch.equal(masked, rows[None, None, :, None].expand_as(x))  # same band for all samples and channels
+    torch.manual_seed(1)
+    assert torch.equal(wave(x), masked)  # torch's generator: seeded, reproducible
+    assert torch.equal(wave.eval()(x), x)
+
+
+def test_waveblock_runs_after_the_middle_stages_and_keeps_the_weights_layout():
+    torch.manual_seed(0)
+    with_wave = GemNet(TINY)
+    without = GemNet(dataclasses.replace(TINY, waveblock=False))
+    without.load_state_dict(with_wave.state_dict())  # hooks, not wrappers: same keys
+    assert len(with_wave.waveblocks) == 2
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(with_wave.eval()(x), without.eval()(x))
+        assert not torch.allclose(with_wave.train().body(x), without.train().body(x))
+
+
+def test_neck_bias_is_frozen_and_there_is_no_classifier():
+    net = GemNet(TINY)
+    assert not net.neck.bias.requires_grad
+    gem, neck = net.train().features(torch.randn(4, 3, 64, 64))
+    (gem.sum() + neck.pow(2).sum()).backward()
+    assert net.neck.bias.grad is None and net.neck.weight.grad is not None
+    prefixes = {key.split(".")[0] for key in net.state_dict()}
+    assert prefixes == {"body", "pool", "projector", "neck"}
+    assert not any(key.startswith(("body.fc", "body.head", "body.classifier")) for key in net.state_dict())
+    assert GemNetSpec(**json.loads(json.dumps(dataclasses.asdict(TINY)))) == TINY
+    assert dataclasses.asdict(TINY)["kind"] == "gem_net"
+
+
+def test_pretrained_backbone_loads_by_name(tmp_path):
+    torch.manual_seed(0)
+    source = GemNet(TINY)
+    torch.save(source.body.state_dict(), tmp_path / "body.pt")
+    loaded = GemNet(TINY, pretrained=str(tmp_path / "body.pt"))
+    assert all(torch.equal(a, b) for a, b in zip(source.body.state_dict().values(), loaded.body.state_dict().values()))
+
+
+# ---------------------------------------------------------------- sharded classifier
+
+def test_shard_sizes_for_any_class_count():
+    assert shard_sizes(10, 3) == [4, 3, 3]
+    assert shard_sizes(10, 4) == [3, 3, 2, 2]
+    assert shard_sizes(8, 4) == [2, 2, 2, 2]
+    assert shard_sizes(5, 5) == [1] * 5
+    with pytest.raises(ValueError, match="at most one shard per class"):
+        shard_sizes(3, 4)
+
+
+@pytest.mark.parametrize("n_shards", [3, 4])
+def test_sharded_linear_equals_one_linear(n_shards):
+    torch.manual_seed(0)
+    sharded = ShardedLinear(6, 10, n_shards)
+    torch.manual_seed(0)
+    assert torch.equal(sharded.full_weight(), nn.Linear(6, 10, bias=False).weight.detach())  # nn.Linear's init
+    dense = nn.Linear(6, 10, bias=False)
+    dense.weight.data.copy_(sharded.full_weight())
+    features = torch.randn(8, 6)
+    labels = torch.randint(0, 10, (8,))
+    x1, x2 = features.clone().requires_grad_(), features.clone().requires_grad_()
+    logits = sharded(x1)
+    assert torch.allclose(logits, dense(x2), atol=1e-6)
+    loss = F.cross_entropy(logits, labels, label_smoothing=0.1)
+    reference = F.cross_entropy(dense(x2), labels, label_smoothing=0.1)
+    loss.backward()
+    reference.backward()
+    assert torch.allclose(loss, reference, atol=1e-6)
+    assert torch.allclose(x1.grad, x2.grad, atol=1e-6)
+    grads = torch.cat([shard.grad for shard in sharded.shards])
+    assert torch.allclose(grads, dense.weight.grad, atol=1e-6)
+
+
+def test_sharded_linear_on_a_device_list_keeps_its_shards_through_dtype_moves():
+    sharded = ShardedLinear(4, 7, ["cpu", "cpu"]).to(torch.float64)
+    assert [s.shape[0] for s in sharded.shards] == [4, 3]
+    assert all(s.dtype == torch.float64 and s.device.type == "cpu" for s in sharded.shards)
+    assert sharded(torch.randn(2, 4, dtype=torch.float64)).shape == (2, 7)
+
+
+N_CLASSES, IN_DIM, FEAT_DIM, LOCAL_BATCH = 10, 6, 5, 4
+
+
+def _reference(world: int):
+    """The whole problem and its single-process, unsharded answer (same on every rank)."""
+    torch.manual_seed(0)
+    body = nn.Linear(IN_DIM, FEAT_DIM)
+    weight = torch.randn(N_CLASSES, FEAT_DIM)
+    inputs = torch.randn(world * LOCAL_BATCH, IN_DIM)
+    labels = torch.randint(0, N_CLASSES, (world * LOCAL_BATCH,))
+    reference_body = nn.Linear(IN_DIM, FEAT_DIM)
+    reference_body.load_state_dict(body.state_dict())
+    full = weight.clone().requires_grad_()
+    loss = F.cross_entropy(reference_body(inputs) @ full.T, labels, label_smoothing=0.1)
+    loss.backward()
+    return body, weight, inputs, labels, loss.detach(), reference_body.weight.grad, full.grad
+
+
+class _Net(nn.Module):
+    def __init__(self, body: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+        self.head = DistributedShardedCrossEntropy(FEAT_DIM, N_CLASSES, label_smoothing=0.1)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.body(inputs)
+
+
+def _sharded_worker(rank: int, world: int, init_file: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        body, weight, inputs, labels, ref_loss, ref_body_grad, ref_weight_grad = _reference(world)
+        net = _Net(body)
+        net.head.load_full_weight(weight)
+        assert exclude_shards_from_ddp(net) == ["head.weight"]
+        ddp = nn.parallel.DistributedDataParallel(net)  # shards of unequal size: must be excluded
+        rows = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
+        loss = net.head(ddp(inputs[rows]), labels[rows])
+        loss.backward()
+        start, size = net.head.shard_offset, net.head.weight.shape[0]
+        assert size == shard_sizes(N_CLASSES, world)[rank]
+        torch.testing.assert_close(loss.detach(), ref_loss)
+        torch.testing.assert_close(net.head.weight.grad, ref_weight_grad[start:start + size])
+        torch.testing.assert_close(net.body.weight.grad, ref_body_grad)  # after DDP's averaging
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_distributed_sharded_cross_entropy_equals_the_unsharded_loss(world, tmp_path):
+    mp.spawn(_sharded_worker, args=(world, str(tmp_path / "rendezvous")), nprocs=world, join=True)
+
+
+# ---------------------------------------------------------------- losses
+
+def _brute_force_triplet(features: torch.Tensor, labels: list[int]) -> torch.Tensor:
+    terms = []
+    for a in range(len(labels)):
+        d = [torch.sqrt(((features[a] - features[j]) ** 2).sum()) for j in range(len(labels))]
+        pos = [d[j] for j in range(len(labels)) if j != a and labels[j] == labels[a]]
+        neg = [d[j] for j in range(len(labels)) if labels[j] != labels[a]]
+        if pos and neg:
+            terms.append(torch.log(1 + torch.exp(max(pos) - min(neg))))
+    return torch.stack(terms).mean()
+
+
+def test_soft_triplet_matches_a_brute_force_loop():
+    torch.manual_seed(0)
+    labels = [0, 0, 0, 1, 1, 1, 2, 2, 3, 3, 3, 4]  # identity 4: no positive, skipped
+    features = torch.randn(len(labels), 16)
+    x1, x2 = features.clone().requires_grad_(), features.clone().requires_grad_()
+    loss = soft_batch_hard_triplet(x1, torch.tensor(labels))
+    reference = _brute_force_triplet(x2, labels)
+    loss.backward()
+    reference.backward()
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-5)
+    assert torch.allclose(x1.grad, x2.grad, atol=1e-6)
+    anchors, _, _ = hardest_pairs(features, torch.tensor(labels))
+    assert 11 not in anchors.tolist()
+
+
+def test_soft_triplet_by_hand():
+    # On a line: a0=0, a1=1 (label 0); b0=3, b1=7 (label 1).
+    features = torch.tensor([[0.0], [1.0], [3.0], [7.0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    # anchor 0: d_ap 1, d_an 3; anchor 1: 1, 2; anchor 2: 4, 2; anchor 3: 4, 6
+    expected = sum(math.log1p(math.exp(dp - dn)) for dp, dn in [(1, 3), (1, 2), (4, 2), (4, 6)]) / 4
+    assert soft_batch_hard_triplet(features, labels).item() == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError, match="no anchor"):
+        soft_batch_hard_triplet(features, torch.tensor([0, 1, 2, 3]))
+
+
+def test_gem_loss_weights_its_parts():
+    torch.manual_seed(0)
+    logits, gem = torch.randn(8, 5), torch.randn(8, 16)
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    total, parts = gem_loss(logits, labels, gem)
+    ce = F.cross_entropy(logits, labels, label_smoothing=0.1)
+    assert parts["ce"].item() == pytest.approx(ce.item())
+    assert parts["triplet"].item() == pytest.approx(soft_batch_hard_triplet(gem, labels).item())
+    assert total.item() == pytest.approx(10 * ce.item() + parts["triplet"].item(), rel=1e-6)
+
+
+# ---------------------------------------------------------------- P×K sampler
+
+LABELS = [i // 5 for i in range(40)] + [8, 9, 9]  # 8 identities × 5 images; identity 8 has 1, 9 has 2
+
+
+def _batches(sampler: PKSampler) -> list[list[int]]:
+    indices = list(sampler)
+    assert len(indices) == len(sampler)
+    return [indices[i:i + sampler.batch_size] for i in range(0, len(indices), sampler.batch_size)]
+
+
+def test_pk_batches_hold_p_identities_times_k():
+    sampler = PKSampler(LABELS, p=4, k=3, seed=0)
+    assert len(sampler) == 3 * 12  # ceil(10 identities / 4) batches
+    seen = set()
+    for batch in _batches(sampler):
+        counts = Counter(LABELS[i] for i in batch)
+        assert len(counts) == 4 and set(counts.values()) == {3}
+        seen |= set(counts)
+    assert seen == set(range(10))  # every identity once, small ones with replacement
+
+
+def test_pk_sampler_is_reproducible_per_epoch():
+    a, b = PKSampler(LABELS, 4, 3, seed=7, length=20), PKSampler(LABELS, 4, 3, seed=7, length=20)
+    assert len(a) == 20 * 12
+    first = list(a)
+    assert list(b) == first
+    a.set_epoch(1)
+    assert list(a) != first
+    b.set_epoch(1)
+    assert list(a) == list(b)
+    assert list(PKSampler(LABELS, 4, 3, seed=8, length=20)) != first
+
+
+def test_pk_sampler_ranks_share_out_one_draw():
+    whole = _batches(PKSampler(LABELS, 2, 2, seed=3, length=6))
+    ranks = [_batches(PKSampler(LABELS, 2, 2, seed=3, length=3, num_replicas=2, rank=r)) for r in range(2)]
+    assert ranks[0] == whole[0::2] and ranks[1] == whole[1::2]
+
+
+def test_pk_sampler_needs_two_identities():
+    with pytest.raises(ValueError, match="at least 2"):
+        PKSampler([3, 3, 3], p=1, k=2, seed=0)
+    with pytest.raises(ValueError, match="only 10"):
+        PKSampler(LABELS, p=11, k=2, seed=0)
+
+
+# ---------------------------------------------------------------- LR schedule
+
+def test_warmup_flat_cosine_shape():
+    f = lambda t: warmup_flat_cosine(t, warmup=5, flat=5, total=25)  # noqa: E731
+    assert f(0) == pytest.approx(0.01)
+    assert f(2.5) == pytest.approx(0.505)
+    assert f(5) == f(7) == f(9.99) == f(10) == 1.0
+    assert f(17.5) == pytest.approx(0.5)
+    assert f(25) == f(30) == 0.0
+    decay = [f(t) for t in range(10, 26)]
+    assert all(x > y for x, y in zip(decay, decay[1:]))
+    assert warmup_flat_cosine(25, 5, 5, 25, final_factor=0.05) == pytest.approx(0.05)
+
+
+def test_warmup_flat_cosine_per_step_in_lambda_lr():
+    schedule = WarmupFlatCosine(warmup=5, flat=5, total=25, steps_per_epoch=10)
+    assert schedule(25) == pytest.approx(warmup_flat_cosine(2.5, 5, 5, 25))
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=3.5e-4)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    for _ in range(175):
+        optimizer.step()
+        scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(3.5e-4 * 0.5)
+    assert scheduler.state_dict()["lr_lambdas"][0]["steps_per_epoch"] == 10

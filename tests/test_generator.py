@@ -1,0 +1,222 @@
+"""The augmented-set generator: deterministic for any worker count, resumable
+after a kill, strict about stale output and bad settings, tolerant of bad
+images (``embedlab augment``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from conftest import PROJECT, cli_env
+from embedlab.cli import main
+from embedlab.config import ConfigError, load_params
+from embedlab.images import BadImageError, load_rgb
+from embedlab.stages.augment import run_augment
+
+SMALL = {"classes": 6, "per_class": 4, "size": 64, "workers": 1, "every": 1, "jpeg_quality": 90, "seed": 3}
+
+
+def _write_params(root: Path, source: Path, faces: Path | None = None, **augment) -> Path:
+    raw = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    raw["augment"].update(source=str(source), faces=str(faces or root / "faces"), out=str(root / "augmented"),
+                          **{**SMALL, **augment})
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture
+def params_file(tmp_path, tiny_demo) -> Path:
+    return _write_params(tmp_path, tiny_demo / "disc" / "training")
+
+
+def _generate(params_file: Path, recipe: str = "big", out: Path | None = None, **kw):
+    return run_augment(load_params(params_file), recipe, kw.pop("overrides", None), out=out, progress=False,
+                       params_file=str(params_file), **kw)
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    """Every image of a set (the manifest records run times, so it is left out)."""
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*.jpg"))}
+
+
+def _written(root: Path) -> int:
+    return sum(1 for p in root.rglob("*.jpg") if not p.name.startswith("."))
+
+
+def _hidden(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.name.startswith(".")]
+
+
+def test_output_is_byte_identical_for_one_and_two_workers(params_file, tmp_path):
+    one, _ = _generate(params_file, out=tmp_path / "one", overrides={"workers": 1})
+    two, _ = _generate(params_file, out=tmp_path / "two", overrides={"workers": 2})
+    assert two["run"]["workers"] == 2
+    a, b = _files(tmp_path / "one"), _files(tmp_path / "two")
+    assert len(a) == 6 * 4 and a == b
+    assert (tmp_path / "one/fingerprint.json").read_bytes() == (tmp_path / "two/fingerprint.json").read_bytes()
+    assert sorted(a)[:4] == [f"T000000/T000000_{i}.jpg" for i in range(4)]
+    # Another seed gives other augmentations but the same anchors.
+    _generate(params_file, out=tmp_path / "seed4", overrides={"seed": 4})
+    c = _files(tmp_path / "seed4")
+    assert c["T000000/T000000_0.jpg"] == a["T000000/T000000_0.jpg"]
+    assert c["T000000/T000000_1.jpg"] != a["T000000/T000000_1.jpg"]
+
+
+def test_manifest_counts_and_a_rerun_only_counts(params_file, tmp_path):
+    manifest, out = _generate(params_file)
+    assert out == tmp_path / "augmented" / "big"
+    assert json.loads((out / "manifest.json").read_text()) == manifest
+    assert manifest["counts"] == {"classes": 6, "classes_skipped": 0, "images": 24, "images_written": 24,
+                                  "images_present": 0, "skipped_inputs": 0}
+    assert manifest["recipe"] == "big" and manifest["steps"][-1] == {"op": "resize", "p": 1.0, "args": {"size": 64}}
+    assert manifest["seed"] == 3 and manifest["parameters"]["per_class"] == 4
+    assert {"pillow", "albumentations", "numpy"} <= set(manifest["versions"])
+    again, _ = _generate(params_file)
+    assert again["counts"]["images_written"] == 0 and again["counts"]["images_present"] == 24
+    assert again["run"]["resumed"]
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, tiny_demo):
+    params = _write_params(tmp_path, tiny_demo / "disc" / "training", classes=0, per_class=12, size=128)
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "embedlab", "augment", "--params", str(params), "--recipe", "big",
+           "--out", str(out), "--workers", "1", "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while _written(out) < 40:
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "the generator wrote nothing"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    partial = _written(out)  # a write the kill interrupted may have left a hidden temp file
+    assert partial < 32 * 12 and not (out / "manifest.json").exists()
+    # A temp file of an interrupted write, as a kill in the middle of one leaves it.
+    (out / "T000001" / ".T000001_3.jpg.x1y2z3.jpg").write_bytes(b"\xff\xd8 half a jpeg")
+
+    assert main(cmd[3:]) == 0  # the same command, finished in this process
+    resumed = json.loads((out / "manifest.json").read_text())
+    assert resumed["counts"]["images_present"] == partial and resumed["run"]["resumed"]
+    _generate(params, out=tmp_path / "whole", overrides={"workers": 2})
+    assert _files(out) == _files(tmp_path / "whole")
+    assert _hidden(out) == []
+
+
+def test_black_and_white_sets_are_grayscale_on_disk(params_file, tiny_demo):
+    _, out = _generate(params_file, "bw")
+    for path in sorted(out.rglob("*.jpg")):
+        rgb = np.asarray(load_rgb(path))
+        assert rgb.shape == (64, 64, 3) and (rgb == rgb[..., :1]).all(), path
+    anchor = np.asarray(load_rgb(out / "T000002" / "T000002_0.jpg")).astype(float)
+    source = Image.open(tiny_demo / "disc" / "training" / "T000002.jpg").convert("L")
+    expected = np.asarray(source.resize((64, 64), Image.BICUBIC)).astype(float)
+    assert np.abs(anchor[..., 0] - expected).mean() < 3  # k_0: the original, resized, in grey
+
+
+def test_faces_join_as_extra_classes(tmp_path, tiny_demo):
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    for path in sorted((tiny_demo / "imagenet").glob("*.jpg"))[:3]:
+        shutil.copy(path, faces / path.name.replace("I", "F"))
+    params = _write_params(tmp_path, tiny_demo / "disc" / "training", faces=faces, classes=2)
+    manifest, out = _generate(params, "ff_bw")
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == [
+        "T000000", "T000001", "face_F000000", "face_F000001", "face_F000002"]
+    assert manifest["counts"]["classes"] == 5 and (out / "face_F000001" / "face_F000001_3.jpg").is_file()
+    shutil.rmtree(faces)
+    with pytest.raises(FileNotFoundError, match="face folder .*faces does not exist"):
+        _generate(params, "ff", out=tmp_path / "noface")
+    assert not (tmp_path / "noface").exists()
+
+
+def _edited(params_file: Path, edit) -> Path:
+    raw = yaml.safe_load(params_file.read_text())
+    edit(raw["augment"])
+    path = params_file.with_name("edited.yaml")
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.parametrize("recipe,edit,message", [
+    ("bigg", lambda a: None, "unknown recipe 'bigg'; known: big, blur"),
+    ("big", lambda a: a["base"][2].update(op="pixelisation"), r"augment.base\[2\].op: unknown op 'pixelisation'"),
+    ("big", lambda a: a["base"][2]["args"].update(ratoi=0.5), r"augment.base\[2\].args.ratoi: pixelization has no"),
+    ("blur", lambda a: a["recipes"]["blur"]["replace"]["blur"].update(p=1.5),
+     r"augment.recipes.blur.replace.blur.p: 1.5 is outside \[0, 1\]"),
+    ("big", lambda a: a["base"][0]["args"].update(scale=[1.0, 0.2]), r"range \[1.0, 0.2\] has low > high"),
+])
+def test_bad_settings_fail_before_any_file_is_written(params_file, tmp_path, recipe, edit, message, capsys):
+    bad = _edited(params_file, edit)
+    with pytest.raises(ConfigError, match=message):
+        _generate(bad, recipe)
+    assert main(["augment", "--params", str(bad), "--recipe", recipe]) == 2
+    assert "edited.yaml: augment" in capsys.readouterr().err
+    assert not (tmp_path / "augmented").exists()
+
+
+def test_corrupt_source_is_skipped_and_listed_or_fails_naming_it(tmp_path, tiny_demo):
+    source = tmp_path / "source"
+    source.mkdir()
+    for path in sorted((tiny_demo / "disc" / "training").glob("*.jpg"))[:5]:
+        shutil.copy(path, source / path.name)
+    broken = source / "T000002.jpg"
+    broken.write_bytes(broken.read_bytes()[:300])  # truncated
+    params = _write_params(tmp_path, source, on_bad_image="skip")
+    manifest, out = _generate(params, overrides={"workers": 2})
+    assert manifest["counts"]["classes"] == 4 and manifest["counts"]["skipped_inputs"] == 1
+    [skipped] = manifest["skipped_inputs"]
+    assert skipped["path"] == str(broken) and "truncated" in skipped["reason"]
+    assert not (out / "T000002").exists() and len(_files(out)) == 16
+
+    failing = _write_params(tmp_path, source, on_bad_image="fail")
+    with pytest.raises(BadImageError, match="T000002.jpg"):
+        _generate(failing, out=tmp_path / "failing")
+
+
+def test_missing_or_empty_source_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere does not exist"):
+        _generate(_write_params(tmp_path, tmp_path / "nowhere"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="empty holds no images"):
+        _generate(_write_params(tmp_path, tmp_path / "empty"))
+
+
+def test_output_made_with_other_parameters_needs_restart(params_file, tmp_path):
+    _, out = _generate(params_file)
+    with pytest.raises(ValueError, match=r"made with other parameters \(changed: per_class\).*--restart"):
+        _generate(params_file, overrides={"per_class": 3})
+    assert len(_files(out)) == 24  # untouched
+    manifest, _ = _generate(params_file, overrides={"per_class": 3}, restart=True)
+    assert manifest["counts"]["images_written"] == 18 and len(_files(out)) == 18
+    manifest, _ = _generate(params_file, overrides={"size": 48}, if_stale="restart")  # what dvc repro does
+    assert manifest["counts"]["images_written"] == 24
+    assert Image.open(out / "T000003" / "T000003_1.jpg").size == (48, 48)
+
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="no fingerprint.json"):
+        _generate(params_file, out=foreign, restart=True)
+    assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+def test_cli_prints_a_summary(params_file, tmp_path, capsys):
+    assert main(["augment", "--params", str(params_file), "--recipe", "dark", "--classes", "3", "--per-class", "2",
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "augment dark: 3 classes x 2 images of 64 px" in out and "written 6, already present 0" in out
+    assert os.path.isfile(tmp_path / "augmented" / "dark" / "manifest.json")
