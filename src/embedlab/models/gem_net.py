@@ -92,7 +92,8 @@ def set_last_stride_1(body: nn.Module) -> None:
     leftover = [name for name, module in block.named_modules() if not list(module.children())
                 and getattr(module, "stride", 1) not in (1, (1, 1))]
     if leftover:  # e.g. anti-aliased (blur-pool) ResNets
-        raise NotImplementedError(f"{type(body).__name__}.layer4[0]: cannot set the stride of {leftover} to 1")
+        raise ValueError(f"{type(body).__name__}.layer4[0]: cannot set the stride of {leftover} to 1 "
+                         "(set gem.last_stride_1: false for this backbone)")
     if getattr(body, "feature_info", None):
         body.feature_info[-1]["reduction"] //= 2
 

@@ -25,15 +25,12 @@ class OutputFolders:
     """Where one run of a stage writes: ``models_root/<run_name>`` and ``reports_root/<run_name>``.
 
     Mixed into the stages' request dataclasses, which hold the two roots and
-    say which of their fields names the run.
+    define ``run_name`` (the field that names the run).
     """
 
     models_root: Path
     reports_root: Path
-
-    @property
-    def run_name(self) -> str:
-        raise NotImplementedError
+    run_name: str
 
     @property
     def out_dir(self) -> Path:

@@ -14,6 +14,7 @@ impostors of the same person and against other people. Re-runs follow
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 from pathlib import Path
 
@@ -102,7 +103,6 @@ class FaceData:
         kinds_file = root / "demo_pairs.csv"  # the demo set records each test pair's kind
         kinds = None
         if kinds_file.is_file():
-            import csv
             with open(kinds_file, newline="") as f:
                 by_id = {row["pair_id"]: row["kind"] for row in csv.DictReader(f)}
             kinds = [by_id.get(pair_id) for pair_id, *_ in tests]
