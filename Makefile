@@ -11,7 +11,17 @@ export DO_NOT_TRACK := 1
 export DVC_NO_ANALYTICS := 1
 TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 
-.PHONY: install demo data test test-fast mlflow-ui clean
+# `make mlflow-server`: a tracking server (REST API + UI) with a database backend
+# and proxied artifacts. PostgreSQL for a team:
+#   make mlflow-server MLFLOW_BACKEND_URI=postgresql://USER:PASSWORD@HOST:5432/mlflow
+# Stages log to it with `export MLFLOW_TRACKING_URI=http://127.0.0.1:5000`.
+MLFLOW_BACKEND_URI ?= sqlite:///$(CURDIR)/mlflow-server.db
+MLFLOW_ARTIFACTS ?= $(CURDIR)/mlartifacts
+MLFLOW_HOST ?= 127.0.0.1
+MLFLOW_PORT ?= 5000
+MLFLOW_WORKERS ?= 2
+
+.PHONY: install demo data test test-fast mlflow-ui mlflow-server clean
 
 install: $(STAMP)
 
@@ -50,5 +60,11 @@ test-fast: install
 mlflow-ui: install
 	mlflow ui --backend-store-uri $(TRACKING_URI) --host 127.0.0.1 --port 5000
 
+# exec: the server replaces make's shell, so stopping the target stops the server.
+mlflow-server: install
+	mkdir -p $(MLFLOW_ARTIFACTS)
+	exec mlflow server --backend-store-uri $(MLFLOW_BACKEND_URI) --artifacts-destination $(MLFLOW_ARTIFACTS) \
+	  --host $(MLFLOW_HOST) --port $(MLFLOW_PORT) --workers $(MLFLOW_WORKERS)
+
 clean:
-	rm -rf models/drip reports mlruns mlflow.db .dvc-site-cache
+	rm -rf models/drip reports mlruns mlflow.db .dvc-site-cache mlartifacts mlflow-server.db test-artifacts

@@ -57,6 +57,9 @@ def tiny_params(data_root: str = "data/raw") -> dict:
         pretrain={"miner": "all", "lr": 3e-4, "epochs": 2, "init_from": None},
         finetune={"miner": "hard", "lr": 1e-4, "epochs": 1, "init_from": "pretrain"},
     )
+    params["templates"].update(batch_size=32)
+    params["decoder"].update(output_size=32, width=0.125, perceptor_layers=1, batch_size=8, epochs=2,
+                             eval_batch_size=64, control_samples=4, visualize_every=4, fmr=0.01)
     return params
 
 

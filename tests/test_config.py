@@ -116,6 +116,19 @@ def test_dvc_stage_params_cover_every_setting_of_the_gem_and_triplet_stages():
         assert listed == model - {other}, phase  # a phase does not rerun when the other's settings change
 
 
+def test_dvc_stage_params_cover_every_setting_of_the_templates_and_decoder_stages():
+    import dataclasses
+
+    from embedlab.config import DECODER_RUNTIME_FIELDS, DecoderConfig, TemplatesConfig
+
+    stages = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]
+    templates = {p.split(".", 1)[1] for p in stages["templates"]["params"] if p.startswith("templates.")}
+    # batch_size / num_workers change how fast the photos are embedded, not the templates.
+    assert templates == {f.name for f in dataclasses.fields(TemplatesConfig)} - {"batch_size", "num_workers"}
+    decoder = {p.split(".", 1)[1] for p in stages["decoder"]["params"] if p.startswith("decoder.")}
+    assert decoder == {f.name for f in dataclasses.fields(DecoderConfig)} - set(DECODER_RUNTIME_FIELDS)
+
+
 def test_bad_gem_and_triplet_settings_name_the_setting(tmp_path):
     path = tmp_path / "params.yaml"
     for section, key, value, message in (("gem", "k", 1, "gem.k"), ("gem", "devices", 0, "gem.devices"),

@@ -45,7 +45,7 @@ def test_dvc_repro_is_incremental_and_tracks_metrics_and_plots(tiny_repo: Path, 
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     first = run(["dvc", "repro"], tiny_repo, **env)
     for stage in ("drip@s2", "augment@big", "gem@big", "ensemble", "face_data", "triplet_pretrain",
-                  "triplet_finetune"):
+                  "triplet_finetune", "templates", "decoder"):
         assert f"Running stage '{stage}'" in first.stdout
     metrics = json.loads((tiny_repo / "reports/drip/s2/metrics.json").read_text())
     assert metrics["n_classes"] == 40 and 0 <= metrics["uAP"] <= 1
@@ -56,8 +56,13 @@ def test_dvc_repro_is_incremental_and_tracks_metrics_and_plots(tiny_repo: Path, 
     assert ensemble["members"] == ["drip/s2", "gem/big"] and 0 <= ensemble["post_uAP"] <= 1
     faces = json.loads((tiny_repo / "reports/triplet/finetune/metrics.json").read_text())
     assert 0 <= faces["test_eer"] <= 1 and "valid_eer_fake_same_person" in faces
+    decoder = json.loads((tiny_repo / "reports/decoder/metrics.json").read_text())
+    assert -1 <= decoder["cosine_mean"] <= 1 and 0 <= decoder["above_threshold"] <= 1
+    templates = json.loads((tiny_repo / "data/templates/manifest.json").read_text())
+    assert templates["template_model"] == "models/triplet/finetune/encoder.safetensors"  # the face encoder
     table = run(["embedlab", "report"], tiny_repo, **env).stdout
     assert "gem/big" in table and "ensemble: drip/s2 + gem/big" in table and "finetune" in table
+    assert "Decoder: cosine" in table and f"{decoder['cosine_mean']:.4f}" in table
 
     # Running the code writes bytecode next to it: not a change of the code.
     (tiny_repo / "src/embedlab/__pycache__").mkdir(exist_ok=True)
@@ -77,7 +82,7 @@ def test_dvc_repro_is_incremental_and_tracks_metrics_and_plots(tiny_repo: Path, 
     client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
     runs = client.search_runs([client.get_experiment_by_name("embedlab").experiment_id])
     stages = sorted(r.data.tags["embedlab.stage"] for r in runs)
-    assert stages == ["drip", "drip", "drip_init", "ensemble", "gem", "triplet", "triplet"]
+    assert stages == ["decoder", "drip", "drip", "drip_init", "ensemble", "gem", "triplet", "triplet"]
     assert sorted(r.data.tags["embedlab.drip_step"] for r in runs if "embedlab.drip_step" in r.data.tags) == ["s1", "s2"]
     data_hash = yaml.safe_load((tiny_repo / "data.dvc").read_text())["outs"][0]["md5"]
     head = run(["git", "rev-parse", "HEAD"], tiny_repo).stdout.strip()
@@ -89,7 +94,7 @@ def test_dvc_repro_is_incremental_and_tracks_metrics_and_plots(tiny_repo: Path, 
     run(["git", "commit", "-qm", "results"], tiny_repo)
     exp = run(["dvc", "exp", "run", "-S", "drip.qry_augs_intensity=0.6"], tiny_repo, **env)
     assert "Running stage 'drip@s1'" in exp.stdout and "Running stage 'drip@s2'" in exp.stdout
-    for untouched in ("drip_init", "augment@big", "gem@big", "triplet_pretrain"):
+    for untouched in ("drip_init", "augment@big", "gem@big", "triplet_pretrain", "templates", "decoder"):
         assert f"Running stage '{untouched}'" not in exp.stdout
     assert yaml.safe_load((tiny_repo / "params.yaml").read_text())["drip"]["qry_augs_intensity"] == 0.6
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from embedlab.config import ConfigError, DripStep, apply_overrides, load_params, use_profile
 from embedlab.postprocess.cli import add_parser as add_postprocess_parser
+from embedlab.sweep.cli import add_parser as add_sweep_parser
 
 
 def _params(args):
@@ -99,6 +100,45 @@ def cmd_face_submission(args) -> None:
                                            args.num_workers), indent=2))
 
 
+def cmd_templates(args) -> None:
+    from embedlab.stages.templates import build_templates
+
+    print(json.dumps(build_templates(_params(args)), indent=2))
+
+
+def _bool(text: str) -> bool:
+    """true/false as MLflow passes them (-P use_discriminator=false)."""
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def cmd_decoder(args) -> None:
+    from embedlab.stages.decoder import run_decoder
+
+    params = _params(args)
+    cfg = apply_overrides(params.decoder, {
+        "perceptual_weight": args.perceptual_weight, "laplace_weight": args.laplace_weight,
+        "mse_weight": args.mse_weight, "use_discriminator": args.use_discriminator,
+        "discr_weight": args.discr_weight, "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
+        "variant": args.variant, "output_size": args.output_size}, "decoder")
+    print(json.dumps(run_decoder(params, cfg=cfg), indent=2, default=str))
+
+
+def cmd_export_onnx(args) -> None:
+    from embedlab.models.face_models import export_onnx_face_model
+
+    print(export_onnx_face_model(args.checkpoint, args.out))
+
+
+def cmd_validate_decoder(args) -> None:
+    from embedlab.stages.decoder import validate_decoder
+
+    print(validate_decoder(_params(args), args.set, args.checkpoint))
+
+
 def cmd_ensemble(args) -> None:
     from embedlab.stages.ensemble import run_ensemble
 
@@ -109,7 +149,15 @@ def cmd_embed(args) -> None:
     from embedlab.stages.embed import embed_folder
 
     print(json.dumps(embed_folder(args.checkpoint, args.images, args.out, args.img_size, args.batch_size,
-                                  args.num_workers, args.on_bad_image, args.device), indent=2))
+                                  args.num_workers, args.on_bad_image, args.device, args.channels_last,
+                                  precision=args.precision, compile=args.compile, decode=args.decode,
+                                  pin_memory=args.pin_memory, persistent_workers=args.persistent_workers,
+                                  prefetch_factor=args.prefetch_factor), indent=2))
+
+
+def _workers(text: str) -> int | str:
+    """``auto`` or a number of DataLoader workers."""
+    return "auto" if text == "auto" else int(text)
 
 
 def cmd_evaluate_disc(args) -> None:
@@ -219,6 +267,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--num-workers", type=int, default=0)
 
+    command("templates", cmd_templates, "embed the face photos with the template model: the decoder's "
+            "training pairs", "embedlab templates")
+
+    p = command("decoder", cmd_decoder, "train the template -> face decoder (perceptual loss through a frozen "
+                "face model)", "embedlab decoder --perceptual-weight 11 --laplace-weight 0 --use-discriminator false")
+    p.add_argument("--perceptual-weight", type=float)
+    p.add_argument("--laplace-weight", type=float)
+    p.add_argument("--mse-weight", type=float)
+    p.add_argument("--use-discriminator", type=_bool, metavar="true|false")
+    p.add_argument("--discr-weight", type=float)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--variant", choices=("base", "large"))
+    p.add_argument("--output-size", type=int)
+
+    p = command("validate-decoder", cmd_validate_decoder, "cosine between templates and the templates of their "
+                "decoded faces (the original validate.py)", "embedlab validate-decoder --set test")
+    p.add_argument("--set", default="test", choices=("train", "test"))
+    p.add_argument("--checkpoint", help="a decoder .ckpt (default: models/decoder/checkpoints/last.ckpt)")
+
+    p = command("export-onnx", cmd_export_onnx, "export a project encoder as an ONNX face model (RGB, "
+                "(x - 127.5) / 127.5, like insightface's)", "embedlab export-onnx --checkpoint "
+                "models/triplet/finetune/encoder.safetensors --out encoder.onnx")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True)
+
     command("init-weights", cmd_init_weights, "write the backbone weights the first drip step starts from",
             "embedlab init-weights")
 
@@ -229,10 +304,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--img-size", type=int, help="model input size (default: the checkpoint's)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=256, help="images per batch (large batches feed a GPU)")
+    p.add_argument("--num-workers", type=_workers, default="auto",
+                   help="DataLoader workers, or auto: min(8, cores) with a GPU, half the cores on the CPU")
     p.add_argument("--on-bad-image", choices=("fail", "skip"), default="fail")
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                   help="autocast dtype; auto: bf16 on a GPU that has it, fp16 on older GPUs, fp32 on the CPU")
+    p.add_argument("--channels-last", type=_bool, nargs="?", const=True, default=True,
+                   help="NHWC memory format (default true; --channels-last false to turn off)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (one-off compile time)")
+    p.add_argument("--decode", choices=("auto", "cpu", "gpu"), default="auto",
+                   help="JPEG decoding: gpu (nvJPEG, batched) or cpu (Pillow in the workers); auto: gpu with CUDA")
+    p.add_argument("--pin-memory", type=lambda t: "auto" if t == "auto" else _bool(t), default="auto")
+    p.add_argument("--persistent-workers", action="store_true")
+    p.add_argument("--prefetch-factor", type=int, help="batches each worker prepares ahead (torch's default: 2)")
 
     p = command("evaluate-disc", cmd_evaluate_disc, "search and score query vs. reference descriptors (μAP)",
                 "embedlab evaluate-disc --query query.h5 --reference reference.h5 "
@@ -251,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
 
     add_postprocess_parser(sub)
+    add_sweep_parser(sub)
     p = command("ensemble", cmd_ensemble, "score the concatenated descriptors of trained models, before and after "
                 "post-processing", "embedlab ensemble --members drip/s3 gem/big")
     p.add_argument("--members", nargs="+", help="<stage>/<name> of trained models (default: evaluate.ensemble)")

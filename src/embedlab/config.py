@@ -132,12 +132,31 @@ def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
 
 @dataclasses.dataclass
 class EmbedConfig:
+    """Embedding images into descriptors (``embedlab embed``, the stages' evaluations).
+
+    Everything but ``on_bad_image`` changes only how fast it runs (see
+    benchmarks/embed_throughput.py); on a GPU use large batches (256+).
+    """
+
     batch_size: int = 64
-    num_workers: int = 0
+    num_workers: int | str = 0  # DataLoader workers; auto: min(8, cores) with a GPU, half the cores on CPU
     on_bad_image: str = "fail"  # fail | skip
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast); auto: bf16 (fp16 on pre-Ampere) on GPU, fp32 on CPU
+    channels_last: bool = True
+    compile: bool = False  # torch.compile the model: a one-off compile, then faster batches
+    decode: str = "auto"  # auto | cpu | gpu: JPEG decoding on the GPU (nvJPEG) when the model runs there
+    pin_memory: bool | str = "auto"  # auto: on with CUDA
+    persistent_workers: bool = False
+    prefetch_factor: int | None = None  # batches each worker prepares ahead; None: torch's default (2)
 
     def __post_init__(self) -> None:
         _check_choice("embed.on_bad_image", self.on_bad_image, ("fail", "skip"))
+        _check_choice("embed.precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
+        _check_choice("embed.decode", self.decode, ("auto", "cpu", "gpu"))
+        if isinstance(self.num_workers, str):
+            _check_choice("embed.num_workers", self.num_workers, ("auto",))
+        if isinstance(self.pin_memory, str):
+            _check_choice("embed.pin_memory", self.pin_memory, ("auto",))
 
 
 @dataclasses.dataclass
@@ -323,6 +342,123 @@ class TripletConfig:
 
 
 @dataclasses.dataclass
+class TemplatesConfig:
+    """The decoder's training pairs (``embedlab templates``): face photos and their templates."""
+
+    # The template model: a project encoder (.safetensors / .ckpt) or an ONNX face-recognition
+    # model (e.g. insightface buffalo_l w600k_r50.onnx: RGB, (x - 127.5) / 127.5, its own input size).
+    model: str = "models/triplet/finetune/encoder.safetensors"
+    out: str = "data/templates"  # train.h5 / train.csv, test.h5 / test.csv, manifest.json
+    test_fraction: float = 0.1  # persons held out (no person in both splits)
+    include_fakes: bool = False  # deepfakes of the face set are photos too, but not of anyone real
+    batch_size: int = 64
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.test_fraction < 1.0:
+            raise ConfigError(f"templates.test_fraction must be in (0, 1), got {self.test_fraction}")
+
+
+# DecoderConfig fields that change how fast or how visibly it trains, not what it learns.
+DECODER_RUNTIME_FIELDS = ("num_workers", "channels_last", "control_samples", "visualize_every", "eval_batch_size")
+
+
+@dataclasses.dataclass
+class DecoderConfig:
+    """The template -> face decoder (REFERENCE.md §3)."""
+
+    # The frozen network of the perceptual loss: a project encoder (other seed or loss than the
+    # template model) or an ONNX face model (converted to PyTorch, so gradients flow through it).
+    perceptor: str = "models/triplet/pretrain/encoder.safetensors"
+    perceptor_layers: int = 4  # intermediate feature maps of the perceptor compared (plus its embedding)
+    resize_to_perceptor: bool = True  # decoder output size != perceptor input: resize (else an error)
+    variant: str = "base"  # base (26 MB at 512-d) | large (94 MB)
+    width: float = 1.0  # channel multiplier (1: the original; the CPU demo uses 0.25)
+    output_size: int = 112
+    mse_weight: float = 1.0
+    laplace_weight: float = 1.0
+    perceptual_weight: float = 11.0
+    use_discriminator: bool = False
+    discr_weight: float = 0.01
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    restart_epochs: int = 10  # cosine warm restarts: T0 in epochs
+    max_grad_norm: float = 10.0
+    batch_size: int = 200
+    epochs: int = 10
+    precision: str = "auto"
+    channels_last: bool = True
+    num_workers: int = 0
+    eval_batch_size: int = 256
+    control_samples: int = 9  # fixed test templates whose original-vs-reconstruction grid is logged
+    visualize_every: int = 1024  # training steps between control grids (and one at the end)
+    fmr: float = 1e-3  # the threshold: template model's impostor score at this false match rate
+    threshold: float | None = None  # explicit threshold instead (e.g. 0.661 for buffalo_l)
+    evaluate: bool = True
+
+    def __post_init__(self) -> None:
+        _check_choice("decoder.variant", self.variant, ("base", "large"))
+        _check_choice("decoder.precision", self.precision, ("auto", "32-true", "bf16-mixed", "16-mixed"))
+        if self.output_size % 2 or not 8 <= self.output_size <= 128:
+            raise ConfigError(f"decoder.output_size must be even and within [8, 128], got {self.output_size}")
+        if not 0.0 < self.fmr < 1.0:
+            raise ConfigError(f"decoder.fmr must be in (0, 1), got {self.fmr}")
+        for name in ("mse_weight", "laplace_weight", "perceptual_weight", "discr_weight"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"decoder.{name} must be >= 0, got {getattr(self, name)}")
+
+
+@dataclasses.dataclass
+class StageSweep:
+    """What one trial of a stage's sweep trains, and the settings the study samples.
+
+    ``space`` maps a setting of the stage to a range or a list: floats
+    ``{low, high, log, step}``, ints ``{low, high, step, log}`` (int when the
+    setting is an int), anything ``{choices: [...]}``. It is checked against
+    the stage's settings by :mod:`embedlab.sweep.space` before any trial.
+    """
+
+    epochs: int | None = None  # epochs per trial; None: the stage's own
+    space: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class DripSweep(StageSweep):
+    step: str = "s1"  # the step of drip.schedule each trial trains (from that step's parent)
+
+
+@dataclasses.dataclass
+class GemSweep(StageSweep):
+    recipe: str | None = None  # the generated set each trial trains on; None: gem.recipe
+
+
+@dataclasses.dataclass
+class TripletSweep(StageSweep):
+    phase: str = "pretrain"  # pretrain | finetune (from pretrain's checkpoint)
+
+
+@dataclasses.dataclass
+class SweepConfig:
+    """Optuna sweeps (``embedlab sweep STAGE``): storage, sampler, pruner, one section per stage."""
+
+    storage: str | None = None  # RDB URL; None: sqlite:///<repo>/optuna.db (postgresql://... to share)
+    n_trials: int = 20  # the study's budget, counted over all its workers and restarts
+    sampler_seed: int = 0
+    pruner: str = "median"  # median | hyperband | none
+    n_startup_trials: int = 2  # median pruner: trials that run to the end before any pruning
+    n_warmup_steps: int = 1  # median pruner: epochs of a trial never pruned
+    drip_stage: DripSweep = dataclasses.field(default_factory=DripSweep)
+    gem_stage: GemSweep = dataclasses.field(default_factory=GemSweep)
+    triplet_stage: TripletSweep = dataclasses.field(default_factory=TripletSweep)
+    decoder_stage: StageSweep = dataclasses.field(default_factory=StageSweep)
+
+    def __post_init__(self) -> None:
+        _check_choice("sweep.pruner", self.pruner, ("median", "hyperband", "none"))
+        if self.n_trials < 1:
+            raise ConfigError(f"sweep.n_trials must be at least 1, got {self.n_trials}")
+
+
+@dataclasses.dataclass
 class Params:
     seed: int = 0
     profile: str = "demo"
@@ -333,9 +469,12 @@ class Params:
     embed: EmbedConfig = dataclasses.field(default_factory=EmbedConfig)
     gem: GemConfig = dataclasses.field(default_factory=GemConfig)
     triplet: TripletConfig = dataclasses.field(default_factory=TripletConfig)
+    templates: TemplatesConfig = dataclasses.field(default_factory=TemplatesConfig)
+    decoder: DecoderConfig = dataclasses.field(default_factory=DecoderConfig)
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
     evaluate: EvaluateConfig = dataclasses.field(default_factory=EvaluateConfig)
     tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
+    sweep: SweepConfig = dataclasses.field(default_factory=SweepConfig)
 
 
 def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:

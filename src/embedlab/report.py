@@ -37,6 +37,19 @@ FACE_COLUMNS = (
 )
 
 
+DECODER_COLUMNS = (
+    ("epochs", "epochs", "{}"),
+    ("train loss", "train_loss", "{:.4f}"),
+    ("cos mean before", "before_cosine_mean", "{:.4f}"),
+    ("cos min", "cosine_min", "{:.4f}"),
+    ("cos mean", "cosine_mean", "{:.4f}"),
+    ("cos median", "cosine_median", "{:.4f}"),
+    ("cos max", "cosine_max", "{:.4f}"),
+    ("threshold", "threshold", "{:.4f}"),
+    ("share above", "above_threshold", "{:.1%}"),
+)
+
+
 def _cell(fmt: str, value) -> str:
     if value is None:
         return "-"
@@ -63,7 +76,8 @@ def gem_rows(params: Params, reports_root: Path = Path("reports/gem")) -> list[d
     return metric_rows(reports_root, list(params.gem.train))
 
 
-def ensemble_rows(report: Path = Path("reports/ensemble/metrics.json")) -> list[dict]:
+def single_row(report: Path) -> list[dict]:
+    """The one row of a stage that runs once (ensemble, decoder), if it has run."""
     return [json.loads(report.read_text())] if report.is_file() else []
 
 
@@ -80,9 +94,11 @@ def results_report(params: Params) -> str:
         ("Drip training on the DISC query/reference sets", drip_rows(params), RETRIEVAL_COLUMNS, "drip"),
         ("GeM trainer on generated training sets (step = gem/<recipe>)", gem_rows(params), RETRIEVAL_COLUMNS, "gem"),
         ("Ensemble: concatenated descriptors (μAP post: whitened + score-normalised)",
-         ensemble_rows(), RETRIEVAL_COLUMNS, "ensemble"),
+         single_row(Path("reports/ensemble/metrics.json")), RETRIEVAL_COLUMNS, "ensemble"),
         ("Face encoder (triplet stage): EER on the validation pairs, then the labelled test pairs",
          metric_rows(Path("reports/triplet"), ["pretrain", "finetune"]), FACE_COLUMNS, "triplet"),
+        ("Decoder: cosine between test templates and the templates of their decoded faces",
+         single_row(Path("reports/decoder/metrics.json")), DECODER_COLUMNS, "decoder"),
     ]
     parts = [f"{title}\n{format_table(rows, columns) if rows else f'(no {stage} results yet: run `dvc repro`)'}"
              for title, rows, columns, stage in sections]

@@ -2,7 +2,8 @@
 
 A stage started by ``mlflow run`` logs into the run MLflow opened
 (``MLFLOW_RUN_ID``), never a second one; a resumed stage re-opens its own
-earlier run; otherwise a new run is created. The default store is
+earlier run; a stage called inside an active run (a sweep's trial) logs into
+that one; otherwise a new run is created. The default store is
 ``sqlite:///<repo>/mlflow.db`` with artifacts in ``<repo>/mlruns``, resolved
 absolutely so that ``dvc exp run`` and ``mlflow run`` land in the same place.
 """
@@ -102,15 +103,21 @@ def stage_run(
     resume_run_id: str | None = None,
     tags: Mapping[str, Any] | None = None,
 ) -> Iterator[mlflow.ActiveRun]:
-    """Open the MLflow run this stage logs into (see module docstring)."""
-    mlflow.set_tracking_uri(tracking_uri(uri))
-    outer = os.environ.get("MLFLOW_RUN_ID")
-    if outer:
-        run = mlflow.start_run(run_id=outer)
-    elif run_is_usable(resume_run_id):
-        run = mlflow.start_run(run_id=resume_run_id)
-    else:
-        run = mlflow.start_run(experiment_id=ensure_experiment(experiment), run_name=run_name)
+    """Open the MLflow run this stage logs into (see module docstring).
+
+    A run already active in this process (a sweep's nested trial run) takes
+    precedence: the stage logs into it and leaves ending it to its owner.
+    """
+    active = mlflow.active_run()
+    if active is None:
+        mlflow.set_tracking_uri(tracking_uri(uri))
+        outer = os.environ.get("MLFLOW_RUN_ID")
+        if outer:
+            run = mlflow.start_run(run_id=outer)
+        elif run_is_usable(resume_run_id):
+            run = mlflow.start_run(run_id=resume_run_id)
+        else:
+            run = mlflow.start_run(experiment_id=ensure_experiment(experiment), run_name=run_name)
     root = repo_root()
     standard = {
         "embedlab.stage": stage,
@@ -118,6 +125,9 @@ def stage_run(
         "dvc.data_hash": dvc_data_hash(root),
     }
     mlflow.set_tags({k: v for k, v in {**standard, **(tags or {})}.items() if v is not None})
+    if active is not None:
+        yield active
+        return
     with run:
         yield run
 
@@ -143,3 +153,20 @@ def log_artifacts_if_present(paths: Mapping[str, Path]) -> None:
             mlflow.log_artifacts(str(path), artifact_path)
         elif path.is_file():
             mlflow.log_artifact(str(path), artifact_path)
+
+
+def epoch_logger(run_id: str | None):
+    """Lightning's MLflow logger for a stage's run: metrics only.
+
+    The stage logs its params itself (``drip.lr``, ``decoder.perceptual_weight``);
+    Lightning would add the module's hyper-parameters under bare names, which
+    clash with `mlflow run`'s own params of the same name in another spelling
+    (``-P perceptual_weight=11`` vs ``11.0``) and fail the run.
+    """
+    from pytorch_lightning.loggers import MLFlowLogger
+
+    class _MetricsOnly(MLFlowLogger):
+        def log_hyperparams(self, params) -> None:
+            pass
+
+    return _MetricsOnly(tracking_uri=mlflow.get_tracking_uri(), run_id=run_id)

@@ -91,7 +91,7 @@ class FaceDataset:
     info: dict = field(default_factory=dict)
 
 
-def _natural(name: str) -> list:
+def natural_key(name: str) -> list:
     """Sort key putting 2.jpg before 10.jpg."""
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
@@ -133,8 +133,8 @@ def read_face_meta(train_dir: str | os.PathLike) -> dict[str, int]:
     if bad_values:
         raise FaceDataError(f"{meta_path}: values must be 0 (real) or 1 (deepfake); got {_few(bad_values)}")
     files = {p.relative_to(images_dir).as_posix() for p in list_images(images_dir, recursive=True, allow_empty=True)}
-    missing = sorted(set(meta) - files, key=_natural)
-    extra = sorted(files - set(meta), key=_natural)
+    missing = sorted(set(meta) - files, key=natural_key)
+    extra = sorted(files - set(meta), key=natural_key)
     if missing or extra:
         parts = []
         if missing:
@@ -143,14 +143,14 @@ def read_face_meta(train_dir: str | os.PathLike) -> dict[str, int]:
             parts.append(f"{len(extra)} image file(s) in {images_dir} without a key: {_few(extra)}")
         raise FaceDataError(f"{meta_path} does not match the images: " + "; ".join(parts))
     real = {k.split("/")[0] for k, v in meta.items() if v == 0}
-    no_real = sorted({k.split("/")[0] for k in meta} - real, key=_natural)
+    no_real = sorted({k.split("/")[0] for k in meta} - real, key=natural_key)
     if no_real:
         raise FaceDataError(f"{meta_path}: {len(no_real)} person(s) have deepfakes but no real image: "
                             f"{_few(no_real)}")
-    return {k: meta[k] for k in sorted(meta, key=lambda k: [_natural(p) for p in k.split("/")])}
+    return {k: meta[k] for k in sorted(meta, key=lambda k: [natural_key(p) for p in k.split("/")])}
 
 
-def _split_persons(persons: list[str], valid_fraction: float, seed: int) -> set[str]:
+def split_persons(persons: list[str], valid_fraction: float, seed: int) -> set[str]:
     if not 0 <= valid_fraction < 1:
         raise ValueError(f"valid_fraction must be in [0, 1), got {valid_fraction}")
     n_valid = round(valid_fraction * len(persons))
@@ -213,8 +213,8 @@ def build_face_dataset(train_dir: str | os.PathLike, fake_classes: str = "per_pe
     for key, is_fake in meta.items():
         person = key.split("/")[0]
         images.setdefault(person, []).append((f"{prefix}/{key}", is_fake))
-    persons = sorted(images, key=_natural)
-    valid_persons = _split_persons(persons, valid_fraction, seed)
+    persons = sorted(images, key=natural_key)
+    valid_persons = split_persons(persons, valid_fraction, seed)
 
     # classes in (person, real first, then fakes) order, like the original's 2·person + is_fake
     classes: list[tuple[str, str, list[str]]] = []  # (person, "real" | "fake", paths)
@@ -235,7 +235,7 @@ def build_face_dataset(train_dir: str | os.PathLike, fake_classes: str = "per_pe
         person, kind, paths = kept[c]
         rows[person in valid_persons] += [FaceRow(p, label, person, int(kind == "fake")) for p in paths]
     for split_rows in rows.values():
-        split_rows.sort(key=lambda r: (r.label, _natural(r.path)))
+        split_rows.sort(key=lambda r: (r.label, natural_key(r.path)))
 
     valid_list = [p for p in persons if p in valid_persons]
     pairs = _valid_pairs(images, valid_list, np.random.default_rng([seed, 1]), max_pairs_per_person)
@@ -324,7 +324,7 @@ def read_test_pairs(test_dir: str | os.PathLike) -> list[tuple[str, Path, Path, 
     if not test_dir.is_dir():
         raise FileNotFoundError(f"{test_dir}: test folder not found (expected <pair_id>/0.jpg, 1.jpg)")
     folders = sorted((p for p in test_dir.iterdir() if p.is_dir() and not p.name.startswith(".")),
-                     key=lambda p: _natural(p.name))
+                     key=lambda p: natural_key(p.name))
     if not folders:
         raise FaceDataError(f"{test_dir}: no pair folders (expected <pair_id>/0.jpg, 1.jpg)")
     for folder in folders:
@@ -344,11 +344,11 @@ def read_test_pairs(test_dir: str | os.PathLike) -> list[tuple[str, Path, Path, 
                 raise FaceDataError(f"{labels_csv}, line {line}: pair_id {pid!r} appears twice")
             labels[pid] = int(same)
         names = {f.name for f in folders}
-        orphans = sorted(set(labels) - names, key=_natural)
+        orphans = sorted(set(labels) - names, key=natural_key)
         if orphans:
             raise FaceDataError(f"{labels_csv}: {len(orphans)} pair_id(s) have no folder in {test_dir}: "
                                 f"{_few(orphans)}")
-        unlabelled = sorted(names - set(labels), key=_natural)
+        unlabelled = sorted(names - set(labels), key=natural_key)
         if unlabelled:
             raise FaceDataError(f"{labels_csv}: {len(unlabelled)} pair folder(s) have no label: {_few(unlabelled)}")
     return [(f.name, f / "0.jpg", f / "1.jpg", None if labels is None else labels[f.name]) for f in folders]

@@ -62,6 +62,10 @@ class FaceEncoder(nn.Module):
         self.channels_last = enabled
         return self
 
+    def raw_embedding(self, images: torch.Tensor) -> torch.Tensor:
+        """The CLS embedding before any normalisation (what ONNX face models output)."""
+        return self.body(images).float()
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        embedding = self.body(images).float()
+        embedding = self.raw_embedding(images)
         return F.normalize(embedding, dim=-1) if self.spec.normalize_embeddings else embedding

@@ -15,7 +15,7 @@ from embedlab.data.disc import DiscLayout
 from embedlab.descriptors import write_descriptors
 from embedlab.images import list_images
 from embedlab.postprocess import PostprocessConfig, postprocess_files
-from embedlab.stages.embed import embed_paths
+from embedlab.stages.embed import embed_options, embed_paths
 from embedlab.stages.evaluate import evaluate_disc
 
 # The headline numbers copied into stage summaries and the results table.
@@ -41,8 +41,7 @@ def evaluate_descriptor_model(model: torch.nn.Module, params: Params, out_dir: P
         # Training images follow the training data's setting (a stage that skipped one while
         # training must not fail on it here); queries and references follow embed's.
         on_bad_image = params.data.on_bad_image if subset == "train" else params.embed.on_bad_image
-        result = embed_paths(model, paths, batch_size=params.embed.batch_size,
-                             num_workers=params.embed.num_workers, on_bad_image=on_bad_image)
+        result = embed_paths(model, paths, on_bad_image=on_bad_image, **embed_options(params.embed))
         files[subset] = out_dir / "descriptors" / f"{subset}.h5"
         embedded[subset] = len(result.names)
         skipped += len(result.skipped)

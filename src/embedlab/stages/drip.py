@@ -20,12 +20,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
+from typing import Sequence
 
 import mlflow
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
-from pytorch_lightning.loggers import MLFlowLogger
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
@@ -167,8 +167,11 @@ def _evaluate_before(module: DripModule, request: DripRequest, cfg: DripConfig, 
                          lambda folder: evaluate_descriptor_model(module.model, params, folder, prefix="before_"))
 
 
-def run_drip(params: Params, request: DripRequest) -> dict:
-    """Train one drip step, evaluate it, log everything; returns the step's metrics."""
+def run_drip(params: Params, request: DripRequest, callbacks: Sequence[pl.Callback] = ()) -> dict:
+    """Train one drip step, evaluate it, log everything; returns the step's metrics.
+
+    ``callbacks`` join the Trainer's own (a sweep's pruning callback).
+    """
     request.check()
     cfg = effective_config(params.drip, request.step)
     out_dir = request.out_dir
@@ -208,7 +211,8 @@ def run_drip(params: Params, request: DripRequest) -> dict:
             "drip.step": request.name, "drip.n_classes": len(classes), "seed": params.seed,
             "drip.build_w_matrix": str(request.build_w_matrix or ""),
             "drip.start_weights": str(request.pretrained or cfg.pretrained or ""),
-            **{f"drip.{k}": v for k, v in dataclasses.asdict(request.step).items()},
+            # A step's None means "drip.<field>": keep the effective value logged above.
+            **{f"drip.{k}": v for k, v in dataclasses.asdict(request.step).items() if v is not None},
         })
         if phase == "start":
             before = _starting_point(module, request, images, augment, cfg, params)
@@ -221,7 +225,7 @@ def run_drip(params: Params, request: DripRequest) -> dict:
                 # Checkpoints hold no RNG state: reseed by the epochs done, or the resumed
                 # epochs would replay the first epochs' augmentations and shuffles.
                 pl.seed_everything(params.seed + checkpoint_epoch(last_ckpt) + 1, workers=True)
-            _trainer(cfg, out_dir, run_id).fit(
+            _trainer(cfg, out_dir, run_id, callbacks).fit(
                 module,
                 train_dataloaders=_loader(QueryViews(images, augment, cfg.img_size), cfg.batch_size,
                                           cfg.num_workers, True),
@@ -253,11 +257,11 @@ def run_drip(params: Params, request: DripRequest) -> dict:
     return summary
 
 
-def _trainer(cfg: DripConfig, out_dir: Path, run_id: str) -> pl.Trainer:
+def _trainer(cfg: DripConfig, out_dir: Path, run_id: str, callbacks: Sequence[pl.Callback] = ()) -> pl.Trainer:
     return pl.Trainer(
         max_epochs=cfg.epochs, accelerator="auto", devices=1, precision=lightning_precision(cfg.precision),
         gradient_clip_val=cfg.grad_clip, default_root_dir=str(out_dir), plugins=[AtomicCheckpointIO()],
-        logger=MLFlowLogger(tracking_uri=mlflow.get_tracking_uri(), run_id=run_id),
+        logger=tracking.epoch_logger(run_id),
         callbacks=[
             # Two callbacks: Lightning 2.6 writes save_last only when the monitored
             # checkpoint improved, but the next step and a resume need the latest weights.
@@ -265,6 +269,7 @@ def _trainer(cfg: DripConfig, out_dir: Path, run_id: str) -> pl.Trainer:
             ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="last"),
             LearningRateMonitor(logging_interval="epoch"),
             *([StopRule(cfg.stop_train_loss, cfg.stop_val_loss)] if cfg.stop_rule else []),
+            *callbacks,
         ],
         limit_train_batches=cfg.limit_train_batches, log_every_n_steps=50, enable_model_summary=False,
         num_sanity_val_steps=0,

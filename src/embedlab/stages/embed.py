@@ -5,46 +5,116 @@
 
 Works on any folder of images. Unreadable images fail the run, or with
 ``--on-bad-image skip`` are left out and counted in the summary.
+
+Speed (see benchmarks/embed_throughput.py): loader workers hand over uint8
+pixels (4× less to copy than float32) or, on the GPU decode path, the JPEG
+bytes themselves; normalisation, resizing of GPU-decoded images and the model
+run on the device, under bf16/fp16 autocast on a GPU by default, channels-last,
+optionally ``torch.compile``d; descriptors stay on the device until a few
+batches have gathered, so the CPU never waits for each batch.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from embedlab.data.transforms import resize_square, to_tensor
+from embedlab.data.decode import decode_resize, normalize_uint8, pil_to_uint8, read_encoded, resolve_decode
+from embedlab.data.transforms import resize_square
 from embedlab.descriptors import write_descriptors
-from embedlab.devices import torch_device
+from embedlab.devices import autocast_dtype, loader_workers, pin_memory_for, torch_device
 from embedlab.images import list_images, load_or_skip
 from embedlab.models.checkpoints import load_descriptor_model
 
 log = logging.getLogger(__name__)
 
+_FLUSH_EVERY = 16  # batches of descriptors kept on the device before one copy to the host
+
 
 class ImageFiles(Dataset):
-    def __init__(self, paths: Sequence[Path], img_size: int, on_bad_image: str) -> None:
+    """Items ``(kind, data, index)``: ``pixels`` (uint8 [3, S, S], Pillow), ``encoded``
+    (JPEG bytes for the batched decoder, when ``encoded``) or ``None`` (skipped)."""
+
+    def __init__(self, paths: Sequence[Path], img_size: int, on_bad_image: str, encoded: bool = False) -> None:
         self.paths, self.img_size, self.on_bad_image = list(paths), img_size, on_bad_image
+        self.encoded = encoded
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int):
+        if self.encoded:
+            data = read_encoded(self.paths[index])
+            if data is not None:
+                return "encoded", data, index
         img = load_or_skip(self.paths[index], self.on_bad_image)
-        return (None if img is None else to_tensor(resize_square(img, self.img_size))), index
+        if img is None:
+            return None, None, index
+        return "pixels", pil_to_uint8(resize_square(img, self.img_size)), index
 
 
-def _collate(batch):
-    kept = [(t, i) for t, i in batch if t is not None]
-    skipped = [i for t, i in batch if t is None]
-    images = torch.stack([t for t, _ in kept]) if kept else None
-    return images, [i for _, i in kept], skipped
+class Batch(NamedTuple):
+    pixels: torch.Tensor | None  # uint8 [n, 3, S, S], decoded by Pillow in the workers
+    pixel_index: list[int]
+    # JPEG bytes for the batched decoder, concatenated: one shared-memory buffer per batch
+    # (a tensor per file would hold hundreds of file descriptors open between processes).
+    encoded: torch.Tensor | None
+    encoded_lengths: list[int]
+    encoded_index: list[int]
+    skipped: list[int]
+
+    def pin_memory(self) -> "Batch":
+        """Pin the pixels only: nvJPEG reads the JPEG bytes from pageable memory itself."""
+        return self._replace(pixels=None if self.pixels is None else self.pixels.pin_memory())
+
+
+def _collate(items) -> Batch:
+    pixels = [(d, i) for kind, d, i in items if kind == "pixels"]
+    encoded = [(d, i) for kind, d, i in items if kind == "encoded"]
+    return Batch(
+        torch.stack([d for d, _ in pixels]) if pixels else None, [i for _, i in pixels],
+        torch.cat([d for d, _ in encoded]) if encoded else None, [len(d) for d, _ in encoded],
+        [i for _, i in encoded], [i for kind, _, i in items if kind is None],
+    )
+
+
+def _device_images(batch: Batch, paths: Sequence[Path], img_size: int, on_bad_image: str, dev: torch.device,
+                   decode_dev: torch.device | None) -> tuple[torch.Tensor | None, list[int], list[int]]:
+    """Normalised float images on ``dev`` in file order, their path indices, and skipped indices."""
+    parts: list[torch.Tensor] = []
+    index: list[int] = []
+    skipped = list(batch.skipped)
+    if batch.pixels is not None:
+        parts.append(batch.pixels.to(dev, non_blocking=True))
+        index.extend(batch.pixel_index)
+    if batch.encoded is not None:
+        encoded = torch.split(batch.encoded, batch.encoded_lengths)
+        for i, img in zip(batch.encoded_index, decode_resize(encoded, img_size, decode_dev or dev)):
+            if img is None:  # the batched decoder refused it: Pillow, with the usual bad-image policy
+                log.debug("%s: batched JPEG decode failed, decoding with Pillow", paths[i])
+                pil = load_or_skip(paths[i], on_bad_image)
+                if pil is None:
+                    skipped.append(i)
+                    continue
+                img = pil_to_uint8(resize_square(pil, img_size)).to(dev)
+            parts.append(img.to(dev)[None])
+            index.append(i)
+    if not parts:
+        return None, [], skipped
+    images = torch.cat(parts) if len(parts) > 1 else parts[0]
+    if batch.encoded is not None and batch.pixels is not None:  # back to file order, as the Pillow path gives it
+        order = sorted(range(len(index)), key=index.__getitem__)
+        images = images[torch.as_tensor(order, device=images.device)]
+        index = [index[j] for j in order]
+    return normalize_uint8(images), index, skipped
 
 
 @dataclasses.dataclass
@@ -53,6 +123,8 @@ class Embeddings:
     vectors: np.ndarray
     skipped: list[Path]
     kept: list[int] = dataclasses.field(default_factory=list)  # index into the paths of each vector
+    seconds: float = 0.0  # from the first batch requested to the last descriptor on the host
+    settings: dict = dataclasses.field(default_factory=dict)  # precision, decode, workers as resolved
 
 
 @torch.no_grad()
@@ -61,39 +133,93 @@ def embed_paths(
     paths: Sequence[Path],
     img_size: int | None = None,
     batch_size: int = 64,
-    num_workers: int = 0,
+    num_workers: int | str = 0,
     on_bad_image: str = "fail",
     device: str = "auto",
     progress: bool = True,
+    *,
+    precision: str = "auto",
+    channels_last: bool | None = None,
+    compile: bool = False,
+    decode: str = "auto",
+    pin_memory: bool | str = "auto",
+    persistent_workers: bool = False,
+    prefetch_factor: int | None = None,
 ) -> Embeddings:
-    """Descriptors of ``paths`` (names are file stems, e.g. Q00000)."""
+    """Descriptors of ``paths`` (names are file stems, e.g. Q00000).
+
+    ``precision``: auto | fp32 | bf16 | fp16 (autocast; auto: bf16/fp16 on a
+    GPU, fp32 on the CPU). ``channels_last``: None leaves the model as it is.
+    ``compile``: ``torch.compile`` the model (a one-off compile, then faster
+    batches; the last batch is padded so no second graph is compiled).
+    ``decode``: auto | cpu | gpu, see :mod:`embedlab.data.decode`.
+    ``persistent_workers`` only matters to a caller that iterates twice; the
+    loader here is iterated once.
+    """
     dev = torch_device(device)
+    size = img_size or model.spec.img_size
+    dtype = autocast_dtype(precision, dev)
+    decode_dev = resolve_decode(decode, dev)
+    workers = loader_workers(num_workers, dev)
     was_training = model.training
+    was_channels_last = getattr(model, "channels_last", None)
+    if channels_last is not None and hasattr(model, "use_channels_last"):
+        model.use_channels_last(channels_last)
     model.eval().to(dev)
+    forward = torch.compile(model, dynamic=False) if compile else model
     loader = DataLoader(
-        ImageFiles(paths, img_size or model.spec.img_size, on_bad_image),
+        ImageFiles(paths, size, on_bad_image, encoded=decode_dev is not None),
         batch_size=batch_size,
-        num_workers=num_workers,
+        num_workers=workers,
         collate_fn=_collate,
-        pin_memory=dev.type == "cuda",
+        pin_memory=pin_memory_for(pin_memory, dev),
+        persistent_workers=persistent_workers and workers > 0,
+        prefetch_factor=prefetch_factor if workers > 0 else None,
     )
     names: list[str] = []
     kept_all: list[int] = []
     chunks: list[np.ndarray] = []
+    pending: list[torch.Tensor] = []
     skipped: list[Path] = []
-    for images, kept, bad in tqdm(loader, desc="embed", unit="batch", disable=not progress, leave=False):
-        skipped.extend(Path(paths[i]) for i in bad)
-        if images is None:
-            continue
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            vectors = model(images.to(dev, non_blocking=True))
-        chunks.append(vectors.float().cpu().numpy())
-        names.extend(Path(paths[i]).stem for i in kept)
-        kept_all.extend(kept)
-    model.train(was_training)
+    start = time.perf_counter()
+    try:
+        for batch in tqdm(loader, desc="embed", unit="batch", disable=not progress, leave=False):
+            images, kept, bad = _device_images(batch, paths, size, on_bad_image, dev, decode_dev)
+            skipped.extend(Path(paths[i]) for i in bad)
+            if images is None:
+                continue
+            n = images.shape[0]
+            if compile and n < batch_size:  # one graph for every batch: pad the short last one
+                images = torch.cat([images, images.new_zeros((batch_size - n, *images.shape[1:]))])
+            with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                vectors = forward(images)
+            pending.append(vectors[:n].float())
+            if len(pending) >= _FLUSH_EVERY:
+                chunks.append(torch.cat(pending).cpu().numpy())
+                pending = []
+            names.extend(Path(paths[i]).stem for i in kept)
+            kept_all.extend(kept)
+        if pending:
+            chunks.append(torch.cat(pending).cpu().numpy())
+    finally:
+        model.train(was_training)
+        if channels_last is not None and was_channels_last is not None:
+            model.use_channels_last(was_channels_last)
+    seconds = time.perf_counter() - start
     dim = model.descriptor_dim
     vectors = np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float32)
-    return Embeddings(names, np.ascontiguousarray(vectors, dtype=np.float32), skipped, kept_all)
+    settings = {"device": str(dev), "precision": {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype],
+                "decode": "cpu" if decode_dev is None else "gpu", "num_workers": workers, "compile": compile}
+    return Embeddings(names, np.ascontiguousarray(vectors, dtype=np.float32), skipped, kept_all, seconds, settings)
+
+
+def embed_options(cfg) -> dict:
+    """embed_paths' speed settings from params.yaml's ``embed`` section (an EmbedConfig)."""
+    return {
+        "batch_size": cfg.batch_size, "num_workers": cfg.num_workers, "precision": cfg.precision,
+        "channels_last": cfg.channels_last, "compile": cfg.compile, "decode": cfg.decode, "pin_memory": cfg.pin_memory,
+        "persistent_workers": cfg.persistent_workers, "prefetch_factor": cfg.prefetch_factor,
+    }
 
 
 def embed_folder(
@@ -102,20 +228,36 @@ def embed_folder(
     out: str | Path,
     img_size: int | None = None,
     batch_size: int = 64,
-    num_workers: int = 0,
+    num_workers: int | str = 0,
     on_bad_image: str = "fail",
     device: str = "auto",
     channels_last: bool = True,
+    *,
+    precision: str = "auto",
+    compile: bool = False,
+    decode: str = "auto",
+    pin_memory: bool | str = "auto",
+    persistent_workers: bool = False,
+    prefetch_factor: int | None = None,
+    progress: bool = True,
 ) -> dict:
     """Embed every image of ``images`` with ``checkpoint`` and write ``out`` (h5)."""
+    start = time.perf_counter()
     model = load_descriptor_model(checkpoint).use_channels_last(channels_last)
-    result = embed_paths(model, list_images(images), img_size, batch_size, num_workers, on_bad_image, device)
+    result = embed_paths(model, list_images(images), img_size, batch_size, num_workers, on_bad_image, device,
+                         progress, precision=precision, compile=compile, decode=decode, pin_memory=pin_memory,
+                         persistent_workers=persistent_workers, prefetch_factor=prefetch_factor)
     write_descriptors(out, result.names, result.vectors)
     for path in result.skipped:
         log.warning("skipped unreadable image %s", path)
+    seconds = time.perf_counter() - start
     return {
         "out": str(out),
         "images": len(result.names),
         "skipped": len(result.skipped),
         "dim": int(result.vectors.shape[1]),
+        **result.settings,
+        "seconds": round(seconds, 3),  # the whole call: model loading, embedding, writing the h5
+        "embed_seconds": round(result.seconds, 3),  # the loader + model loop alone
+        "images_per_s": round(len(result.names) / max(seconds, 1e-9), 1),
     }

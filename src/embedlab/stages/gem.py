@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Sequence
 
 import mlflow
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
-from pytorch_lightning.loggers import MLFlowLogger
 from torch.utils.data import DataLoader
 
 from embedlab import tracking
@@ -77,8 +77,12 @@ def _spec(cfg: GemConfig) -> dict:
         proj_dim=cfg.proj_dim, last_stride_1=cfg.last_stride_1, waveblock=cfg.waveblock))
 
 
-def run_gem(params: Params, request: GemRequest, cfg: GemConfig | None = None) -> dict:
-    """Train on ``request.data_dir``, evaluate, log everything; returns the run's metrics."""
+def run_gem(params: Params, request: GemRequest, cfg: GemConfig | None = None,
+            callbacks: Sequence[pl.Callback] = ()) -> dict:
+    """Train on ``request.data_dir``, evaluate, log everything; returns the run's metrics.
+
+    ``callbacks`` join the Trainer's own (a sweep's pruning callback).
+    """
     cfg = cfg or params.gem
     out_dir = request.out_dir
     dataset = AugmentedSet(request.data_dir, cfg.img_size, params.data.on_bad_image,
@@ -96,7 +100,8 @@ def run_gem(params: Params, request: GemRequest, cfg: GemConfig | None = None) -
         pretrained=cfg.pretrained if phase == "start" else None, channels_last=cfg.channels_last,
     )
     if tracking.launched_rank() > 0:  # a DDP worker Lightning started: it trains, rank 0 logs
-        _fit(module, dataset, cfg, params, iters, out_dir, None, last_ckpt if phase == "resume" else None)
+        _fit(module, dataset, cfg, params, iters, out_dir, None, last_ckpt if phase == "resume" else None,
+             callbacks)
         return {}
     with tracking.stage_run("gem", f"gem/{request.recipe}", params.tracking.experiment, params.tracking.uri,
                             resume_run_id=state.mlflow_run_id if same else None,
@@ -114,7 +119,8 @@ def run_gem(params: Params, request: GemRequest, cfg: GemConfig | None = None) -
             module.on_load_checkpoint(ckpt)  # the whole classifier → this module's shards
             module.load_state_dict(ckpt["state_dict"])
         else:
-            _fit(module, dataset, cfg, params, iters, out_dir, run_id, last_ckpt if phase == "resume" else None)
+            _fit(module, dataset, cfg, params, iters, out_dir, run_id, last_ckpt if phase == "resume" else None,
+                 callbacks)
         history = loss_history(run_id)
         summary = {
             "step": f"gem/{request.recipe}", "n_classes": dataset.n_classes, "epochs": len(history),
@@ -144,7 +150,7 @@ def _evaluate_before(module: GemModule, request: GemRequest, cfg: GemConfig, par
 
 
 def _fit(module: GemModule, dataset: AugmentedSet, cfg: GemConfig, params: Params, iters: int, out_dir: Path,
-         run_id: str | None, resume_from: Path | None) -> None:
+         run_id: str | None, resume_from: Path | None, callbacks: Sequence[pl.Callback] = ()) -> None:
     # Checkpoints hold no RNG state: a resumed run reseeds by the epochs done (see the drip stage).
     done = checkpoint_epoch(resume_from) + 1 if resume_from else 0
     pl.seed_everything(params.seed + done, workers=True)
@@ -155,18 +161,19 @@ def _fit(module: GemModule, dataset: AugmentedSet, cfg: GemConfig, params: Param
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=cfg.num_workers,
                         collate_fn=collate_skipping_bad, drop_last=True, persistent_workers=cfg.num_workers > 0,
                         pin_memory=torch.cuda.is_available())
-    _trainer(cfg, out_dir, run_id, iters).fit(module, train_dataloaders=loader,
+    _trainer(cfg, out_dir, run_id, iters, callbacks).fit(module, train_dataloaders=loader,
                                               ckpt_path=str(resume_from) if resume_from else None)
 
 
-def _trainer(cfg: GemConfig, out_dir: Path, run_id: str | None, iters: int) -> pl.Trainer:
+def _trainer(cfg: GemConfig, out_dir: Path, run_id: str | None, iters: int,
+             callbacks: Sequence[pl.Callback] = ()) -> pl.Trainer:
     return pl.Trainer(
         max_epochs=cfg.epochs, accelerator="auto", devices=cfg.devices,
         strategy="ddp" if cfg.devices > 1 else "auto", use_distributed_sampler=False,  # P×K batches are per rank
         precision=lightning_precision(cfg.precision), default_root_dir=str(out_dir),
-        plugins=[AtomicCheckpointIO()], logger=MLFlowLogger(tracking_uri=mlflow.get_tracking_uri(), run_id=run_id),
+        plugins=[AtomicCheckpointIO()], logger=tracking.epoch_logger(run_id),
         callbacks=[ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="last"),
-                   LearningRateMonitor(logging_interval="epoch")],
+                   LearningRateMonitor(logging_interval="epoch"), *callbacks],
         limit_train_batches=iters, limit_val_batches=0, log_every_n_steps=10, enable_model_summary=False,
         num_sanity_val_steps=0,
     )

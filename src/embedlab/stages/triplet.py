@@ -17,13 +17,13 @@ from __future__ import annotations
 import csv
 import dataclasses
 from pathlib import Path
+from typing import Sequence
 
 import mlflow
 import pytorch_lightning as pl
 import torch
 from mlflow.tracking import MlflowClient
 from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.loggers import MLFlowLogger
 from torch.utils.data import DataLoader
 
 from embedlab import tracking
@@ -141,8 +141,11 @@ def evaluate_encoder(model: torch.nn.Module, data: FaceData, params: Params, out
     return metrics
 
 
-def run_triplet(params: Params, request: TripletRequest) -> dict:
-    """Train one phase, evaluate it, log everything; returns the phase's metrics."""
+def run_triplet(params: Params, request: TripletRequest, callbacks: Sequence[pl.Callback] = ()) -> dict:
+    """Train one phase, evaluate it, log everything; returns the phase's metrics.
+
+    ``callbacks`` join the Trainer's own (a sweep's pruning callback).
+    """
     cfg, phase = params.triplet, request.settings
     data = FaceData.load(params)
     out_dir = request.out_dir
@@ -182,7 +185,7 @@ def run_triplet(params: Params, request: TripletRequest) -> dict:
             train = FaceImages([(r.path, r.label) for r in data.train], cfg.img_size, root=data.root,
                                on_bad_image=params.data.on_bad_image)
             _fit(module, train, valid_images, cfg, phase, params, out_dir, run_id,
-                 last_ckpt if mode == "resume" else None)
+                 last_ckpt if mode == "resume" else None, callbacks)
         history = _history(run_id)
         summary = {"phase": request.phase, "miner": phase.miner, "epochs": len(history),
                    "train_loss": history[-1][1] if history else None, **(before or {})}
@@ -218,7 +221,8 @@ def _evaluate_before(module: TripletModule, data: FaceData, params: Params, out_
 
 
 def _fit(module: TripletModule, train: FaceImages, valid: PairImages, cfg: TripletConfig, phase: TripletPhase,
-         params: Params, out_dir: Path, run_id: str, resume_from: Path | None) -> None:
+         params: Params, out_dir: Path, run_id: str, resume_from: Path | None,
+         callbacks: Sequence[pl.Callback] = ()) -> None:
     # Checkpoints hold no RNG state: a resumed run reseeds by the epochs done (see the drip stage).
     done = checkpoint_epoch(resume_from) + 1 if resume_from else 0
     pl.seed_everything(params.seed + done, workers=True)
@@ -231,9 +235,9 @@ def _fit(module: TripletModule, train: FaceImages, valid: PairImages, cfg: Tripl
     trainer = pl.Trainer(
         max_epochs=phase.epochs, accelerator="auto", devices=1, precision=lightning_precision(cfg.precision),
         default_root_dir=str(out_dir), plugins=[AtomicCheckpointIO()],
-        logger=MLFlowLogger(tracking_uri=mlflow.get_tracking_uri(), run_id=run_id),
+        logger=tracking.epoch_logger(run_id),
         callbacks=[ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor="val_eer", mode="min"),
-                   ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="last")],
+                   ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="last"), *callbacks],
         log_every_n_steps=10, enable_model_summary=False, num_sanity_val_steps=0,
     )
     trainer.fit(module, train_dataloaders=loader, val_dataloaders=val_loader,

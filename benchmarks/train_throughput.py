@@ -1,0 +1,253 @@
+"""Goal 2 of issue 7: a training stage's real steps vs the bare backbone's forward/backward, in one run.
+
+    .venv/bin/python benchmarks/train_throughput.py --stage drip          # full profile: eca_nfnet_l1, 160 px, batch 200, 50k classes
+    .venv/bin/python benchmarks/train_throughput.py --stage gem --backbone tf_efficientnetv2_m --last-stride-1 0 --img 256 --classes 100000
+    .venv/bin/python benchmarks/train_throughput.py --stage drip --tiny   # CPU smoke run (seconds)
+
+Bare: the stage's descriptor model (backbone → pooling → projection, random
+weights) on a batch already on the device: forward, a trivial loss, backward,
+AdamW step, under the stage's precision and channels-last. Stage: the real
+stage code - the drip stage's DataLoader (class images from JPEG files,
+decoded at ``aug_size``, the query augmentations) and its Lightning Trainer
+(ArcFace head, gradient clipping, the MLflow logger), or the GeM stage's
+``_fit`` (P×K sampler, classifier + soft triplet loss, per-step LR schedule)
+- timed over ``--steps`` training steps after ``--warmup`` steps, then
+stopped. Goal: stage >= 0.85× bare. The triplet stage is not covered yet.
+
+Source images: ``--distinct`` 512×384 photos cycled over ``--classes``
+classes (files in the page cache, as on a warm training machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from augment_throughput import cpu_model, photo_sources  # noqa: E402
+from ratios import print_ratio_table  # noqa: E402
+
+import pytorch_lightning as pl  # noqa: E402
+
+from embedlab.config import load_params  # noqa: E402
+from embedlab.devices import available_cpus, lightning_precision, torch_device  # noqa: E402
+
+GOAL = 0.85
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+class _Done(Exception):
+    """Raised by the timer once the timed steps are over: no epoch end, validation or checkpoint."""
+
+
+class StepTimer(pl.Callback):
+    """Images/s from the end of step ``warmup`` to the end of step ``warmup + steps``
+    (every data fetch and training step in between, GPU work included)."""
+
+    def __init__(self, warmup: int, steps: int) -> None:
+        self.warmup, self.steps = warmup, steps
+        self.images, self.start, self.seconds = 0, 0.0, 0.0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if batch_idx < self.warmup:
+            return
+        _sync()
+        if batch_idx == self.warmup:
+            self.start = time.perf_counter()
+            return
+        self.images += 0 if batch is None else len(batch[-1])
+        if batch_idx == self.warmup + self.steps:
+            self.seconds = time.perf_counter() - self.start
+            raise _Done
+
+    @property
+    def rate(self) -> float:
+        return self.images / self.seconds if self.seconds else float("nan")
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def bare_rate(model: torch.nn.Module, batch: int, img: int, precision: str, warmup: int, steps: int) -> float:
+    """Images/s of forward + backward + AdamW of the model alone, batch already on the device."""
+    dev = torch_device()
+    model = model.train().to(dev)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+    scaler = torch.amp.GradScaler(dev.type, enabled=dtype is torch.float16)
+    x = torch.randn(batch, 3, img, img, device=dev)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = model(x).float().square().mean()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    for _ in range(warmup):
+        step()
+    _sync()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync()
+    return batch * steps / (time.perf_counter() - start)
+
+
+def _fit_timed(fit, timer: StepTimer) -> float:
+    try:
+        fit()
+    except _Done:
+        pass
+    if not timer.seconds:
+        raise RuntimeError("the stage ended before the timed steps were done (too few batches per epoch?)")
+    return timer.rate
+
+
+def drip_rates(params, args, sources: list[Path], tmp: Path) -> tuple[str, float, float]:
+    from embedlab.augment import OverlayPool, QueryAugmenter
+    from embedlab.data.drip import ClassImages, QueryViews
+    from embedlab.models.backbone import DescriptorModel, DescriptorSpec
+    from embedlab.models.drip_module import DripModule
+    from embedlab.stages import drip
+
+    cfg = params.drip
+    cfg = dataclasses.replace(cfg, epochs=1, limit_train_batches=args.warmup + args.steps + 2, schedule={})
+    spec = {"backbone": cfg.backbone, "embedding_dim": cfg.embedding_dim, "gem_p": cfg.gem_p, "img_size": cfg.img_size}
+    torch.manual_seed(0)
+    bare = bare_rate(DescriptorModel(DescriptorSpec(**spec)).use_channels_last(cfg.channels_last), cfg.batch_size,
+                     cfg.img_size, lightning_precision(cfg.precision), args.warmup, args.steps)
+
+    # One image per class, one epoch: enough classes for every step (the timer stops the epoch early).
+    n_classes = max(args.classes, cfg.batch_size * (args.warmup + args.steps + 2))
+    classes = [sources[i % len(sources)] for i in range(n_classes)]
+    images = ClassImages(classes, cfg.aug_size, "fail")
+    augment = QueryAugmenter(cfg.qry_augs_intensity, OverlayPool.from_paths(sources))
+    pl.seed_everything(0, workers=True)
+    module = DripModule(spec, len(classes), cfg.arcface_m, cfg.arcface_s, cfg.margin_warmup_epochs, cfg.lr,
+                        cfg.weight_decay, cfg.plateau_factor, cfg.plateau_patience, channels_last=cfg.channels_last)
+    loader = drip._loader(QueryViews(images, augment, cfg.img_size), cfg.batch_size, cfg.num_workers, True)
+    timer = StepTimer(args.warmup, args.steps)
+    run_id = _mlflow_run(tmp)
+    rate = _fit_timed(lambda: drip._trainer(cfg, tmp / "drip", run_id, [timer]).fit(module, train_dataloaders=loader),
+                      timer)
+    what = (f"drip: {cfg.backbone} at {cfg.img_size} px (augmented at {cfg.aug_size}), batch {cfg.batch_size}, "
+            f"{len(classes):,} classes, {lightning_precision(cfg.precision)}, channels_last={cfg.channels_last}, "
+            f"{cfg.num_workers} loader workers")
+    return what, bare, rate
+
+
+def gem_rates(params, args, sources: list[Path], tmp: Path) -> tuple[str, float, float]:
+    from embedlab.data.labelled import LabelledImages
+    from embedlab.models.gem_module import GemModule
+    from embedlab.models.gem_net import GemNet, GemNetSpec
+    from embedlab.stages import gem
+
+    iters = args.warmup + args.steps + 2
+    cfg = dataclasses.replace(params.gem, devices=1)  # the timer stops it after the timed steps
+    spec = gem._spec(cfg)
+    batch = cfg.p * cfg.k
+    torch.manual_seed(0)
+    bare = bare_rate(GemNet(GemNetSpec(**spec)).use_channels_last(cfg.channels_last), batch, cfg.img_size,
+                     lightning_precision(cfg.precision), args.warmup, args.steps)
+
+    per_class = max(cfg.k, 2)
+    rows = [(sources[(c * per_class + i) % len(sources)], c) for c in range(args.classes) for i in range(per_class)]
+    dataset = LabelledImages(rows, cfg.img_size)
+    pl.seed_everything(0, workers=True)
+    module = GemModule(spec, args.classes, cfg.ce_weight, cfg.triplet_weight, cfg.label_smoothing, cfg.lr,
+                       cfg.weight_decay, cfg.warmup_epochs, cfg.flat_epochs, cfg.epochs, iters, cfg.classifier_devices,
+                       channels_last=cfg.channels_last)
+    timer = StepTimer(args.warmup, args.steps)
+    run_id = _mlflow_run(tmp)
+    rate = _fit_timed(lambda: gem._fit(module, dataset, cfg, params, iters, tmp / "gem", run_id, None, [timer]), timer)
+    what = (f"gem: {cfg.backbone} at {cfg.img_size} px, P×K {cfg.p}×{cfg.k} = batch {batch}, {args.classes:,} classes, "
+            f"{lightning_precision(cfg.precision)}, channels_last={cfg.channels_last}, {cfg.num_workers} loader workers")
+    return what, bare, rate
+
+
+def _mlflow_run(tmp: Path) -> str:
+    """A throw-away MLflow run for the stage's logger (the real logging path, into a temporary store)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp / 'mlflow.db'}")
+    mlflow.set_experiment("train_throughput")
+    return mlflow.start_run().info.run_id
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stage", choices=("drip", "gem"), default="drip")
+    parser.add_argument("--backbone", help="default: drip - the full profile's; gem - params.yaml's")
+    parser.add_argument("--img", type=int)
+    parser.add_argument("--aug-size", type=int, help="drip: the augmentation size (full profile: 384)")
+    parser.add_argument("--batch", type=int, help="drip: batch size; gem: P (images per class: params' K)")
+    parser.add_argument("--last-stride-1", type=int, choices=(0, 1),
+                        help="gem: the ResNet last-stride trick (0 for non-ResNet backbones; default: params.yaml)")
+    parser.add_argument("--classes", type=int, default=50000)
+    parser.add_argument("--precision", choices=("auto", "32-true", "bf16-mixed", "16-mixed"), default="auto")
+    parser.add_argument("--workers", type=int, default=min(16, available_cpus()))
+    parser.add_argument("--distinct", type=int, default=512, help="distinct source photos (cycled over the classes)")
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--tiny", action="store_true", help="CPU smoke size: test_resnet at 48 px, batch 16, 64 classes")
+    args = parser.parse_args(argv)
+
+    params = load_params(PROJECT / "params.yaml")
+    raw = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    drip_full = raw.get("profiles", {}).get("full", {}).get("drip", {})  # the drip goal is about the full profile
+    if args.stage == "drip":
+        base = {k: drip_full.get(k, getattr(params.drip, k)) for k in ("backbone", "img_size", "aug_size", "batch_size")}
+        over = {"backbone": args.backbone, "img_size": args.img, "aug_size": args.aug_size, "batch_size": args.batch}
+        if args.tiny:
+            over = {"backbone": "test_resnet", "img_size": 48, "aug_size": 64, "batch_size": 16}
+        params.drip = dataclasses.replace(params.drip, **{k: over[k] if over[k] else base[k] for k in base},
+                                          pretrained=None, num_workers=args.workers, precision=args.precision)
+    else:
+        over = {"backbone": args.backbone, "img_size": args.img, "p": args.batch}
+        if args.tiny:
+            over = {"backbone": "test_resnet", "img_size": 48, "p": 8}
+        if args.last_stride_1 is not None:
+            over["last_stride_1"] = bool(args.last_stride_1)
+        params.gem = dataclasses.replace(params.gem, **{k: v for k, v in over.items() if v is not None},
+                                         pretrained=None,
+                                         num_workers=args.workers, precision=args.precision)
+    if args.tiny:
+        args.classes, args.distinct, args.steps, args.warmup = 64, 32, 5, 2  # drip: 144 classes
+
+    with tempfile.TemporaryDirectory(prefix="train_bench_") as tmp:
+        tmp = Path(tmp)
+        photo_sources(tmp / "sources", args.distinct, size=(512, 384))
+        sources = sorted((tmp / "sources").glob("*.jpg"))
+        try:
+            what, bare, stage = (drip_rates if args.stage == "drip" else gem_rates)(params, args, sources, tmp)
+        finally:
+            import mlflow
+
+            mlflow.end_run()  # before its temporary store goes
+
+    dev = torch_device()
+    where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU {cpu_model()}"
+    print(f"\n{what}; {args.steps} timed steps after {args.warmup}; {where}, {os.cpu_count()} CPUs; "
+          f"torch {torch.__version__}, Python {platform.python_version()}; load average {os.getloadavg()[0]:.2f}\n")
+    print_ratio_table([
+        (f"bare forward + backward + AdamW (batch on {dev.type})", bare),
+        (f"{args.stage} stage steps (DataLoader from JPEG files, head, loss, Lightning, logging)", stage),
+    ], GOAL, dev.type == "cuda", "the data path and the model")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

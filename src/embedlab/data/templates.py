@@ -1,0 +1,127 @@
+"""The decoder's training pairs: face photos and their templates.
+
+::
+
+    <out>/train.h5, test.h5     templates (float32, L2-normalised) in the descriptor layout,
+                                named by photo path (relative to the face root)
+    <out>/train.csv, test.csv   path,person  (the same order)
+    <out>/manifest.json         the template model, its digest, sizes, counts
+
+Reading checks what the decoder relies on: rows match the CSV, no NaN,
+unit norm, the expected size; each failure names the file.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from embedlab.atomic import write_csv_atomic
+from embedlab.data.transforms import resize_square
+from embedlab.descriptors import read_descriptors, write_descriptors
+from embedlab.images import load_or_skip
+
+SPLITS = ("train", "test")
+NORM_TOLERANCE = 1e-3
+
+
+class TemplateFileError(ValueError):
+    """Templates the decoder cannot use; the message names the file and the problem."""
+
+
+@dataclass
+class TemplateSet:
+    paths: list[str]  # relative to the face root
+    persons: list[str]
+    templates: np.ndarray  # (N, D) float32, unit rows
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def dim(self) -> int:
+        return int(self.templates.shape[1])
+
+
+def write_template_set(out_dir: Path, split: str, ts: TemplateSet) -> None:
+    """``<split>.h5`` and ``<split>.csv``, each written atomically."""
+    write_descriptors(out_dir / f"{split}.h5", ts.paths, ts.templates.astype(np.float32))
+    write_csv_atomic(out_dir / f"{split}.csv", ("path", "person"), zip(ts.paths, ts.persons))
+
+
+def read_template_set(out_dir: str | Path, split: str, dim: int | None = None) -> TemplateSet:
+    out_dir = Path(out_dir)
+    h5, table = out_dir / f"{split}.h5", out_dir / f"{split}.csv"
+    for path in (h5, table):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: not found; run `embedlab templates` first")
+    names, vectors = read_descriptors(h5)  # checks shape and NaN / inf
+    with open(table, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if rows and not {"path", "person"} <= set(rows[0]):
+        raise TemplateFileError(f"{table}: expected columns path,person, got {sorted(rows[0])}")
+    if [r["path"] for r in rows] != names:
+        raise TemplateFileError(f"{table}: its {len(rows)} paths do not match the {len(names)} templates of {h5.name}")
+    check_templates(vectors, h5, dim)
+    return TemplateSet(names, [r["person"] for r in rows], vectors.astype(np.float32))
+
+
+def check_templates(vectors: np.ndarray, source: str | Path, dim: int | None = None) -> None:
+    """Templates must be finite, L2-normalised rows of the expected size."""
+    if vectors.ndim != 2:
+        raise TemplateFileError(f"{source}: templates must be (N, D), got shape {vectors.shape}")
+    if dim is not None and vectors.shape[1] != dim:
+        raise TemplateFileError(f"{source}: templates have {vectors.shape[1]} dimensions, the decoder expects {dim}")
+    finite = np.isfinite(vectors).all(axis=1)
+    if not finite.all():
+        raise TemplateFileError(f"{source}: {int((~finite).sum())} templates hold NaN or infinite values "
+                                f"(first row {int(np.argmin(finite))})")
+    norms = np.linalg.norm(vectors, axis=1)
+    off = np.abs(norms - 1.0) > NORM_TOLERANCE
+    if off.any():
+        i = int(np.argmax(off))
+        raise TemplateFileError(f"{source}: {int(off.sum())} templates are not L2-normalised "
+                                f"(row {i} has norm {norms[i]:.4f}); templates must have unit length")
+
+
+def to_unit_tensor(img, size: int) -> torch.Tensor:
+    """PIL image -> float RGB tensor in [0, 1], (3, size, size)."""
+    array = np.asarray(resize_square(img, size).convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+class PhotoFiles(Dataset):
+    """(photo in [0, 1] at ``size``, index) for embedding photos with a face model."""
+
+    def __init__(self, paths: list[Path], size: int, on_bad_image: str = "fail") -> None:
+        self.paths, self.size, self.on_bad_image = paths, size, on_bad_image
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        img = load_or_skip(self.paths[index], self.on_bad_image)
+        return None if img is None else (to_unit_tensor(img, self.size), index)
+
+
+class TemplatePairs(Dataset):
+    """(template, photo normalised by mean 0.5 / std 0.5 at ``size``): one decoder training pair."""
+
+    def __init__(self, ts: TemplateSet, root: str | Path, size: int, on_bad_image: str = "fail") -> None:
+        self.ts, self.size, self.on_bad_image = ts, size, on_bad_image
+        self.root = Path(root)
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    def __getitem__(self, index: int):
+        img = load_or_skip(self.root / self.ts.paths[index], self.on_bad_image)
+        if img is None:
+            return None
+        photo = (to_unit_tensor(img, self.size) - 0.5) / 0.5
+        return torch.from_numpy(self.ts.templates[index]), photo

@@ -1,0 +1,268 @@
+"""The stages a sweep can tune: what a trial trains, which settings it may sample, what it optimises.
+
+Adding a stage is one :func:`register` call: its metric and direction, the
+Lightning metric fed to the pruner each epoch, its sweep section of
+params.yaml (a :class:`~embedlab.config.StageSweep` field of ``SweepConfig``),
+its sweepable settings (:class:`Knob`), the settings every trial fixes, a
+check run before any trial (missing parents, data) and how to run one trial
+into its own output folders. The decoder, at the end, is the shortest example.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from embedlab.config import (
+    DECODER_RUNTIME_FIELDS,
+    DRIP_RUNTIME_FIELDS,
+    GEM_RUNTIME_FIELDS,
+    TRIPLET_RUNTIME_FIELDS,
+    ConfigError,
+    DecoderConfig,
+    DripConfig,
+    DripStep,
+    GemConfig,
+    Params,
+    StageSweep,
+    TripletConfig,
+    TripletPhase,
+)
+from embedlab.sweep.space import Knob, ParamPath, scalar_fields
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialFolders:
+    """Where one trial writes (``models/sweeps/<study>/trial_<n>``, ``reports/sweeps/...``):
+    never the DVC pipeline's own outputs."""
+
+    models: Path
+    reports: Path
+
+    @property
+    def plots(self) -> Path:
+        return self.reports / "plots"
+
+    def redirect(self, request: Any) -> Any:
+        """Point a stage request's output roots (``OutputFolders``) at this trial's folders."""
+        request.models_root, request.reports_root, request.plots_root = self.models, self.reports, self.plots
+        return request
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepStage:
+    name: str  # as on the command line and in params.yaml's sweep section: drip_stage
+    metric: str  # the key of the stage's summary the study optimises
+    direction: str  # maximize | minimize
+    epoch_metric: str  # the Lightning metric reported to the pruner after each epoch
+    epoch_direction: str  # its own direction (reported sign-flipped when it differs from the study's)
+    section: Callable[[Params], StageSweep]
+    target: Callable[[Params], str]  # the step / recipe / phase a trial trains
+    knobs: Callable[[Params], dict[str, Knob]]
+    fixed: Callable[[Params], dict[ParamPath, Any]]  # settings every trial gets (epochs, evaluate ...)
+    check: Callable[[Params], None]  # raises before any trial when a trial could not start
+    run: Callable[[Params, TrialFolders, Sequence[Any]], dict]  # one trial -> the stage's summary
+
+
+STAGES: dict[str, SweepStage] = {}
+
+
+def register(stage: SweepStage) -> SweepStage:
+    STAGES[stage.name] = stage
+    return stage
+
+
+def get_stage(name: str) -> SweepStage:
+    if name not in STAGES:
+        raise ConfigError(f"sweep: unknown stage {name!r}; known: {sorted(STAGES)}")
+    return STAGES[name]
+
+
+# Settings a trial fixes itself rather than samples: its length and the scoring it needs.
+_FIXED = ("epochs", "evaluate", "evaluate_before")
+
+
+def _scoring(section: str, params: Params, epochs_path: ParamPath) -> dict[ParamPath, Any]:
+    """Trials are always scored; the starting model's score would be the same for every trial."""
+    fixed: dict[ParamPath, Any] = {(section, "evaluate"): True, (section, "evaluate_before"): False}
+    epochs = getattr(params.sweep, f"{section}_stage").epochs
+    if epochs:
+        fixed[epochs_path] = epochs
+    return fixed
+
+
+# --- drip: one step of drip.schedule, from that step's parent --------------------------------------
+
+def _drip_step(params: Params) -> tuple[str, DripStep]:
+    name = params.sweep.drip_stage.step
+    if name not in params.drip.schedule:
+        raise ConfigError(f"sweep.drip_stage.step: {name!r} is not a step of drip.schedule; "
+                          f"steps: {list(params.drip.schedule)}")
+    return name, params.drip.schedule[name]
+
+
+def _drip_knobs(params: Params) -> dict[str, Knob]:
+    """drip.<setting>, except where the step sets its own value (then drip.schedule.<step>.<setting>)."""
+    name, step = _drip_step(params)
+    knobs = {k: Knob(("drip", k), a) for k, a in scalar_fields(DripConfig, DRIP_RUNTIME_FIELDS + _FIXED).items()}
+    for key, annotation in scalar_fields(DripStep, ("init_from", "epochs")).items():
+        if key not in knobs or getattr(step, key) is not None:
+            knobs[key] = Knob(("drip", "schedule", name, key), annotation)
+    return knobs
+
+
+def _drip_request(params: Params, folders: TrialFolders | None = None):
+    from embedlab.stages.drip import plan_scheduled_step
+
+    name, _ = _drip_step(params)
+    request = plan_scheduled_step(params, name)  # parents from the pipeline's models/drip
+    if folders is not None:
+        folders.redirect(request)
+    return request
+
+
+def _drip_check(params: Params) -> None:
+    request = _drip_request(params)
+    if request.pretrained is not None and not Path(request.pretrained).is_file():
+        raise FileNotFoundError(f"{request.pretrained}: the starting weights of drip step {request.name!r} are "
+                                "missing; run `embedlab init-weights` (or `dvc repro drip_init`) first")
+    if request.build_w_matrix is not None and not Path(request.build_w_matrix).is_file():
+        parent = request.step.init_from
+        raise FileNotFoundError(f"{request.build_w_matrix}: the parent checkpoint of drip step {request.name!r} "
+                                f"is missing; run `dvc repro drip@{parent}` first")
+
+
+def _drip_run(params: Params, folders: TrialFolders, callbacks: Sequence[Any]) -> dict:
+    from embedlab.stages.drip import run_drip
+
+    return run_drip(params, _drip_request(params, folders), callbacks=callbacks)
+
+
+register(SweepStage(
+    "drip_stage", metric="uAP", direction="maximize", epoch_metric="val_loss", epoch_direction="minimize",
+    section=lambda p: p.sweep.drip_stage, target=lambda p: _drip_step(p)[0], knobs=_drip_knobs,
+    fixed=lambda p: _scoring("drip", p, ("drip", "schedule", _drip_step(p)[0], "epochs")),
+    check=_drip_check, run=_drip_run,
+))
+
+
+# --- gem: the GeM trainer on one generated set -----------------------------------------------------
+
+def _gem_request(params: Params, folders: TrialFolders | None = None):
+    from embedlab.stages.gem import plan_gem
+
+    request = plan_gem(params, params.sweep.gem_stage.recipe)
+    if folders is not None:
+        folders.redirect(request)
+    return request
+
+
+def _gem_check(params: Params) -> None:
+    request = _gem_request(params)
+    if not (request.data_dir / "manifest.json").is_file():
+        raise FileNotFoundError(f"{request.data_dir}: no generated training set; run "
+                                f"`embedlab augment --recipe {request.recipe}` (or `dvc repro augment@{request.recipe}`) first")
+
+
+def _gem_run(params: Params, folders: TrialFolders, callbacks: Sequence[Any]) -> dict:
+    from embedlab.stages.gem import run_gem
+
+    return run_gem(params, _gem_request(params, folders), callbacks=callbacks)
+
+
+register(SweepStage(
+    # No validation set: the pruner follows the epoch's training loss.
+    "gem_stage", metric="uAP", direction="maximize", epoch_metric="train_loss_epoch", epoch_direction="minimize",
+    section=lambda p: p.sweep.gem_stage, target=lambda p: p.sweep.gem_stage.recipe or p.gem.recipe,
+    knobs=lambda p: {k: Knob(("gem", k), a) for k, a in
+                     scalar_fields(GemConfig, GEM_RUNTIME_FIELDS + _FIXED + ("recipe",)).items()},
+    fixed=lambda p: _scoring("gem", p, ("gem", "epochs")), check=_gem_check, run=_gem_run,
+))
+
+
+# --- triplet: one phase of the face encoder -------------------------------------------------------
+
+# The face_data stage's settings: a trial reads the data set they built, so sampling them changes nothing.
+_FACE_DATA = ("data_out", "fake_classes", "valid_fraction")
+
+
+def _triplet_phase(params: Params) -> str:
+    from embedlab.stages.triplet import PHASES
+
+    phase = params.sweep.triplet_stage.phase
+    if phase not in PHASES:
+        raise ConfigError(f"sweep.triplet_stage.phase: {phase!r} is not one of {list(PHASES)}")
+    return phase
+
+
+def _triplet_knobs(params: Params) -> dict[str, Knob]:
+    """triplet.<setting>, and the swept phase's miner / lr as triplet.<phase>.<setting>."""
+    phase = _triplet_phase(params)
+    knobs = {k: Knob(("triplet", k), a)
+             for k, a in scalar_fields(TripletConfig, TRIPLET_RUNTIME_FIELDS + _FACE_DATA).items()}
+    knobs.update({k: Knob(("triplet", phase, k), a)
+                  for k, a in scalar_fields(TripletPhase, ("init_from", "epochs")).items()})
+    return knobs
+
+
+def _triplet_fixed(params: Params) -> dict[ParamPath, Any]:
+    epochs = params.sweep.triplet_stage.epochs
+    return {("triplet", _triplet_phase(params), "epochs"): epochs} if epochs else {}
+
+
+def _triplet_request(params: Params, folders: TrialFolders | None = None):
+    from embedlab.stages.triplet import plan_phase
+
+    request = plan_phase(params, _triplet_phase(params))  # a missing parent phase is a clear error
+    if folders is not None:
+        folders.redirect(request)
+    return request
+
+
+def _triplet_check(params: Params) -> None:
+    from embedlab.stages.triplet import FaceData
+
+    _triplet_request(params)
+    FaceData.load(params)
+
+
+def _triplet_run(params: Params, folders: TrialFolders, callbacks: Sequence[Any]) -> dict:
+    from embedlab.stages.triplet import run_triplet
+
+    return run_triplet(params, _triplet_request(params, folders), callbacks=callbacks)
+
+
+register(SweepStage(
+    "triplet_stage", metric="valid_eer", direction="minimize", epoch_metric="val_eer", epoch_direction="minimize",
+    section=lambda p: p.sweep.triplet_stage, target=_triplet_phase, knobs=_triplet_knobs, fixed=_triplet_fixed,
+    check=_triplet_check, run=_triplet_run,
+))
+
+
+# --- decoder: template -> face, on the templates stage's pairs ------------------------------------
+
+def _decoder_fixed(params: Params) -> dict[ParamPath, Any]:
+    epochs = params.sweep.decoder_stage.epochs
+    return {("decoder", "evaluate"): True, **({("decoder", "epochs"): epochs} if epochs else {})}
+
+
+def _decoder_check(params: Params) -> None:
+    from embedlab.stages.decoder import DecoderInputs
+
+    DecoderInputs.load(params, params.decoder)  # templates, template model and perceptor all readable
+
+
+def _decoder_run(params: Params, folders: TrialFolders, callbacks: Sequence[Any]) -> dict:
+    from embedlab.stages.decoder import DecoderRequest, run_decoder
+
+    return run_decoder(params, folders.redirect(DecoderRequest()), callbacks=callbacks)
+
+
+register(SweepStage(
+    "decoder_stage", metric="cosine_mean", direction="maximize", epoch_metric="val_cosine_mean",
+    epoch_direction="maximize", section=lambda p: p.sweep.decoder_stage, target=lambda p: "decoder",
+    knobs=lambda p: {k: Knob(("decoder", k), a) for k, a in
+                     scalar_fields(DecoderConfig, DECODER_RUNTIME_FIELDS + _FIXED).items()},
+    fixed=_decoder_fixed, check=_decoder_check, run=_decoder_run,
+))

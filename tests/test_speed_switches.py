@@ -1,0 +1,184 @@
+"""The embed path's speed switches on the CPU: bf16 autocast, torch.compile, channels-last and the
+batched (GPU) JPEG decode path give the descriptors of the plain fp32 / Pillow path, within tolerance.
+
+The batched decoder runs on any torch device, so its CPU run checks the code the GPU runs;
+without CUDA, ``decode: gpu`` falls back to Pillow with identical output.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from embedlab.config import ConfigError, EmbedConfig
+from embedlab.data.decode import decode_resize, gpu_decodable, normalize_uint8, pil_to_uint8, read_encoded
+from embedlab.data.transforms import resize_square, to_tensor
+from embedlab.descriptors import read_descriptors
+from embedlab.devices import autocast_dtype, available_cpus, loader_workers, pin_memory_for
+from embedlab.images import BadImageError, list_images, load_rgb
+from embedlab.models.backbone import DescriptorModel, DescriptorSpec
+from embedlab.models.checkpoints import export_descriptor_model
+from embedlab.stages import embed as embed_stage
+from embedlab.stages.embed import embed_folder, embed_options, embed_paths
+
+from conftest import run
+
+SPEC = DescriptorSpec(backbone="test_resnet", embedding_dim=32, gem_p=3.0, img_size=48)
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def model() -> DescriptorModel:
+    torch.manual_seed(0)
+    return DescriptorModel(SPEC).eval()
+
+
+@pytest.fixture(scope="module")
+def references(tiny_demo: Path) -> list[Path]:
+    return list_images(tiny_demo / "disc" / "reference")
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+@pytest.fixture
+def mixed_folder(tmp_path: Path, references: list[Path]) -> Path:
+    """JPEGs the batched decoder takes, plus files it must leave to Pillow."""
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for p in references[:6]:
+        shutil.copy(p, folder / p.name)
+    photo = load_rgb(references[6])
+    photo.save(folder / "R_png.png")
+    photo.convert("L").save(folder / "R_grey.jpg", quality=90)
+    photo.convert("CMYK").save(folder / "R_cmyk.jpg", quality=90)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° on display
+    photo.save(folder / "R_rotated.jpg", quality=90, exif=exif)
+    return folder
+
+
+def test_device_normalisation_is_bit_identical_to_to_tensor(references: list[Path]):
+    img = resize_square(load_rgb(references[0]), 48)
+    assert torch.equal(normalize_uint8(pil_to_uint8(img)[None])[0], to_tensor(img))
+
+
+def test_bf16_autocast_gives_descriptors_close_to_fp32(model: DescriptorModel, references: list[Path]):
+    fp32 = embed_paths(model, references, batch_size=16, device="cpu", precision="fp32", progress=False)
+    bf16 = embed_paths(model, references, batch_size=16, device="cpu", precision="bf16", progress=False)
+    assert fp32.names == bf16.names and bf16.vectors.shape == fp32.vectors.shape == (len(references), 32)
+    assert bf16.settings["precision"] == "bf16"
+    assert not np.array_equal(bf16.vectors, fp32.vectors), "bf16 autocast was not applied"
+    assert _cosines(bf16.vectors, fp32.vectors).min() > 0.995
+
+
+def test_channels_last_gives_the_same_descriptors_and_leaves_the_model_as_it_was(model, references):
+    plain = embed_paths(model, references[:8], device="cpu", precision="fp32", progress=False)
+    nhwc = embed_paths(model, references[:8], device="cpu", precision="fp32", channels_last=True, progress=False)
+    np.testing.assert_allclose(nhwc.vectors, plain.vectors, atol=1e-5)
+    assert model.channels_last is False
+
+
+@pytest.mark.slow
+def test_compile_gives_descriptors_close_to_eager(model: DescriptorModel, references: list[Path]):
+    # 24 images in batches of 16: the short last batch is padded, not compiled a second time.
+    eager = embed_paths(model, references, batch_size=16, device="cpu", precision="fp32", progress=False)
+    compiled = embed_paths(model, references, batch_size=16, device="cpu", precision="fp32", compile=True,
+                           progress=False)
+    assert compiled.names == eager.names and compiled.vectors.shape == eager.vectors.shape
+    np.testing.assert_allclose(compiled.vectors, eager.vectors, atol=1e-4)
+
+
+@pytest.mark.parametrize("size", [48, 96])  # reduction (antialiased) and enlargement
+def test_batched_decode_on_cpu_matches_pillow(references: list[Path], size: int):
+    encoded = [read_encoded(p) for p in references[:8]]
+    assert all(e is not None for e in encoded)
+    batched = decode_resize(encoded, size, CPU)
+    pillow = [pil_to_uint8(resize_square(load_rgb(p), size)) for p in references[:8]]
+    for a, b in zip(batched, pillow):
+        assert a.shape == b.shape == (3, size, size) and a.dtype == torch.uint8
+        diff = (a.int() - b.int()).abs()
+        assert diff.max() <= 2 and diff.float().mean() < 0.5  # rounding once instead of per pass
+
+
+def test_files_the_batched_decoder_cannot_reproduce_go_to_pillow(mixed_folder: Path, references: list[Path]):
+    assert gpu_decodable((mixed_folder / references[0].name).read_bytes())
+    assert gpu_decodable((mixed_folder / "R_grey.jpg").read_bytes())
+    for name in ("R_png.png", "R_cmyk.jpg", "R_rotated.jpg"):
+        assert read_encoded(mixed_folder / name) is None, name
+    truncated = (mixed_folder / "R_grey.jpg").read_bytes()[:300]
+    assert not gpu_decodable(truncated)
+
+
+def test_decode_gpu_without_cuda_falls_back_to_pillow(model, references, caplog):
+    with caplog.at_level(logging.INFO, logger="embedlab.data.decode"):
+        gpu = embed_paths(model, references, device="cpu", precision="fp32", decode="gpu", progress=False)
+    assert "decoding with Pillow" in caplog.text and gpu.settings["decode"] == "cpu"
+    cpu = embed_paths(model, references, device="cpu", precision="fp32", decode="cpu", progress=False)
+    assert gpu.names == cpu.names and np.array_equal(gpu.vectors, cpu.vectors)
+
+
+def test_batched_decode_path_end_to_end_on_cpu(model, mixed_folder: Path, monkeypatch):
+    """The GPU path's code with the decoder on the CPU: same files, same order, close descriptors."""
+    (mixed_folder / "R_truncated.jpg").write_bytes((mixed_folder / "R_grey.jpg").read_bytes()[:300])
+    paths = list_images(mixed_folder)
+    pillow = embed_paths(model, paths, batch_size=4, device="cpu", precision="fp32", decode="cpu",
+                         on_bad_image="skip", progress=False)
+    monkeypatch.setattr(embed_stage, "resolve_decode", lambda decode, dev: CPU)
+    batched = embed_paths(model, paths, batch_size=4, device="cpu", precision="fp32", num_workers=1,
+                          on_bad_image="skip", progress=False)
+    assert batched.settings["decode"] == "gpu"
+    assert batched.names == pillow.names and batched.kept == pillow.kept
+    assert [p.name for p in batched.skipped] == ["R_truncated.jpg"]
+    assert _cosines(batched.vectors, pillow.vectors).min() > 0.999
+    with pytest.raises(BadImageError, match="R_truncated.jpg"):
+        embed_paths(model, paths, batch_size=4, device="cpu", precision="fp32", progress=False)
+
+
+def test_embed_cli_bf16_channels_last_matches_fp32(tmp_path: Path, references: list[Path]):
+    torch.manual_seed(0)
+    checkpoint = export_descriptor_model(DescriptorModel(SPEC), tmp_path / "model.safetensors")
+    folder = references[0].parent
+    fp32 = embed_folder(checkpoint, folder, tmp_path / "fp32.h5", batch_size=16, device="cpu",
+                        precision="fp32", progress=False)
+    assert fp32["precision"] == "fp32"
+    result = run(["embedlab", "embed", "--checkpoint", str(checkpoint), "--images", str(folder), "--out",
+                  str(tmp_path / "bf16.h5"), "--precision", "bf16", "--channels-last", "--batch-size", "16",
+                  "--num-workers", "1"], tmp_path)
+    assert '"precision": "bf16"' in result.stdout
+    names, vectors = read_descriptors(tmp_path / "bf16.h5")
+    ref_names, ref_vectors = read_descriptors(tmp_path / "fp32.h5")
+    assert list(names) == list(ref_names) and vectors.shape == ref_vectors.shape == (len(references), 32)
+    assert vectors.dtype == np.float32 and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-3)
+    assert _cosines(vectors, ref_vectors).min() > 0.995
+
+
+def test_auto_settings_follow_the_hardware():
+    assert autocast_dtype("auto", CPU) is None and autocast_dtype("bf16", CPU) is torch.bfloat16
+    assert autocast_dtype("fp16", CPU) is torch.float16 and autocast_dtype("fp32", CPU) is None
+    assert loader_workers("auto", CPU) == min(8, available_cpus() // 2)
+    assert loader_workers("auto", torch.device("cuda")) == min(8, available_cpus())
+    assert loader_workers(3, CPU) == 3 and pin_memory_for("auto", CPU) is False
+    assert pin_memory_for("auto", torch.device("cuda")) is True
+    with pytest.raises(ValueError):
+        autocast_dtype("int8", CPU)
+    with pytest.raises(ConfigError, match="embed.precision"):
+        EmbedConfig(precision="bf16-mixed")
+    with pytest.raises(ConfigError, match="embed.num_workers"):
+        EmbedConfig(num_workers="many")
+
+
+def test_params_embed_section_drives_embed_paths(model, references):
+    """params.yaml's ``embed:`` keys as the stages pass them (``embed_options``)."""
+    cfg = EmbedConfig(batch_size=8, num_workers="auto", precision="bf16", decode="gpu", prefetch_factor=2)
+    result = embed_paths(model, references[:8], device="cpu", progress=False, **embed_options(cfg))
+    assert result.vectors.shape == (8, 32)
+    assert result.settings == {"device": "cpu", "precision": "bf16", "decode": "cpu",
+                               "num_workers": loader_workers("auto", CPU), "compile": False}

@@ -1,0 +1,324 @@
+"""`embedlab sweep`: search-space checks, MLflow parent/nested runs, pruning, failures, resume,
+workers, and the best parameters applied by `dvc exp run` (real Optuna SQLite storage, real
+MLflow sqlite store, real tiny drip training)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from embedlab.cli import main
+from embedlab.config import ConfigError, load_params
+from embedlab.sweep.best import set_param_command, write_best_params, yaml_scalar
+from embedlab.sweep.runner import SweepRequest, plan_sweep, run_sweep
+from embedlab.sweep.stages import get_stage
+from embedlab.sweep.study import RETRY_OF, WORKER, counts
+
+from conftest import cli_env, run, tiny_params
+
+SPACE = {"qry_augs_intensity": {"low": 0.3, "high": 0.9}, "lr": {"low": 1.0e-4, "high": 1.0e-2, "log": True}}
+
+
+def _sweep_params(**sweep) -> dict:
+    """The tiny params with a small drip sweep; trials made cheap (one W-matrix view, no post-processing)."""
+    params = tiny_params()
+    params["drip"].update(w_matrix_augmentations=1)
+    params["evaluate"].update(train_descriptors=0)
+    section = {"pruner": "none", "drip_stage": {"step": "s1", "epochs": 2, "space": SPACE}}
+    for key, value in sweep.items():
+        if isinstance(value, dict) and isinstance(section.get(key), dict):
+            section[key] = {**section[key], **value}
+        else:
+            section[key] = value
+    params["sweep"] = section
+    return params
+
+
+def _write(folder: Path, params: dict) -> Path:
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def _fake_start_weights(folder: Path) -> None:
+    """plan_sweep only checks that the step's starting weights exist."""
+    path = folder / "models" / "drip" / "pretrained" / "backbone.safetensors"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x")
+
+
+def _storage(folder: Path) -> str:
+    return f"sqlite:///{folder / 'optuna.db'}"
+
+
+def _client(folder: Path) -> MlflowClient:
+    return MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
+
+
+def _trial_runs(client: MlflowClient, parent_id: str) -> list:
+    experiment = client.get_run(parent_id).info.experiment_id
+    return client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent_id}'")
+
+
+# --- bad input: clear errors before any trial -------------------------------------------------------
+
+@pytest.mark.parametrize("space, message", [
+    ({"nope": {"low": 0.1, "high": 0.2}}, "sweep.drip_stage.space.nope: unknown parameter 'nope'"),
+    ({"lr": {"low": 0.1, "high": 0.01}}, "sweep.drip_stage.space.lr: low 0.1 > high 0.01"),
+    ({"lr": {"low": 0.0, "high": 0.01, "log": True}}, "sweep.drip_stage.space.lr: a log range must lie above 0"),
+    ({"batch_size": {"choices": []}}, "sweep.drip_stage.space.batch_size: choices must be a non-empty list"),
+    ({"batch_size": {"low": 4, "high": 8.5}}, "sweep.drip_stage.space.batch_size: batch_size is an int setting"),
+    ({"w_init": {"low": 0, "high": 1}}, "sweep.drip_stage.space.w_init: a str setting takes {choices"),
+    ({"qry_augs_intensity": {"low": 0.5, "high": 1.5}}, "sweep.drip_stage.space.qry_augs_intensity: 1.5 is not a usable"),
+    ({"w_init": {"choices": ["centroids", "bogus"]}}, "sweep.drip_stage.space.w_init: 'bogus' is not a usable"),
+    ({}, "sweep.drip_stage.space: declare at least one setting"),
+])
+def test_bad_search_space_is_an_error_naming_the_setting(tmp_path, monkeypatch, space, message):
+    monkeypatch.chdir(tmp_path)
+    params = load_params(_write(tmp_path, _sweep_params(drip_stage={"space": space})))
+    with pytest.raises(ConfigError) as err:
+        plan_sweep(params, SweepRequest("drip_stage", n_trials=2))
+    assert message in str(err.value)
+
+
+def test_space_maps_each_setting_to_its_place_in_params_yaml(tmp_path, monkeypatch):
+    """A setting the step sets itself is swept there; ints stay ints; epochs and scoring are fixed."""
+    monkeypatch.chdir(tmp_path)
+    raw = _sweep_params(drip_stage={"space": {**SPACE, "batch_size": {"low": 4, "high": 16, "step": 4}}})
+    raw["drip"]["schedule"]["s1"]["qry_augs_intensity"] = 0.5
+    _fake_start_weights(tmp_path)
+    plan = plan_sweep(load_params(_write(tmp_path, raw)), SweepRequest("drip_stage", n_trials=2))
+    paths = {d.key: d.knob.path for d in plan.dimensions}
+    assert paths == {"qry_augs_intensity": ("drip", "schedule", "s1", "qry_augs_intensity"), "lr": ("drip", "lr"),
+                     "batch_size": ("drip", "batch_size")}
+    assert plan.fixed[("drip", "schedule", "s1", "epochs")] == 2 and plan.fixed[("drip", "evaluate_before")] is False
+    assert plan.study_name == "drip_stage-s1" and plan.storage_url.endswith("/optuna.db")
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    assert isinstance(next(d for d in plan.dimensions if d.key == "batch_size").suggest(trial), int)
+
+
+def test_unknown_stage_missing_parent_and_unreachable_storage_fail_before_any_trial(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    path = _write(tmp_path, _sweep_params())
+    params = load_params(path)
+    with pytest.raises(ConfigError, match=r"unknown stage 'drip'; known: \[.*'drip_stage'.*'gem_stage'"):
+        plan_sweep(params, SweepRequest("drip"))
+    with pytest.raises(FileNotFoundError, match="embedlab init-weights"):
+        plan_sweep(params, SweepRequest("drip_stage"))
+    _fake_start_weights(tmp_path)
+    url = "postgresql://nobody:secret@127.0.0.1:1/x"
+    assert main(["sweep", "drip_stage", "--params", str(path), "--n-trials", "2", "--storage", url]) == 2
+    err = capsys.readouterr().err
+    assert "embedlab sweep: error: sweep storage postgresql://nobody:***@127.0.0.1:1/x: cannot open it" in err
+    assert "secret" not in err
+    assert main(["sweep", "drip_stage", "--params", str(path), "--n-trials", "0"]) == 2
+    assert "--n-trials must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "models" / "sweeps").exists() and not (tmp_path / "optuna.db").exists()
+    assert not (tmp_path / "mlflow.db").exists()  # no MLflow run was opened
+
+
+def test_best_params_file_and_command_keep_types(tmp_path):
+    knobs = get_stage("drip_stage").knobs(load_params(_write(tmp_path, _sweep_params())))
+    trial = optuna.trial.create_trial(
+        params={"lr": 1e-05, "batch_size": 16, "w_init": "random"}, value=0.25,
+        distributions={"lr": optuna.distributions.FloatDistribution(1e-6, 1e-2, log=True),
+                       "batch_size": optuna.distributions.IntDistribution(8, 32),
+                       "w_init": optuna.distributions.CategoricalDistribution(["centroids", "random"])})
+    path = tmp_path / "best.yaml"
+    write_best_params(path, trial, knobs, "s", "uAP")
+    assert yaml.safe_load(path.read_text()) == {"drip": {"lr": 1e-05, "batch_size": 16, "w_init": "random"}}
+    assert set_param_command(path) == ("dvc exp run --set-param drip.batch_size=16 --set-param drip.lr=1.0e-05 "
+                                       "--set-param drip.w_init=random")
+    assert yaml_scalar(0.5) == "0.5" and yaml_scalar(True) == "true" and yaml.safe_load(yaml_scalar(3e-4)) == 3e-4
+
+
+@pytest.mark.slow
+def test_best_params_apply_with_dvc_exp_run(tmp_path):
+    """The printed command, run in a git + DVC project, sets exactly those values in params.yaml."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    raw = _sweep_params()
+    raw["drip"]["schedule"]["s1"]["qry_augs_intensity"] = 0.5  # swept where the step sets it
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw))
+    # A cheap stage that reads its settings the way the pipeline's stages do.
+    show = ("python -c \"import json; from embedlab.config import load_params; d = load_params().drip; "
+            "json.dump([d.lr, d.schedule['s1'].qry_augs_intensity], open('applied.json', 'w'))\"")
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"show": {
+        "cmd": show, "params": ["drip.lr", "drip.schedule"], "outs": ["applied.json"]}}}))
+    run(["git", "init", "-q"], repo)
+    run(["dvc", "init", "-q"], repo)
+    run(["dvc", "config", "--local", "core.site_cache_dir", str(tmp_path / "site_cache")], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], repo)
+
+    knobs = get_stage("drip_stage").knobs(load_params(repo / "params.yaml"))
+    trial = optuna.trial.create_trial(
+        params={"lr": 1e-05, "qry_augs_intensity": 0.6123456789}, value=0.3,
+        distributions={"lr": optuna.distributions.FloatDistribution(1e-6, 1e-2, log=True),
+                       "qry_augs_intensity": optuna.distributions.FloatDistribution(0.3, 0.9)})
+    best = tmp_path / "best_params.yaml"
+    write_best_params(best, trial, knobs, "s", "uAP")
+    command = set_param_command(best)
+    assert "drip.schedule.s1.qry_augs_intensity=0.6123456789" in command
+    run(shlex.split(command), repo, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
+        GIT_COMMITTER_EMAIL="t@t")
+    applied = load_params(repo / "params.yaml")
+    assert applied.drip.lr == 1e-05 and applied.drip.schedule["s1"].qry_augs_intensity == 0.6123456789
+    assert json.loads((repo / "applied.json").read_text()) == [1e-05, 0.6123456789]
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
+    assert "1e-05" in json.dumps(shown) and "0.6123456789" in json.dumps(shown)
+
+
+# --- real sweeps of the tiny drip step ---------------------------------------------------------------
+
+@pytest.fixture
+def sweep_project(tiny_project: Path) -> Path:
+    from embedlab.stages.init_weights import write_initial_weights
+
+    _write(tiny_project, _sweep_params())
+    write_initial_weights(load_params("params.yaml"))
+    return tiny_project
+
+
+def _set_sweep(project: Path, **sweep) -> None:
+    _write(project, _sweep_params(**sweep))
+
+
+@pytest.mark.slow
+def test_three_trial_sweep_logs_a_parent_run_with_nested_trials(sweep_project: Path, capsys):
+    assert main(["sweep", "drip_stage", "--n-trials", "3", "--study", "s3"]) == 0
+    out = capsys.readouterr().out
+    study = optuna.load_study(study_name="s3", storage=_storage(sweep_project))
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3
+    best = study.best_trial
+    assert best.value == max(t.value for t in study.trials)
+
+    client = _client(sweep_project)
+    parent_id = study.user_attrs["mlflow.parent_run_id"]
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FINISHED" and parent.info.run_name == "sweep/s3"
+    assert parent.data.metrics["best_uAP"] == pytest.approx(best.value)
+    assert {a.path for a in client.list_artifacts(parent_id, "plots")} == {
+        "plots/optimization_history.png", "plots/param_importances.png", "plots/parallel_coordinate.png"}
+    trials = _trial_runs(client, parent_id)
+    assert len(trials) == 3
+    by_number = {int(r.data.params["optuna.trial_number"]): r for r in trials}
+    for number, trial in enumerate(study.trials):
+        nested = by_number[number]
+        assert nested.info.status == "FINISHED" and nested.data.tags["optuna.trial_state"] == "COMPLETE"
+        assert float(nested.data.params["lr"]) == trial.params["lr"]
+        assert float(nested.data.params["qry_augs_intensity"]) == trial.params["qry_augs_intensity"]
+        assert nested.data.params["optuna.study_name"] == "s3"
+        assert nested.data.metrics["uAP"] == pytest.approx(trial.value)
+        assert len(client.get_metric_history(nested.info.run_id, "val_loss")) == 2  # per epoch
+        assert Path(f"models/sweeps/s3/trial_{number:04d}/s1/checkpoints/last.ckpt").is_file()
+    assert not Path("models/drip/s1").exists()  # the pipeline's own output is untouched
+
+    best_file = Path("reports/sweeps/s3/best_params.yaml")
+    assert yaml.safe_load(best_file.read_text()) == {"drip": best.params}
+    command = set_param_command(best_file)
+    assert command in out and f"best: trial {best.number}" in out
+    assert f"--set-param drip.lr={yaml_scalar(best.params['lr'])}" in command
+
+
+@pytest.mark.slow
+def test_a_bad_trial_is_pruned_and_a_diverging_one_fails_while_the_study_goes_on(sweep_project: Path):
+    _set_sweep(sweep_project, pruner="median", n_startup_trials=2, n_warmup_steps=0,
+               drip_stage={"space": {"lr": {"low": 1.0e-9, "high": 1.0e+30, "log": True}}})
+    study = optuna.create_study(study_name="bad", storage=_storage(sweep_project), direction="maximize")
+    for lr in (1e-3, 3e-3, 0.3, 1e30):  # two good ones, one far too high, one that diverges to NaN
+        study.enqueue_trial({"lr": lr})
+    result = run_sweep(load_params("params.yaml"), SweepRequest("drip_stage", n_trials=4, study="bad"))
+    states = [t.state for t in optuna.load_study(study_name="bad", storage=_storage(sweep_project)).trials]
+    assert states == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL]
+    assert (result["complete"], result["pruned"], result["failed"]) == (2, 1, 1)
+
+    client = _client(sweep_project)
+    runs = {int(r.data.params["optuna.trial_number"]): r for r in _trial_runs(client, result["parent_run_id"])}
+    pruned, failed = runs[2], runs[3]
+    assert pruned.info.status == "KILLED" and pruned.data.tags["optuna.trial_state"] == "PRUNED"
+    assert len(client.get_metric_history(pruned.info.run_id, "val_loss")) == 1  # stopped after its first epoch
+    assert failed.info.status == "FAILED" and failed.data.tags["optuna.trial_state"] == "FAIL"
+    assert "FloatingPointError" in failed.data.tags["optuna.fail_reason"]
+
+
+def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 300):
+    start = time.time()
+    while time.time() - start < timeout:
+        if proc.poll() is not None:
+            raise AssertionError(f"sweep ended early ({proc.returncode}): {proc.stderr.read()[-3000:]}")
+        found = predicate()
+        if found:
+            return found
+        time.sleep(0.5)
+    raise AssertionError("timed out")
+
+
+@pytest.mark.slow
+def test_a_killed_sweep_resumes_keeping_its_finished_trials(sweep_project: Path):
+    storage = _storage(sweep_project)
+    proc = subprocess.Popen([sys.executable, "-m", "embedlab", "sweep", "drip_stage", "--n-trials", "3",
+                             "--study", "kill"], cwd=sweep_project, env=cli_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+    def one_done_one_running():
+        try:
+            trials = optuna.load_study(study_name="kill", storage=storage).trials
+        except KeyError:  # the study does not exist yet
+            return None
+        done = [t for t in trials if t.state == TrialState.COMPLETE]
+        running = [t for t in trials if t.state == TrialState.RUNNING and t.params]
+        return (done, running[0]) if done and running else None
+
+    try:
+        done, running = _wait_for(one_done_one_running, proc)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    result = run_sweep(load_params("params.yaml"), SweepRequest("drip_stage", n_trials=3, study="kill"))
+
+    study = optuna.load_study(study_name="kill", storage=storage)
+    for before in done:  # the finished trials are kept as they were
+        after = study.trials[before.number]
+        assert after.state == TrialState.COMPLETE and after.value == before.value and after.params == before.params
+    killed = study.trials[running.number]
+    assert killed.state == TrialState.FAIL and not counts(killed)
+    retry = next(t for t in study.trials if t.user_attrs.get(RETRY_OF) == running.number)
+    assert retry.state == TrialState.COMPLETE and retry.params == killed.params
+    assert sum(counts(t) for t in study.trials) == 3 and result["complete"] == 3 and result["killed"] == 1
+
+    client = _client(sweep_project)
+    parent_id = study.user_attrs["mlflow.parent_run_id"]
+    assert result["parent_run_id"] == parent_id  # the same parent run, re-opened
+    runs = {int(r.data.params["optuna.trial_number"]): r for r in _trial_runs(client, parent_id)}
+    assert runs[running.number].info.status == "KILLED"
+    assert runs[running.number].data.tags["optuna.trial_state"] == "FAIL"
+    assert sum(r.info.status == "FINISHED" for r in runs.values()) == 3
+
+
+@pytest.mark.slow
+def test_workers_share_the_study_and_run_exactly_n_trials(sweep_project: Path):
+    out = run(["embedlab", "sweep", "drip_stage", "--n-trials", "4", "--study", "par", "--workers", "2"],
+              sweep_project, timeout=600).stdout
+    study = optuna.load_study(study_name="par", storage=_storage(sweep_project))
+    ran = [t for t in study.trials if counts(t)]
+    assert len(ran) == 4 and all(t.state == TrialState.COMPLETE for t in ran)
+    assert len({t.user_attrs[WORKER] for t in ran}) == 2  # both processes ran trials
+    assert "trials: 4 complete" in out
+    client = _client(sweep_project)
+    assert len(_trial_runs(client, study.user_attrs["mlflow.parent_run_id"])) == 4
+    assert os.path.isfile(sweep_project / "reports/sweeps/par/best_params.yaml")
