@@ -82,6 +82,10 @@ def test_short_training_raises_the_cosine_and_logs_grids_and_checkpoints(decoder
     report = validate_decoder(params, "test")
     assert f"COSINE MEAN:   {summary['cosine_mean']:.4f}" in report
     assert f"ABOVE THRESHOLD {summary['threshold']:.4f} (FMR 0.01)" in report
+    # The exported decoder (no Lightning) decodes the same faces.
+    assert validate_decoder(params, "test", "models/decoder/decoder.safetensors") == report
+    with pytest.raises(ValueError, match=r"encoder\.safetensors: not a decoder"):
+        validate_decoder(params, "test", params.templates.model)
 
 
 def test_bad_templates_fail_before_training_and_keep_earlier_output(decoder_project: Path):

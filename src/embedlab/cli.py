@@ -151,7 +151,7 @@ def cmd_embed(args) -> None:
     print(json.dumps(embed_folder(args.checkpoint, args.images, args.out, args.img_size, args.batch_size,
                                   args.num_workers, args.on_bad_image, args.device, args.channels_last,
                                   precision=args.precision, compile=args.compile, decode=args.decode,
-                                  pin_memory=args.pin_memory, persistent_workers=args.persistent_workers,
+                                  pin_memory=args.pin_memory,
                                   prefetch_factor=args.prefetch_factor), indent=2))
 
 
@@ -286,7 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("validate-decoder", cmd_validate_decoder, "cosine between templates and the templates of their "
                 "decoded faces (the original validate.py)", "embedlab validate-decoder --set test")
     p.add_argument("--set", default="test", choices=("train", "test"))
-    p.add_argument("--checkpoint", help="a decoder .ckpt (default: models/decoder/checkpoints/last.ckpt)")
+    p.add_argument("--checkpoint", help="a decoder .ckpt or exported decoder.safetensors "
+                   "(default: models/decoder/checkpoints/last.ckpt)")
 
     p = command("export-onnx", cmd_export_onnx, "export a project encoder as an ONNX face model (RGB, "
                 "(x - 127.5) / 127.5, like insightface's)", "embedlab export-onnx --checkpoint "
@@ -317,7 +318,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decode", choices=("auto", "cpu", "gpu"), default="auto",
                    help="JPEG decoding: gpu (nvJPEG, batched) or cpu (Pillow in the workers); auto: gpu with CUDA")
     p.add_argument("--pin-memory", type=lambda t: "auto" if t == "auto" else _bool(t), default="auto")
-    p.add_argument("--persistent-workers", action="store_true")
     p.add_argument("--prefetch-factor", type=int, help="batches each worker prepares ahead (torch's default: 2)")
 
     p = command("evaluate-disc", cmd_evaluate_disc, "search and score query vs. reference descriptors (μAP)",

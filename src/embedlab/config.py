@@ -134,8 +134,10 @@ def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
 class EmbedConfig:
     """Embedding images into descriptors (``embedlab embed``, the stages' evaluations).
 
-    Everything but ``on_bad_image`` changes only how fast it runs (see
-    benchmarks/embed_throughput.py); on a GPU use large batches (256+).
+    Besides ``on_bad_image``, ``precision`` and ``decode`` move descriptors
+    slightly (autocast, nvJPEG): the training stages list them as DVC params.
+    The rest changes only how fast it runs (benchmarks/embed_throughput.py);
+    on a GPU use large batches (256+).
     """
 
     batch_size: int = 64
@@ -146,7 +148,6 @@ class EmbedConfig:
     compile: bool = False  # torch.compile the model: a one-off compile, then faster batches
     decode: str = "auto"  # auto | cpu | gpu: JPEG decoding on the GPU (nvJPEG) when the model runs there
     pin_memory: bool | str = "auto"  # auto: on with CUDA
-    persistent_workers: bool = False
     prefetch_factor: int | None = None  # batches each worker prepares ahead; None: torch's default (2)
 
     def __post_init__(self) -> None:
@@ -372,7 +373,7 @@ class DecoderConfig:
     perceptor: str = "models/triplet/pretrain/encoder.safetensors"
     perceptor_layers: int = 4  # intermediate feature maps of the perceptor compared (plus its embedding)
     resize_to_perceptor: bool = True  # decoder output size != perceptor input: resize (else an error)
-    variant: str = "base"  # base (26 MB at 512-d) | large (94 MB)
+    variant: str = "base"  # base (26 MiB at 512-d) | large (92 MiB)
     width: float = 1.0  # channel multiplier (1: the original; the CPU demo uses 0.25)
     output_size: int = 112
     mse_weight: float = 1.0
@@ -395,6 +396,7 @@ class DecoderConfig:
     fmr: float = 1e-3  # the threshold: template model's impostor score at this false match rate
     threshold: float | None = None  # explicit threshold instead (e.g. 0.661 for buffalo_l)
     evaluate: bool = True
+    evaluate_before: bool = True  # also score the untrained decoder (the table's "before"; sweeps skip it)
 
     def __post_init__(self) -> None:
         _check_choice("decoder.variant", self.variant, ("base", "large"))

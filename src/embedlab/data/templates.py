@@ -26,7 +26,6 @@ from embedlab.data.transforms import resize_square
 from embedlab.descriptors import read_descriptors, write_descriptors
 from embedlab.images import load_or_skip
 
-SPLITS = ("train", "test")
 NORM_TOLERANCE = 1e-3
 
 

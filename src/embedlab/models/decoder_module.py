@@ -83,8 +83,7 @@ class DecoderModule(pl.LightningModule):
                                      f"(parts: { {k: float(v) for k, v in parts.items()} })")
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(loss)
-        self.clip_gradients(opt_g, gradient_clip_val=self.hparams.max_grad_norm, gradient_clip_algorithm="norm")
-        opt_g.step()
+        opt_g.step()  # clipping happens in on_before_optimizer_step, after fp16 unscaling
         if opt_d is not None:
             d_loss = 0.5 * (adversarial_loss(self.discriminator(photos), real=True)
                             + adversarial_loss(self.discriminator(reconstruction.detach()), real=False))
@@ -98,6 +97,13 @@ class DecoderModule(pl.LightningModule):
             if name != "loss":
                 self.log(f"train_{name}", value, on_step=False, on_epoch=True, batch_size=n)
         return loss
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Clip the decoder's gradients here: Lightning calls this after unscaling fp16 gradients,
+        so ``max_grad_norm`` means the same in every precision."""
+        if optimizer.param_groups[0]["params"][0] is next(self.model.parameters()):
+            self.clip_gradients(optimizer, gradient_clip_val=self.hparams.max_grad_norm,
+                                gradient_clip_algorithm="norm")
 
     def on_train_epoch_end(self) -> None:
         schedulers = self.lr_schedulers()

@@ -23,6 +23,7 @@ import mlflow
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
+from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
 from embedlab import tracking
@@ -46,9 +47,6 @@ from embedlab.stages.decoder_eval import (
 from embedlab.stages.run_state import OutputFolders, RunState, fingerprint, open_run_dir, scores_before
 from embedlab.stages.templates import file_digest
 
-HEADLINE = ("cosine_mean", "cosine_min", "above_threshold")
-
-
 @dataclasses.dataclass
 class DecoderRequest(OutputFolders):
     models_root: Path = Path("models")
@@ -67,6 +65,15 @@ class DecoderInputs:
     template_model_path: Path
     template_model: FaceModel
     perceptor: FaceModel
+    _thresholds: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    def threshold(self, cfg: DecoderConfig) -> float:
+        """decoder.threshold, else the template model's impostor score at decoder.fmr (computed once)."""
+        if cfg.threshold is not None:
+            return cfg.threshold
+        if cfg.fmr not in self._thresholds:
+            self._thresholds[cfg.fmr] = threshold_at_fmr(impostor_scores(self.train), cfg.fmr)
+        return self._thresholds[cfg.fmr]
 
     @classmethod
     def load(cls, params: Params, cfg: DecoderConfig) -> "DecoderInputs":
@@ -117,9 +124,7 @@ def score_decoder(module: DecoderModule, inputs: DecoderInputs, cfg: DecoderConf
     for model in (inputs.template_model, inputs.perceptor):
         model.to(torch_device("auto"))
     cosines = decoded_cosines(module, getattr(inputs, split), cfg.eval_batch_size)
-    threshold = cfg.threshold if cfg.threshold is not None else threshold_at_fmr(impostor_scores(inputs.train),
-                                                                                 cfg.fmr)
-    return {f"{prefix}{k}": v for k, v in cosine_stats(cosines, threshold).items()}
+    return {f"{prefix}{k}": v for k, v in cosine_stats(cosines, inputs.threshold(cfg)).items()}
 
 
 def run_decoder(params: Params, request: DecoderRequest | None = None, cfg: DecoderConfig | None = None,
@@ -146,12 +151,13 @@ def run_decoder(params: Params, request: DecoderRequest | None = None, cfg: Deco
         run_id = run.info.run_id
         RunState(key, run_id, complete=False).save(out_dir / "run.json")
         tracking.log_params({
-            **{f"decoder.{k}": v for k, v in flatten(cfg).items()},
+            # Runtime settings stay out: changing them must not clash with a resumed run's params.
+            **{f"decoder.{k}": v for k, v in flatten(cfg).items() if k not in DECODER_RUNTIME_FIELDS},
             "decoder.template_model": str(inputs.template_model_path), "decoder.template_dim": inputs.train.dim,
             "decoder.n_train_pairs": len(inputs.train), "decoder.n_test_pairs": len(inputs.test),
             "seed": params.seed,
         })
-        before = scores_before(out_dir, mode == "start" and cfg.evaluate,
+        before = scores_before(out_dir, mode == "start" and cfg.evaluate and cfg.evaluate_before,
                                lambda _folder: score_decoder(module, inputs, cfg, prefix="before_"))
         if mode == "evaluate":  # a finished run of the same settings and code: its weights stand
             module.load_state_dict(read_checkpoint(last_ckpt)["state_dict"])
@@ -192,7 +198,8 @@ class ControlGrid(pl.Callback):
         self.samples, self.folder, self.every, self.run_id = samples, folder, max(1, every), run_id
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
+        # Batches, not trainer.global_step: with a discriminator each batch steps two optimisers.
+        step = trainer.fit_loop.epoch_loop.total_batch_idx
         if step % self.every == 0:
             path = write_control_grid(module, *self.samples, self.folder / f"step_{step:07d}.png")
             mlflow.MlflowClient().log_artifact(self.run_id, str(path), "control")
@@ -240,8 +247,28 @@ def _write_reports(request: DecoderRequest, summary: dict, history: list) -> Non
                       "epoch,train_loss,val_cosine_mean\n" + rows)
 
 
+def load_decoder_spec_and_weights(path: Path, template_dim: int, templates_dir: str) -> tuple[dict, dict]:
+    """(spec, decoder weights) from a Lightning .ckpt or the exported decoder.safetensors (+ .json)."""
+    if path.suffix == ".safetensors":
+        spec_file = path.with_suffix(".json")
+        if not spec_file.is_file():
+            raise FileNotFoundError(f"{path}: missing its spec file {spec_file.name}")
+        spec, state = json.loads(spec_file.read_text()), load_file(str(path))
+    else:
+        ckpt = read_checkpoint(path)
+        spec = (ckpt.get("hyper_parameters") or {}).get("spec") or {}
+        state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    if spec.get("kind") != DECODER_KIND:
+        raise ValueError(f"{path}: not a decoder (its spec has kind {spec.get('kind')!r}, not {DECODER_KIND!r})")
+    if spec["template_dim"] != template_dim:
+        raise ValueError(f"{path}: decodes {spec['template_dim']}-d templates, "
+                         f"the templates in {templates_dir} are {template_dim}-d")
+    return spec, state
+
+
 def validate_decoder(params: Params, split: str = "test", checkpoint: str | Path | None = None) -> str:
-    """The original validate.py's report for a trained decoder (default: the stage's last checkpoint)."""
+    """The original validate.py's report for a trained decoder: a .ckpt or the exported
+    decoder.safetensors (default: the stage's last checkpoint)."""
     if split not in ("train", "test"):
         raise ValueError(f"validate-decoder: --set must be train or test, got {split!r}")
     cfg = params.decoder
@@ -249,14 +276,8 @@ def validate_decoder(params: Params, split: str = "test", checkpoint: str | Path
     path = Path(checkpoint) if checkpoint else DecoderRequest().out_dir / "checkpoints" / "last.ckpt"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no decoder checkpoint; run `embedlab decoder` first")
-    ckpt = read_checkpoint(path)
-    hp = ckpt.get("hyper_parameters") or {}
-    if "spec" not in hp or hp["spec"].get("kind") != DECODER_KIND:
-        raise ValueError(f"{path}: not a decoder checkpoint (no decoder spec in its hyper-parameters)")
-    if hp["spec"]["template_dim"] != inputs.train.dim:
-        raise ValueError(f"{path}: decodes {hp['spec']['template_dim']}-d templates, "
-                         f"the templates in {params.templates.out} are {inputs.train.dim}-d")
-    module = DecoderModule(**hp).attach(inputs.perceptor, inputs.template_model)
-    module.load_state_dict(ckpt["state_dict"])
+    spec, state = load_decoder_spec_and_weights(path, inputs.train.dim, params.templates.out)
+    module = DecoderModule(spec).attach(inputs.perceptor, inputs.template_model)
+    module.model.load_state_dict(state)
     stats = score_decoder(module, inputs, cfg, split)
     return format_stats(stats, split, None if cfg.threshold is not None else cfg.fmr)

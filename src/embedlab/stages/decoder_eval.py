@@ -36,8 +36,9 @@ def impostor_scores(ts: TemplateSet, max_pairs: int = MAX_IMPOSTOR_PAIRS, seed: 
         a, b = rng.integers(0, n, max_pairs), rng.integers(0, n, max_pairs)
     keep = persons[a] != persons[b]
     a, b = torch.from_numpy(a[keep]), torch.from_numpy(b[keep])
-    return np.concatenate([(x[a[i:i + 1 << 20]] * x[b[i:i + 1 << 20]]).sum(1).numpy()
-                           for i in range(0, len(a), 1 << 20)]) if len(a) else np.zeros(0, np.float32)
+    chunk = 1 << 20  # pairs per product: bounds the memory of the gathered rows
+    return np.concatenate([(x[a[i:i + chunk]] * x[b[i:i + chunk]]).sum(1).numpy()
+                           for i in range(0, len(a), chunk)]) if len(a) else np.zeros(0, np.float32)
 
 
 def threshold_at_fmr(impostors: np.ndarray, fmr: float) -> float:

@@ -207,7 +207,8 @@ def run_drip(params: Params, request: DripRequest, callbacks: Sequence[pl.Callba
         run_id = run.info.run_id
         RunState(key, run_id, complete=False).save(state_file)
         tracking.log_params({
-            **{f"drip.{k}": v for k, v in flatten(cfg).items() if k != "schedule"},
+            # Runtime settings stay out: changing them must not clash with a resumed run's params.
+            **{f"drip.{k}": v for k, v in flatten(cfg).items() if k.split(".")[0] not in DRIP_RUNTIME_FIELDS},
             "drip.step": request.name, "drip.n_classes": len(classes), "seed": params.seed,
             "drip.build_w_matrix": str(request.build_w_matrix or ""),
             "drip.start_weights": str(request.pretrained or cfg.pretrained or ""),

@@ -143,7 +143,6 @@ def embed_paths(
     compile: bool = False,
     decode: str = "auto",
     pin_memory: bool | str = "auto",
-    persistent_workers: bool = False,
     prefetch_factor: int | None = None,
 ) -> Embeddings:
     """Descriptors of ``paths`` (names are file stems, e.g. Q00000).
@@ -152,9 +151,8 @@ def embed_paths(
     GPU, fp32 on the CPU). ``channels_last``: None leaves the model as it is.
     ``compile``: ``torch.compile`` the model (a one-off compile, then faster
     batches; the last batch is padded so no second graph is compiled).
-    ``decode``: auto | cpu | gpu, see :mod:`embedlab.data.decode`.
-    ``persistent_workers`` only matters to a caller that iterates twice; the
-    loader here is iterated once.
+    ``decode``: auto | cpu | gpu, see :mod:`embedlab.data.decode`. The loader
+    is iterated once, so its workers are never kept alive between passes.
     """
     dev = torch_device(device)
     size = img_size or model.spec.img_size
@@ -173,7 +171,6 @@ def embed_paths(
         num_workers=workers,
         collate_fn=_collate,
         pin_memory=pin_memory_for(pin_memory, dev),
-        persistent_workers=persistent_workers and workers > 0,
         prefetch_factor=prefetch_factor if workers > 0 else None,
     )
     names: list[str] = []
@@ -218,7 +215,7 @@ def embed_options(cfg) -> dict:
     return {
         "batch_size": cfg.batch_size, "num_workers": cfg.num_workers, "precision": cfg.precision,
         "channels_last": cfg.channels_last, "compile": cfg.compile, "decode": cfg.decode, "pin_memory": cfg.pin_memory,
-        "persistent_workers": cfg.persistent_workers, "prefetch_factor": cfg.prefetch_factor,
+        "prefetch_factor": cfg.prefetch_factor,
     }
 
 
@@ -237,7 +234,6 @@ def embed_folder(
     compile: bool = False,
     decode: str = "auto",
     pin_memory: bool | str = "auto",
-    persistent_workers: bool = False,
     prefetch_factor: int | None = None,
     progress: bool = True,
 ) -> dict:
@@ -246,7 +242,7 @@ def embed_folder(
     model = load_descriptor_model(checkpoint).use_channels_last(channels_last)
     result = embed_paths(model, list_images(images), img_size, batch_size, num_workers, on_bad_image, device,
                          progress, precision=precision, compile=compile, decode=decode, pin_memory=pin_memory,
-                         persistent_workers=persistent_workers, prefetch_factor=prefetch_factor)
+                         prefetch_factor=prefetch_factor)
     write_descriptors(out, result.names, result.vectors)
     for path in result.skipped:
         log.warning("skipped unreadable image %s", path)

@@ -109,7 +109,8 @@ def run_gem(params: Params, request: GemRequest, cfg: GemConfig | None = None,
         run_id = run.info.run_id
         RunState(key, run_id, complete=False).save(out_dir / "run.json")
         tracking.log_params({
-            **{f"gem.{k}": v for k, v in flatten(cfg).items()},
+            # Runtime settings stay out: changing them must not clash with a resumed run's params.
+            **{f"gem.{k}": v for k, v in flatten(cfg).items() if k.split(".")[0] not in GEM_RUNTIME_FIELDS},
             "gem.n_classes": dataset.n_classes, "gem.n_images": len(dataset), "gem.batch_size": cfg.p * cfg.k,
             "gem.iters_per_epoch": iters, "gem.data": str(request.data_dir), "seed": params.seed,
         })

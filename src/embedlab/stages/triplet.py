@@ -172,7 +172,8 @@ def run_triplet(params: Params, request: TripletRequest, callbacks: Sequence[pl.
         run_id = run.info.run_id
         RunState(key, run_id, complete=False).save(out_dir / "run.json")
         tracking.log_params({
-            **{f"triplet.{k}": v for k, v in flatten(cfg).items() if not k.startswith(PHASES)},
+            **{f"triplet.{k}": v for k, v in flatten(cfg).items()
+               if not k.startswith(PHASES) and k not in TRIPLET_RUNTIME_FIELDS},
             **{f"triplet.{k}": v for k, v in dataclasses.asdict(phase).items()},
             "triplet.phase": request.phase, "triplet.init_checkpoint": str(request.init_checkpoint or ""),
             "triplet.n_train_images": len(data.train), "triplet.n_valid_pairs": len(data.valid_pairs),

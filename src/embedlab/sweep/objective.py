@@ -63,11 +63,12 @@ def make_objective(plan: SweepPlan, parent_run_id: str) -> tuple[Callable[[optun
             trial.set_user_attr(SKIPPED, "the study's n_trials were started by other workers")
             state["skipped"] = True
             raise BudgetReached(f"trial {trial.number}: the study's {plan.n_trials} trials are all started")
-        values = {dim.key: dim.suggest(trial) for dim in plan.dimensions}
-        run = start_trial_run(parent_run_id, plan.study_name, trial.number,
-                              tags={"embedlab.sweep_stage": stage.name, "optuna.objective": stage.metric})
-        trial.set_user_attr(MLFLOW_RUN, run.info.run_id)
-        try:
+        run = None
+        try:  # everything that can fail is inside: a failure is recorded and counts against the budget
+            values = {dim.key: dim.suggest(trial) for dim in plan.dimensions}
+            run = start_trial_run(parent_run_id, plan.study_name, trial.number,
+                                  tags={"embedlab.sweep_stage": stage.name, "optuna.objective": stage.metric})
+            trial.set_user_attr(MLFLOW_RUN, run.info.run_id)
             tracking.log_params({**values, "optuna.trial_number": trial.number,
                                  "optuna.study_name": plan.study_name})
             settings = {**plan.fixed, **{dim.knob.path: values[dim.key] for dim in plan.dimensions}}
@@ -83,10 +84,12 @@ def make_objective(plan: SweepPlan, parent_run_id: str) -> tuple[Callable[[optun
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
             trial.set_user_attr(FAIL_REASON, reason[:1000])
-            end_trial_run("FAIL", reason)
+            if run is not None:
+                end_trial_run("FAIL", reason)
             raise
         except BaseException:  # Ctrl-C: the trial is killed, and retried when the sweep restarts
-            end_trial_run("KILLED")
+            if run is not None:
+                end_trial_run("KILLED")
             raise
         mlflow.log_metric("optuna.value", float(value))
         end_trial_run("COMPLETE")

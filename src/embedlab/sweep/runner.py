@@ -102,6 +102,7 @@ def run_sweep(params: Params, request: SweepRequest) -> dict:
             _work(plan, study, parent)
         finally:
             codes = [w.wait() for w in workers]
+        _wait_for_other_machines(study)
         result = _finish(plan, study, parent)
         result["failed_workers"] = sum(code != 0 for code in codes)
         status = "FINISHED"
@@ -119,6 +120,21 @@ def _work(plan: SweepPlan, study: optuna.Study, parent: str) -> None:
     while studies.budget_left(study, plan.n_trials) > 0 and not state["skipped"]:
         # optimize() keeps the trial's heartbeat and fails stale trials; catch: a failed trial ends, the study goes on.
         study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
+
+
+def _wait_for_other_machines(study: optuna.Study, poll: float = 5.0) -> None:
+    """Trials still running belong to processes started on other machines: the plots, the best
+    parameters and the parent run's end wait for them (a dead one fails by its missing heartbeat)."""
+    logged = False
+    while True:
+        optuna.storages.fail_stale_trials(study)
+        running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        if not running:
+            return
+        if not logged:
+            log.info("sweep: waiting for trials %s of other workers", [t.number for t in running])
+            logged = True
+        time.sleep(poll)
 
 
 def _spawn_workers(plan: SweepPlan, request: SweepRequest, launch: str) -> list[subprocess.Popen]:

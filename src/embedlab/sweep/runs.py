@@ -48,7 +48,7 @@ def parent_of(study: optuna.Study) -> str:
     run_id = study.user_attrs.get(PARENT_RUN)
     if not tracking.run_is_usable(run_id):
         raise ValueError(f"sweep: study {study.study_name!r} records no usable MLflow parent run; "
-                         "start the sweep without --worker")
+                         "start the sweep without --worker-index on one machine first")
     return run_id
 
 

@@ -244,7 +244,8 @@ register(SweepStage(
 
 def _decoder_fixed(params: Params) -> dict[ParamPath, Any]:
     epochs = params.sweep.decoder_stage.epochs
-    return {("decoder", "evaluate"): True, **({("decoder", "epochs"): epochs} if epochs else {})}
+    return {("decoder", "evaluate"): True, ("decoder", "evaluate_before"): False,
+            **({("decoder", "epochs"): epochs} if epochs else {})}
 
 
 def _decoder_check(params: Params) -> None:
