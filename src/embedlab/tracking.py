@@ -170,3 +170,15 @@ def epoch_logger(run_id: str | None):
             pass
 
     return _MetricsOnly(tracking_uri=mlflow.get_tracking_uri(), run_id=run_id)
+
+
+def metric_values(run_id: str, name: str) -> list[float]:
+    """A metric's values in step order, from MLflow: complete across a resumed run."""
+    history = MlflowClient().get_metric_history(run_id, name)
+    return [m.value for m in sorted(history, key=lambda m: m.step)]
+
+
+def epoch_history(run_id: str, val_metric: str) -> list[tuple[int, float, float]]:
+    """(epoch, train loss, ``val_metric``): one row per logged training epoch, NaN where validation is missing."""
+    train, val = metric_values(run_id, "train_loss_epoch"), metric_values(run_id, val_metric)
+    return [(e, t, v) for e, (t, v) in enumerate(zip(train, val + [float("nan")] * (len(train) - len(val))))]

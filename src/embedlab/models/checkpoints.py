@@ -83,12 +83,13 @@ def restore_matching_weights(module: torch.nn.Module, path: str | Path, spec: De
 
 def _model_from_spec(spec: dict[str, Any], path: Path) -> torch.nn.Module:
     """The untrained model a spec describes, by its ``kind``: a drip DescriptorModel (no kind),
-    a GemNet (``gem_net``) or a FaceEncoder (``face_encoder``)."""
+    a GemNet (``gem_net``), a FaceEncoder (``face_encoder``) or a TemplateDecoder (``template_decoder``)."""
+    from embedlab.models.decoder import DECODER_KIND, DecoderSpec, TemplateDecoder
     from embedlab.models.face_encoder import FACE_ENCODER_KIND, FaceEncoder, FaceEncoderSpec
     from embedlab.models.gem_net import GEM_NET_KIND, GemNet, GemNetSpec  # they build on this package
 
     kinds = {GEM_NET_KIND: (GemNet, GemNetSpec), FACE_ENCODER_KIND: (FaceEncoder, FaceEncoderSpec),
-             None: (DescriptorModel, DescriptorSpec)}
+             DECODER_KIND: (TemplateDecoder, DecoderSpec), None: (DescriptorModel, DescriptorSpec)}
     kind = spec.get("kind")
     if kind not in kinds:
         raise CheckpointError(f"{path}: unknown model kind {kind!r}; known: {sorted(k for k in kinds if k)}")
@@ -100,7 +101,8 @@ def _model_from_spec(spec: dict[str, Any], path: Path) -> torch.nn.Module:
 
 
 def load_descriptor_model(path: str | Path) -> torch.nn.Module:
-    """A descriptor model (drip, GeM or face encoder) from a Lightning .ckpt or an exported .safetensors (+ .json)."""
+    """A project model (drip, GeM, face encoder or decoder) from a Lightning .ckpt or an exported .safetensors
+    (+ .json): the checkpoint's ``model.*`` weights, built by the spec's ``kind``."""
     path = Path(path)
     if path.suffix == ".safetensors":
         spec_path = path.with_suffix(".json")

@@ -23,7 +23,6 @@ import mlflow
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
-from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
 from embedlab import tracking
@@ -32,7 +31,13 @@ from embedlab.config import DECODER_RUNTIME_FIELDS, DecoderConfig, Params, flatt
 from embedlab.data.drip import collate_skipping_bad
 from embedlab.data.templates import TemplatePairs, TemplateSet, read_template_set
 from embedlab.devices import lightning_precision, torch_device
-from embedlab.models.checkpoints import AtomicCheckpointIO, checkpoint_epoch, export_descriptor_model, read_checkpoint
+from embedlab.models.checkpoints import (
+    AtomicCheckpointIO,
+    checkpoint_epoch,
+    export_descriptor_model,
+    load_descriptor_model,
+    read_checkpoint,
+)
 from embedlab.models.decoder import DECODER_KIND, DecoderSpec
 from embedlab.models.decoder_module import DecoderModule
 from embedlab.models.face_models import FaceModel, load_face_model
@@ -44,8 +49,14 @@ from embedlab.stages.decoder_eval import (
     threshold_at_fmr,
     write_control_grid,
 )
-from embedlab.stages.run_state import OutputFolders, RunState, fingerprint, open_run_dir, scores_before
-from embedlab.stages.templates import file_digest
+from embedlab.stages.run_state import (
+    OutputFolders,
+    RunState,
+    file_digest,
+    fingerprint,
+    open_run_dir,
+    scores_before,
+)
 
 @dataclasses.dataclass
 class DecoderRequest(OutputFolders):
@@ -166,7 +177,7 @@ def run_decoder(params: Params, request: DecoderRequest | None = None, cfg: Deco
             grids = ControlGrid(control, out_dir / "control", cfg.visualize_every, run_id)
             _fit(module, train_pairs, test_pairs, cfg, params, out_dir, run_id,
                  last_ckpt if mode == "resume" else None, [grids, *callbacks])
-        history = _history(run_id)
+        history = tracking.epoch_history(run_id, "val_cosine_mean")
         summary = {"epochs": len(history), "train_loss": history[-1][1] if history else None, **(before or {})}
         decoder_path = export_descriptor_model(module.model, out_dir / "decoder.safetensors")
         if cfg.evaluate:
@@ -232,38 +243,11 @@ def _fit(module: DecoderModule, train: TemplatePairs, test: TemplatePairs, cfg: 
                 ckpt_path=str(resume_from) if resume_from else None)
 
 
-def _history(run_id: str) -> list[tuple[int, float, float]]:
-    """(epoch, train loss, validation cosine mean) from MLflow: complete across a resume."""
-    client = mlflow.MlflowClient()
-    train, val = ([m.value for m in sorted(client.get_metric_history(run_id, name), key=lambda m: m.step)]
-                  for name in ("train_loss_epoch", "val_cosine_mean"))
-    return [(e, t, v) for e, (t, v) in enumerate(zip(train, val + [float("nan")] * (len(train) - len(val))))]
-
-
 def _write_reports(request: DecoderRequest, summary: dict, history: list) -> None:
     write_json_atomic(request.report_dir / "metrics.json", summary)
     rows = "".join(f"{e},{t},{v}\n" for e, t, v in history)
     write_text_atomic(request.plots_root / "decoder_history" / f"{request.run_name}.csv",
                       "epoch,train_loss,val_cosine_mean\n" + rows)
-
-
-def load_decoder_spec_and_weights(path: Path, template_dim: int, templates_dir: str) -> tuple[dict, dict]:
-    """(spec, decoder weights) from a Lightning .ckpt or the exported decoder.safetensors (+ .json)."""
-    if path.suffix == ".safetensors":
-        spec_file = path.with_suffix(".json")
-        if not spec_file.is_file():
-            raise FileNotFoundError(f"{path}: missing its spec file {spec_file.name}")
-        spec, state = json.loads(spec_file.read_text()), load_file(str(path))
-    else:
-        ckpt = read_checkpoint(path)
-        spec = (ckpt.get("hyper_parameters") or {}).get("spec") or {}
-        state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    if spec.get("kind") != DECODER_KIND:
-        raise ValueError(f"{path}: not a decoder (its spec has kind {spec.get('kind')!r}, not {DECODER_KIND!r})")
-    if spec["template_dim"] != template_dim:
-        raise ValueError(f"{path}: decodes {spec['template_dim']}-d templates, "
-                         f"the templates in {templates_dir} are {template_dim}-d")
-    return spec, state
 
 
 def validate_decoder(params: Params, split: str = "test", checkpoint: str | Path | None = None) -> str:
@@ -276,8 +260,14 @@ def validate_decoder(params: Params, split: str = "test", checkpoint: str | Path
     path = Path(checkpoint) if checkpoint else DecoderRequest().out_dir / "checkpoints" / "last.ckpt"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no decoder checkpoint; run `embedlab decoder` first")
-    spec, state = load_decoder_spec_and_weights(path, inputs.train.dim, params.templates.out)
-    module = DecoderModule(spec).attach(inputs.perceptor, inputs.template_model)
-    module.model.load_state_dict(state)
+    decoder = load_descriptor_model(path)  # builds by the spec's kind, from a .ckpt or .safetensors
+    kind = getattr(decoder.spec, "kind", None)
+    if kind != DECODER_KIND:
+        raise ValueError(f"{path}: not a decoder (its spec has kind {kind!r}, not {DECODER_KIND!r})")
+    if decoder.spec.template_dim != inputs.train.dim:
+        raise ValueError(f"{path}: decodes {decoder.spec.template_dim}-d templates, "
+                         f"the templates in {params.templates.out} are {inputs.train.dim}-d")
+    module = DecoderModule(dataclasses.asdict(decoder.spec)).attach(inputs.perceptor, inputs.template_model)
+    module.model = decoder
     stats = score_decoder(module, inputs, cfg, split)
     return format_stats(stats, split, None if cfg.threshold is not None else cfg.fmr)

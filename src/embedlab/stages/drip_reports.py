@@ -6,16 +6,13 @@ import itertools
 import shutil
 from pathlib import Path
 
-from mlflow.tracking import MlflowClient
-
 from embedlab.atomic import atomic_path, write_json_atomic, write_text_atomic
+from embedlab.tracking import metric_values
 
 
 def loss_history(run_id: str) -> list[tuple[int, float, float]]:
     """(epoch, train loss, val loss) from MLflow: complete across a resume, unlike in-memory state."""
-    client = MlflowClient()
-    train, val = ([m.value for m in sorted(client.get_metric_history(run_id, name), key=lambda m: m.step)]
-                  for name in ("train_loss_epoch", "val_loss"))
+    train, val = metric_values(run_id, "train_loss_epoch"), metric_values(run_id, "val_loss")
     return [(epoch, t, v) for epoch, (t, v) in enumerate(itertools.zip_longest(train, val, fillvalue=float("nan")))]
 
 

@@ -76,11 +76,21 @@ def fingerprint(settings: Any, files: Iterable[Path | None] = ()) -> str:
     h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     h.update(code_digest().encode())
     for path in files:
-        if path is None:
-            continue
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
+        if path is not None:
+            _hash_file(h, path)
+    return h.hexdigest()[:16]
+
+
+def _hash_file(h, path: str | Path) -> None:
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file's bytes (16 hex digits), e.g. to tell whether a model file changed."""
+    h = hashlib.sha256()
+    _hash_file(h, path)
     return h.hexdigest()[:16]
 
 

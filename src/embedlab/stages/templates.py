@@ -11,7 +11,6 @@ decoder never saw.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -25,14 +24,7 @@ from embedlab.data.faces import natural_key, split_persons, read_face_meta
 from embedlab.data.templates import PhotoFiles, TemplateSet, check_templates, write_template_set
 from embedlab.devices import torch_device
 from embedlab.models.face_models import FaceModel, load_face_model
-
-
-def file_digest(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
+from embedlab.stages.run_state import file_digest
 
 
 @torch.no_grad()

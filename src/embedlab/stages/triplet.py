@@ -22,7 +22,6 @@ from typing import Sequence
 import mlflow
 import pytorch_lightning as pl
 import torch
-from mlflow.tracking import MlflowClient
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
@@ -187,7 +186,7 @@ def run_triplet(params: Params, request: TripletRequest, callbacks: Sequence[pl.
                                on_bad_image=params.data.on_bad_image)
             _fit(module, train, valid_images, cfg, phase, params, out_dir, run_id,
                  last_ckpt if mode == "resume" else None, callbacks)
-        history = _history(run_id)
+        history = tracking.epoch_history(run_id, "val_eer")
         summary = {"phase": request.phase, "miner": phase.miner, "epochs": len(history),
                    "train_loss": history[-1][1] if history else None, **(before or {})}
         encoder = export_descriptor_model(module.model, out_dir / "encoder.safetensors")
@@ -243,14 +242,6 @@ def _fit(module: TripletModule, train: FaceImages, valid: PairImages, cfg: Tripl
     )
     trainer.fit(module, train_dataloaders=loader, val_dataloaders=val_loader,
                 ckpt_path=str(resume_from) if resume_from else None)
-
-
-def _history(run_id: str) -> list[tuple[int, float, float]]:
-    """(epoch, train loss, validation EER) from MLflow: complete across a resume."""
-    client = MlflowClient()
-    train, val = ([m.value for m in sorted(client.get_metric_history(run_id, name), key=lambda m: m.step)]
-                  for name in ("train_loss_epoch", "val_eer"))
-    return [(e, t, v) for e, (t, v) in enumerate(zip(train, val + [float("nan")] * (len(train) - len(val))))]
 
 
 def _write_reports(request: TripletRequest, eval_dir: Path, summary: dict, history: list) -> None:

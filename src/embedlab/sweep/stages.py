@@ -242,12 +242,6 @@ register(SweepStage(
 
 # --- decoder: template -> face, on the templates stage's pairs ------------------------------------
 
-def _decoder_fixed(params: Params) -> dict[ParamPath, Any]:
-    epochs = params.sweep.decoder_stage.epochs
-    return {("decoder", "evaluate"): True, ("decoder", "evaluate_before"): False,
-            **({("decoder", "epochs"): epochs} if epochs else {})}
-
-
 def _decoder_check(params: Params) -> None:
     from embedlab.stages.decoder import DecoderInputs
 
@@ -265,5 +259,5 @@ register(SweepStage(
     epoch_direction="maximize", section=lambda p: p.sweep.decoder_stage, target=lambda p: "decoder",
     knobs=lambda p: {k: Knob(("decoder", k), a) for k, a in
                      scalar_fields(DecoderConfig, DECODER_RUNTIME_FIELDS + _FIXED).items()},
-    fixed=_decoder_fixed, check=_decoder_check, run=_decoder_run,
+    fixed=lambda p: _scoring("decoder", p, ("decoder", "epochs")), check=_decoder_check, run=_decoder_run,
 ))
