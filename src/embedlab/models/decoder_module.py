@@ -70,8 +70,7 @@ class DecoderModule(pl.LightningModule):
         if batch is None:  # every photo of the batch was unreadable and skipped
             return None
         templates, photos = batch
-        optimizers = self.optimizers()
-        opt_g, opt_d = optimizers if isinstance(optimizers, list) else (optimizers, None)
+        opt_g, opt_d = self._decoder_and_discriminator_optimizers()
         reconstruction = self.model(templates)
         parts = self.losses(reconstruction, photos)
         loss = parts["loss"]
@@ -105,17 +104,23 @@ class DecoderModule(pl.LightningModule):
             self.clip_gradients(optimizer, gradient_clip_val=self.hparams.max_grad_norm,
                                 gradient_clip_algorithm="norm")
 
+    def _decoder_and_discriminator_optimizers(self):
+        """(decoder's, discriminator's or None): Lightning returns a list only when there are two."""
+        optimizers = self.optimizers()
+        return tuple(optimizers) if isinstance(optimizers, list) else (optimizers, None)
+
     def on_train_epoch_end(self) -> None:
         schedulers = self.lr_schedulers()
         for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
             scheduler.step()
-        self.log("lr", self.optimizers()[0].param_groups[0]["lr"] if self.discriminator is not None
-                 else self.optimizers().param_groups[0]["lr"])
+        self.log("lr", self._decoder_and_discriminator_optimizers()[0].param_groups[0]["lr"])
 
     @torch.no_grad()
-    def reembed_cosines(self, templates: torch.Tensor) -> torch.Tensor:
-        """Cosine between each template and the template of its decoded, 8-bit image."""
-        images = to_uint8(self.model(templates)).float() / 255.0
+    def reembed_cosines(self, templates: torch.Tensor, decoded: torch.Tensor | None = None) -> torch.Tensor:
+        """Cosine between each template and the template of its decoded, 8-bit image
+        (``decoded``: the decoder's output for ``templates`` when the caller has it already)."""
+        decoded = self.model(templates) if decoded is None else decoded
+        images = to_uint8(decoded).float() / 255.0
         again = self._frozen["template_model"].embed(images)
         return (F.normalize(templates.float(), dim=-1) * again.float()).sum(dim=1)
 
@@ -123,8 +128,9 @@ class DecoderModule(pl.LightningModule):
         if batch is None:
             return
         templates, photos = batch
-        self._cosines.append(self.reembed_cosines(templates).cpu())
-        self.log("val_loss", self.losses(self.model(templates), photos)["loss"], batch_size=len(templates))
+        decoded = self.model(templates)  # once, for both the cosine and the loss
+        self._cosines.append(self.reembed_cosines(templates, decoded).cpu())
+        self.log("val_loss", self.losses(decoded, photos)["loss"], batch_size=len(templates))
 
     def on_validation_epoch_end(self) -> None:
         if not self._cosines:

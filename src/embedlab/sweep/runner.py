@@ -83,11 +83,7 @@ def run_sweep(params: Params, request: SweepRequest) -> dict:
             study.set_user_attr(f"ready.{os.environ[LAUNCH_ENV]}.{request.worker_index}", time.time())
         _work(plan, study, parent)
         return studies.tally(study)
-    killed = studies.recover_killed(study)
-    if killed:
-        log.warning("sweep: trials %s were killed with their worker: marked FAIL, their parameters queued again",
-                    [t.number for t in killed])
-        mark_killed([t.user_attrs.get(studies.MLFLOW_RUN) for t in killed])
+    _recover_killed(study)
     parent, owned = open_parent_run(study, params.tracking.experiment, tags={
         "embedlab.sweep_stage": plan.stage.name, "optuna.storage": studies.masked(plan.storage_url),
         "optuna.direction": plan.stage.direction, "optuna.objective": plan.stage.metric,
@@ -122,12 +118,21 @@ def _work(plan: SweepPlan, study: optuna.Study, parent: str) -> None:
         study.optimize(objective, n_trials=1, catch=(Exception,), gc_after_trial=True)
 
 
+def _recover_killed(study: optuna.Study) -> None:
+    """Trials whose worker died: FAIL in Optuna, KILLED in MLflow, parameters queued again."""
+    killed = studies.recover_killed(study)
+    if killed:
+        log.warning("sweep: trials %s were killed with their worker: marked FAIL, their parameters queued again",
+                    [t.number for t in killed])
+        mark_killed([t.user_attrs.get(studies.MLFLOW_RUN) for t in killed])
+
+
 def _wait_for_other_machines(study: optuna.Study, poll: float = 5.0) -> None:
     """Trials still running belong to processes started on other machines: the plots, the best
     parameters and the parent run's end wait for them (a dead one fails by its missing heartbeat)."""
     logged = False
     while True:
-        optuna.storages.fail_stale_trials(study)
+        _recover_killed(study)  # a worker that died elsewhere: its trial fails, its parameters are queued
         running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
         if not running:
             return
