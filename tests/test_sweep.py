@@ -24,7 +24,7 @@ from embedlab.config import ConfigError, load_params
 from embedlab.sweep.best import set_param_command, write_best_params, yaml_scalar
 from embedlab.sweep.runner import SweepRequest, plan_sweep, run_sweep
 from embedlab.sweep.stages import get_stage
-from embedlab.sweep.study import RETRY_OF, WORKER, counts
+from embedlab.sweep.study import MLFLOW_RUN, RETRY_OF, WORKER, counts
 
 from conftest import cli_env, run, tiny_params
 
@@ -281,8 +281,13 @@ def test_a_killed_sweep_resumes_keeping_its_finished_trials(sweep_project: Path)
         except KeyError:  # the study does not exist yet
             return None
         done = [t for t in trials if t.state == TrialState.COMPLETE]
-        running = [t for t in trials if t.state == TrialState.RUNNING and t.params]
+        running = [t for t in trials if t.state == TrialState.RUNNING and t.params and _training(t)]
         return (done, running[0]) if done and running else None
+
+    def _training(trial) -> bool:
+        """Past its setup: the nested run holds the trial's params (a kill before that is another test)."""
+        run_id = trial.user_attrs.get(MLFLOW_RUN)
+        return bool(run_id) and "optuna.trial_number" in _client(sweep_project).get_run(run_id).data.params
 
     try:
         done, running = _wait_for(one_done_one_running, proc)
