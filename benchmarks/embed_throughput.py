@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from augment_throughput import cpu_model, photo_sources  # noqa: E402
 from ratios import print_ratio_table  # noqa: E402
 
+from embedlab.cli import workers_arg  # noqa: E402
 from embedlab.devices import autocast_dtype, torch_device  # noqa: E402
 from embedlab.models.checkpoints import export_descriptor_model  # noqa: E402
 from embedlab.stages.embed import embed_folder  # noqa: E402
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--channels-last", type=int, default=1, choices=(0, 1))
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--decode", default="auto", choices=("auto", "cpu", "gpu"))
-    parser.add_argument("--workers", default="auto", help="DataLoader workers or auto")
+    parser.add_argument("--workers", type=workers_arg, default="auto", help="DataLoader workers or auto")
     parser.add_argument("--prefetch", type=int, default=None, help="prefetch_factor (torch's default: 2)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--steps", type=int, default=30, help="timed batches of the bare model")
@@ -108,7 +109,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.tiny:
         args.model, args.img, args.batch, args.images, args.distinct = "test_resnet", 48, 32, 256, 64
         args.precision, args.steps, args.warmup = "fp32", 8, 2
-    workers = args.workers if args.workers == "auto" else int(args.workers)
     dev = torch_device(args.device)
     torch.manual_seed(0)
     model = build_model(args.model, args.img)
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         model.cpu()
         if dev.type == "cuda":
             torch.cuda.empty_cache()
-        settings = dict(img_size=args.img, batch_size=args.batch, num_workers=workers, device=args.device,
+        settings = dict(img_size=args.img, batch_size=args.batch, num_workers=args.workers, device=args.device,
                         channels_last=bool(args.channels_last), precision=args.precision, compile=args.compile,
                         decode=args.decode, prefetch_factor=args.prefetch, progress=False)
         # Warm-up: the CUDA context, cuDNN's algorithm choice, compilation (cached for the timed call).

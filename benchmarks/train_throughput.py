@@ -2,20 +2,25 @@
 
     .venv/bin/python benchmarks/train_throughput.py --stage drip          # full profile: eca_nfnet_l1, 160 px, batch 200, 50k classes
     .venv/bin/python benchmarks/train_throughput.py --stage gem --backbone tf_efficientnetv2_m --last-stride-1 0 --img 256 --classes 100000
+    .venv/bin/python benchmarks/train_throughput.py --stage triplet       # the original: ViT-B/16 at 224, P×K 16×4
+    .venv/bin/python benchmarks/train_throughput.py --stage drip --compile  # both sides torch.compiled
     .venv/bin/python benchmarks/train_throughput.py --stage drip --tiny   # CPU smoke run (seconds)
 
-Bare: the stage's descriptor model (backbone → pooling → projection, random
-weights) on a batch already on the device: forward, a trivial loss, backward,
-AdamW step, under the stage's precision and channels-last. Stage: the real
-stage code - the drip stage's DataLoader (class images from JPEG files,
-decoded at ``aug_size``, the query augmentations) and its Lightning Trainer
-(ArcFace head, gradient clipping, the MLflow logger), or the GeM stage's
-``_fit`` (P×K sampler, classifier + soft triplet loss, per-step LR schedule)
+Bare: the stage's model (backbone → pooling → projection, random weights)
+on a batch already on the device: forward, a trivial loss, backward, AdamW
+step, under the stage's precision, channels-last and compile setting. Stage:
+the real stage code - the drip stage's DataLoader (class images from JPEG
+files, decoded at ``aug_size``, the query augmentations) and its Lightning
+Trainer (ArcFace head, gradient clipping, the MLflow logger); the GeM stage's
+``_fit`` (P×K sampler, classifier + soft triplet loss, per-step LR schedule);
+the triplet stage's ``_fit`` (P×K sampler, the phase's miner and triplet loss)
 - timed over ``--steps`` training steps after ``--warmup`` steps, then
-stopped. Goal: stage >= 0.85× bare. The triplet stage is not covered yet.
+stopped. Goal: stage >= 0.85× bare.
 
 Source images: ``--distinct`` 512×384 photos cycled over ``--classes``
-classes (files in the page cache, as on a warm training machine).
+classes (files in the page cache, as on a warm training machine); for the
+GeM trainer square images at its training size, as the generated sets are.
+``--data-only`` times the stage's DataLoader alone, on any machine.
 """
 
 from __future__ import annotations
@@ -38,8 +43,10 @@ from ratios import print_ratio_table  # noqa: E402
 
 import pytorch_lightning as pl  # noqa: E402
 
-from embedlab.config import load_params  # noqa: E402
-from embedlab.devices import available_cpus, lightning_precision, torch_device  # noqa: E402
+from embedlab.cli import workers_arg  # noqa: E402
+from embedlab.config import TripletConfig, load_params  # noqa: E402
+from embedlab.devices import available_cpus, lightning_precision, loader_workers, torch_device  # noqa: E402
+from embedlab.models.compiled import compiled_trunk, trunk  # noqa: E402
 
 GOAL = 0.85
 PROJECT = Path(__file__).resolve().parents[1]
@@ -79,10 +86,13 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def bare_rate(model: torch.nn.Module, batch: int, img: int, precision: str, warmup: int, steps: int) -> float:
+def bare_rate(model: torch.nn.Module, batch: int, img: int, precision: str, warmup: int, steps: int,
+              compile: bool = False) -> float:
     """Images/s of forward + backward + AdamW of the model alone, batch already on the device."""
     dev = torch_device()
     model = model.train().to(dev)
+    if compile:
+        trunk(model).compile()  # what the stages compile (compiled_trunk)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
     scaler = torch.amp.GradScaler(dev.type, enabled=dtype is torch.float16)
@@ -106,6 +116,19 @@ def bare_rate(model: torch.nn.Module, batch: int, img: int, precision: str, warm
     return batch * steps / (time.perf_counter() - start)
 
 
+def data_rate(loader, warmup: int, steps: int) -> float:
+    """Images/s of the stage's training DataLoader alone (no model): the ceiling the data path sets."""
+    images, start = 0, 0.0
+    for i, batch in enumerate(loader):
+        if i == warmup:
+            start = time.perf_counter()
+        elif i > warmup:
+            images += 0 if batch is None else len(batch[-1])
+        if i == warmup + steps:
+            return images / (time.perf_counter() - start)
+    raise RuntimeError("the loader ran out of batches before the timed steps were done")
+
+
 def _fit_timed(fit, timer: StepTimer) -> float:
     try:
         fit()
@@ -116,7 +139,10 @@ def _fit_timed(fit, timer: StepTimer) -> float:
     return timer.rate
 
 
-def drip_rates(params, args, sources: list[Path], tmp: Path) -> tuple[str, float, float]:
+Rates = tuple[str, float | None, float, float | None]  # what ran; bare, data path alone, stage (img/s)
+
+
+def drip_rates(params, args, sources: list[Path], tmp: Path) -> Rates:
     from embedlab.augment import OverlayPool, QueryAugmenter
     from embedlab.data.drip import ClassImages, QueryViews
     from embedlab.models.backbone import DescriptorModel, DescriptorSpec
@@ -126,30 +152,35 @@ def drip_rates(params, args, sources: list[Path], tmp: Path) -> tuple[str, float
     cfg = params.drip
     cfg = dataclasses.replace(cfg, epochs=1, limit_train_batches=args.warmup + args.steps + 2, schedule={})
     spec = {"backbone": cfg.backbone, "embedding_dim": cfg.embedding_dim, "gem_p": cfg.gem_p, "img_size": cfg.img_size}
-    torch.manual_seed(0)
-    bare = bare_rate(DescriptorModel(DescriptorSpec(**spec)).use_channels_last(cfg.channels_last), cfg.batch_size,
-                     cfg.img_size, lightning_precision(cfg.precision), args.warmup, args.steps)
-
     # One image per class, one epoch: enough classes for every step (the timer stops the epoch early).
     n_classes = max(args.classes, cfg.batch_size * (args.warmup + args.steps + 2))
     classes = [sources[i % len(sources)] for i in range(n_classes)]
     images = ClassImages(classes, cfg.aug_size, "fail")
     augment = QueryAugmenter(cfg.qry_augs_intensity, OverlayPool.from_paths(sources))
     pl.seed_everything(0, workers=True)
+    loader = drip.step_loader(QueryViews(images, augment, cfg.img_size), cfg, True)
+    what = (f"drip: {cfg.backbone} at {cfg.img_size} px (augmented at {cfg.aug_size}, intensity "
+            f"{cfg.qry_augs_intensity}), batch {cfg.batch_size}, {len(classes):,} classes, {_speed(cfg)}")
+    data = data_rate(loader, args.warmup, args.steps)
+    if args.data_only:
+        return what, None, data, None
+
+    torch.manual_seed(0)
+    bare = bare_rate(DescriptorModel(DescriptorSpec(**spec)).use_channels_last(cfg.channels_last), cfg.batch_size,
+                     cfg.img_size, lightning_precision(cfg.precision), args.warmup, args.steps, cfg.compile)
     module = DripModule(spec, len(classes), cfg.arcface_m, cfg.arcface_s, cfg.margin_warmup_epochs, cfg.lr,
                         cfg.weight_decay, cfg.plateau_factor, cfg.plateau_patience, channels_last=cfg.channels_last)
-    loader = drip._loader(QueryViews(images, augment, cfg.img_size), cfg.batch_size, cfg.num_workers, True)
     timer = StepTimer(args.warmup, args.steps)
     run_id = _mlflow_run(tmp)
-    rate = _fit_timed(lambda: drip._trainer(cfg, tmp / "drip", run_id, [timer]).fit(module, train_dataloaders=loader),
-                      timer)
-    what = (f"drip: {cfg.backbone} at {cfg.img_size} px (augmented at {cfg.aug_size}), batch {cfg.batch_size}, "
-            f"{len(classes):,} classes, {lightning_precision(cfg.precision)}, channels_last={cfg.channels_last}, "
-            f"{cfg.num_workers} loader workers")
-    return what, bare, rate
+
+    def fit() -> None:
+        with compiled_trunk(module.model, cfg.compile):
+            drip._trainer(cfg, tmp / "drip", run_id, [timer]).fit(module, train_dataloaders=loader)
+
+    return what, bare, data, _fit_timed(fit, timer)
 
 
-def gem_rates(params, args, sources: list[Path], tmp: Path) -> tuple[str, float, float]:
+def gem_rates(params, args, sources: list[Path], tmp: Path) -> Rates:
     from embedlab.data.labelled import LabelledImages
     from embedlab.models.gem_module import GemModule
     from embedlab.models.gem_net import GemNet, GemNetSpec
@@ -159,13 +190,18 @@ def gem_rates(params, args, sources: list[Path], tmp: Path) -> tuple[str, float,
     cfg = dataclasses.replace(params.gem, devices=1)  # the timer stops it after the timed steps
     spec = gem._spec(cfg)
     batch = cfg.p * cfg.k
-    torch.manual_seed(0)
-    bare = bare_rate(GemNet(GemNetSpec(**spec)).use_channels_last(cfg.channels_last), batch, cfg.img_size,
-                     lightning_precision(cfg.precision), args.warmup, args.steps)
-
     per_class = max(cfg.k, 2)
     rows = [(sources[(c * per_class + i) % len(sources)], c) for c in range(args.classes) for i in range(per_class)]
     dataset = LabelledImages(rows, cfg.img_size)
+    what = (f"gem: {cfg.backbone} at {cfg.img_size} px, P×K {cfg.p}×{cfg.k} = batch {batch}, {args.classes:,} classes, "
+            f"{_speed(cfg)}")
+    data = data_rate(gem.train_loader(dataset, cfg, params.seed, iters), args.warmup, args.steps)
+    if args.data_only:
+        return what, None, data, None
+
+    torch.manual_seed(0)
+    bare = bare_rate(GemNet(GemNetSpec(**spec)).use_channels_last(cfg.channels_last), batch, cfg.img_size,
+                     lightning_precision(cfg.precision), args.warmup, args.steps, cfg.compile)
     pl.seed_everything(0, workers=True)
     module = GemModule(spec, args.classes, cfg.ce_weight, cfg.triplet_weight, cfg.label_smoothing, cfg.lr,
                        cfg.weight_decay, cfg.warmup_epochs, cfg.flat_epochs, cfg.epochs, iters, cfg.classifier_devices,
@@ -173,9 +209,47 @@ def gem_rates(params, args, sources: list[Path], tmp: Path) -> tuple[str, float,
     timer = StepTimer(args.warmup, args.steps)
     run_id = _mlflow_run(tmp)
     rate = _fit_timed(lambda: gem._fit(module, dataset, cfg, params, iters, tmp / "gem", run_id, None, [timer]), timer)
-    what = (f"gem: {cfg.backbone} at {cfg.img_size} px, P×K {cfg.p}×{cfg.k} = batch {batch}, {args.classes:,} classes, "
-            f"{lightning_precision(cfg.precision)}, channels_last={cfg.channels_last}, {cfg.num_workers} loader workers")
-    return what, bare, rate
+    return what, bare, data, rate
+
+
+def triplet_rates(params, args, sources: list[Path], tmp: Path) -> Rates:
+    from embedlab.data.faces import FaceImages, PairImages
+    from embedlab.models.face_encoder import FaceEncoder, FaceEncoderSpec
+    from embedlab.models.triplet_module import TripletModule
+    from embedlab.stages import triplet
+
+    cfg = dataclasses.replace(params.triplet, iters=args.warmup + args.steps + 2)
+    phase = dataclasses.replace(getattr(cfg, args.phase), epochs=1)
+    spec = triplet._spec(cfg)
+    batch = cfg.p * cfg.k
+    rows = [(sources[(c * cfg.k + i) % len(sources)], c) for c in range(args.classes) for i in range(cfg.k)]
+    train = FaceImages(rows, cfg.img_size)
+    what = (f"triplet ({args.phase}, {phase.miner} triplets): {cfg.backbone} at {cfg.img_size} px, "
+            f"P×K {cfg.p}×{cfg.k} = batch {batch}, {args.classes:,} labels, {_speed(cfg)}")
+    data = data_rate(triplet.train_loader(train, cfg, params.seed), args.warmup, args.steps)
+    if args.data_only:
+        return what, None, data, None
+
+    torch.manual_seed(0)
+    bare = bare_rate(FaceEncoder(FaceEncoderSpec(**spec)), batch, cfg.img_size, lightning_precision(cfg.precision),
+                     args.warmup, args.steps, cfg.compile)
+    valid = PairImages([(sources[0], sources[1])], cfg.img_size)  # never reached: the timer stops the epoch
+    pl.seed_everything(0, workers=True)
+    module = TripletModule(spec, phase.miner, cfg.margin, phase.lr, cfg.weight_decay, valid_pairs=[(0, 1, 0)])
+    timer = StepTimer(args.warmup, args.steps)
+    run_id = _mlflow_run(tmp)
+    rate = _fit_timed(lambda: triplet._fit(module, train, valid, cfg, phase, params, tmp / "triplet", run_id, None,
+                                           [timer]), timer)
+    return what, bare, data, rate
+
+
+def _speed(cfg) -> str:
+    return (f"{lightning_precision(cfg.precision)}, channels_last={cfg.channels_last}, compile={cfg.compile}, "
+            f"{loader_workers(cfg.num_workers, torch_device())} loader workers")
+
+
+def _workers_text(params, stage: str) -> str:
+    return f"{loader_workers(getattr(params, stage).num_workers, torch_device())} workers"
 
 
 def _mlflow_run(tmp: Path) -> str:
@@ -189,50 +263,64 @@ def _mlflow_run(tmp: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stage", choices=("drip", "gem"), default="drip")
-    parser.add_argument("--backbone", help="default: drip - the full profile's; gem - params.yaml's")
+    parser.add_argument("--stage", choices=("drip", "gem", "triplet"), default="drip")
+    parser.add_argument("--backbone", help="default: drip - the full profile's; gem - params.yaml's; "
+                                           "triplet - the original's (ViT-B/16)")
     parser.add_argument("--img", type=int)
     parser.add_argument("--aug-size", type=int, help="drip: the augmentation size (full profile: 384)")
-    parser.add_argument("--batch", type=int, help="drip: batch size; gem: P (images per class: params' K)")
+    parser.add_argument("--batch", type=int, help="drip: batch size; gem, triplet: P (images per class: K)")
+    parser.add_argument("--phase", choices=("pretrain", "finetune"), default="pretrain",
+                        help="triplet: which phase's miner (pretrain: all triplets, finetune: batch-hard)")
     parser.add_argument("--last-stride-1", type=int, choices=(0, 1),
                         help="gem: the ResNet last-stride trick (0 for non-ResNet backbones; default: params.yaml)")
     parser.add_argument("--classes", type=int, default=50000)
     parser.add_argument("--precision", choices=("auto", "32-true", "bf16-mixed", "16-mixed"), default="auto")
-    parser.add_argument("--workers", type=int, default=min(16, available_cpus()))
+    parser.add_argument("--compile", action="store_true", help="torch.compile the backbone (stage and bare)")
+    parser.add_argument("--workers", type=workers_arg, default=min(16, available_cpus()), help="N or auto")
     parser.add_argument("--distinct", type=int, default=512, help="distinct source photos (cycled over the classes)")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--tiny", action="store_true", help="CPU smoke size: test_resnet at 48 px, batch 16, 64 classes")
+    parser.add_argument("--data-only", action="store_true",
+                        help="time the stage's DataLoader alone (no model; any machine): the ceiling it sets")
+    parser.add_argument("--tiny", action="store_true",
+                        help="CPU smoke size: test_resnet at 48 px, batch 16, 64 classes (triplet: the demo's ViT)")
     args = parser.parse_args(argv)
 
     params = load_params(PROJECT / "params.yaml")
     raw = yaml.safe_load((PROJECT / "params.yaml").read_text())
     drip_full = raw.get("profiles", {}).get("full", {}).get("drip", {})  # the drip goal is about the full profile
+    speed = {"pretrained": None, "num_workers": args.workers, "precision": args.precision, "compile": args.compile}
     if args.stage == "drip":
         base = {k: drip_full.get(k, getattr(params.drip, k)) for k in ("backbone", "img_size", "aug_size", "batch_size")}
         over = {"backbone": args.backbone, "img_size": args.img, "aug_size": args.aug_size, "batch_size": args.batch}
         if args.tiny:
             over = {"backbone": "test_resnet", "img_size": 48, "aug_size": 64, "batch_size": 16}
-        params.drip = dataclasses.replace(params.drip, **{k: over[k] if over[k] else base[k] for k in base},
-                                          pretrained=None, num_workers=args.workers, precision=args.precision)
-    else:
+        params.drip = dataclasses.replace(params.drip, **{k: over[k] if over[k] else base[k] for k in base}, **speed)
+    elif args.stage == "gem":
         over = {"backbone": args.backbone, "img_size": args.img, "p": args.batch}
         if args.tiny:
             over = {"backbone": "test_resnet", "img_size": 48, "p": 8}
         if args.last_stride_1 is not None:
             over["last_stride_1"] = bool(args.last_stride_1)
-        params.gem = dataclasses.replace(params.gem, **{k: v for k, v in over.items() if v is not None},
-                                         pretrained=None,
-                                         num_workers=args.workers, precision=args.precision)
+        params.gem = dataclasses.replace(params.gem, **{k: v for k, v in over.items() if v is not None}, **speed)
+    else:
+        # The original (TripletConfig's defaults: ViT-B/16 at 224, P×K 16×4), or the demo's ViT with --tiny.
+        model = ("backbone", "img_size", "patch_size", "depth", "p", "k")
+        base = params.triplet if args.tiny else TripletConfig()
+        over = {k: v for k, v in {"backbone": args.backbone, "img_size": args.img, "p": args.batch}.items() if v}
+        params.triplet = dataclasses.replace(params.triplet, **{k: getattr(base, k) for k in model}, **over, **speed)
     if args.tiny:
         args.classes, args.distinct, args.steps, args.warmup = 64, 32, 5, 2  # drip: 144 classes
 
     with tempfile.TemporaryDirectory(prefix="train_bench_") as tmp:
         tmp = Path(tmp)
-        photo_sources(tmp / "sources", args.distinct, size=(512, 384))
+        # The GeM trainer reads generated sets, written at their training size; the others read photos.
+        size = (params.gem.img_size,) * 2 if args.stage == "gem" else (512, 384)
+        photo_sources(tmp / "sources", args.distinct, size=size)
         sources = sorted((tmp / "sources").glob("*.jpg"))
         try:
-            what, bare, stage = (drip_rates if args.stage == "drip" else gem_rates)(params, args, sources, tmp)
+            rates = {"drip": drip_rates, "gem": gem_rates, "triplet": triplet_rates}[args.stage]
+            what, bare, data, stage = rates(params, args, sources, tmp)
         finally:
             import mlflow
 
@@ -242,9 +330,14 @@ def main(argv: list[str] | None = None) -> int:
     where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU {cpu_model()}"
     print(f"\n{what}; {args.steps} timed steps after {args.warmup}; {where}, {os.cpu_count()} CPUs; "
           f"torch {torch.__version__}, Python {platform.python_version()}; load average {os.getloadavg()[0]:.2f}\n")
+    data_row = f"data path alone ({_workers_text(params, args.stage)}, no model): the ceiling it sets"
+    if args.data_only:
+        print(f"| path | img/s |\n|---|---:|\n| {data_row} | {data:,.1f} |")
+        return 0
     print_ratio_table([
         (f"bare forward + backward + AdamW (batch on {dev.type})", bare),
-        (f"{args.stage} stage steps (DataLoader from JPEG files, head, loss, Lightning, logging)", stage),
+        (f"{args.stage} stage steps (its DataLoader from JPEG files, head and loss, Lightning, logging)", stage),
+        (data_row, data),
     ], GOAL, dev.type == "cuda", "the data path and the model")
     return 0
 

@@ -76,6 +76,23 @@ def test_waveblock_masks_one_band_in_training_only():
     assert torch.equal(wave.eval()(x), x)
 
 
+@pytest.mark.slow
+def test_gem_net_trains_compiled_as_one_graph_whatever_band_waveblock_draws():
+    """gem.compile: a Python band position would break the graph and recompile it per position."""
+    from torch._dynamo.utils import counters
+
+    from embedlab.models.compiled import compiled_trunk
+
+    torch.manual_seed(0)
+    net = GemNet(GemNetSpec(backbone="test_resnet", img_size=48, proj_hidden=32, proj_dim=64)).train()
+    torch._dynamo.reset()
+    counters.clear()
+    with compiled_trunk(net, True):
+        for _ in range(6):  # six bands drawn per Waveblock
+            net(torch.randn(4, 3, 48, 48)).square().mean().backward()
+    assert counters["stats"]["unique_graphs"] == 1 and not counters["graph_break"]
+
+
 def test_waveblock_runs_after_the_middle_stages_and_keeps_the_weights_layout():
     torch.manual_seed(0)
     with_wave = GemNet(TINY)

@@ -100,7 +100,8 @@ def test_w_matrix_is_the_normalised_centroids_and_lowers_the_first_loss(tmp_path
     torch.manual_seed(0)
     module = DripModule(SPEC, n_classes=len(class_images))
     augment = QueryAugmenter(0.5, OverlayPool.from_paths(class_images.paths))
-    cfg = DripConfig(backbone="test_resnet", img_size=48, embedding_dim=32, batch_size=8, w_matrix_augmentations=4)
+    cfg = DripConfig(backbone="test_resnet", img_size=48, embedding_dim=32, batch_size=8, w_matrix_augmentations=4,
+                     num_workers=0)
     request = DripRequest(name="w", step=DripStep(12), models_root=tmp_path)
     request.out_dir.mkdir(parents=True)
 

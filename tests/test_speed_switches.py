@@ -1,5 +1,7 @@
-"""The embed path's speed switches on the CPU: bf16 autocast, torch.compile, channels-last and the
+"""The speed switches on the CPU. Embedding: bf16 autocast, torch.compile, channels-last and the
 batched (GPU) JPEG decode path give the descriptors of the plain fp32 / Pillow path, within tolerance.
+Training: a torch.compiled drip step learns what the eager one learns and saves the same weights;
+the loader settings reach the stage's DataLoader.
 
 The batched decoder runs on any torch device, so its CPU run checks the code the GPU runs;
 without CUDA, ``decode: gpu`` falls back to Pillow with identical output.
@@ -13,18 +15,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
 from PIL import Image
 
-from embedlab.config import ConfigError, EmbedConfig
+from embedlab.config import ConfigError, DripConfig, DripStep, EmbedConfig, load_params
 from embedlab.data.decode import decode_resize, gpu_decodable, normalize_uint8, pil_to_uint8, read_encoded
 from embedlab.data.transforms import resize_square, to_tensor
 from embedlab.descriptors import read_descriptors
-from embedlab.devices import autocast_dtype, available_cpus, loader_workers, pin_memory_for
+from embedlab.devices import autocast_dtype, available_cpus, loader_options, loader_workers, pin_memory_for
 from embedlab.images import BadImageError, list_images, load_rgb
 from embedlab.models.backbone import DescriptorModel, DescriptorSpec
-from embedlab.models.checkpoints import export_descriptor_model
+from embedlab.models.checkpoints import export_descriptor_model, read_checkpoint
+from embedlab.models.compiled import compiled_trunk, is_compiled
 from embedlab.stages import embed as embed_stage
+from embedlab.stages.drip import DripRequest, run_drip
 from embedlab.stages.embed import embed_folder, embed_options, embed_paths
 
 from conftest import run
@@ -164,7 +169,8 @@ def test_auto_settings_follow_the_hardware():
     assert autocast_dtype("auto", CPU) is None and autocast_dtype("bf16", CPU) is torch.bfloat16
     assert autocast_dtype("fp16", CPU) is torch.float16 and autocast_dtype("fp32", CPU) is None
     assert loader_workers("auto", CPU) == min(8, available_cpus() // 2)
-    assert loader_workers("auto", torch.device("cuda")) == min(8, available_cpus())
+    assert loader_workers("auto", torch.device("cuda")) == max(1, available_cpus() - 1)
+    assert loader_workers("auto", torch.device("cuda"), processes=available_cpus()) == 1
     assert loader_workers(3, CPU) == 3 and pin_memory_for("auto", CPU) is False
     assert pin_memory_for("auto", torch.device("cuda")) is True
     with pytest.raises(ValueError):
@@ -175,6 +181,87 @@ def test_auto_settings_follow_the_hardware():
         EmbedConfig(num_workers="many")
 
 
+def test_loader_options_resolve_the_auto_settings():
+    workers = min(8, available_cpus() // 2)
+    assert loader_options("auto", "auto", 4, CPU) == {
+        "num_workers": workers, "pin_memory": False, "prefetch_factor": 4 if workers else None,
+        "persistent_workers": workers > 0}
+    # In-process loading takes no prefetch factor (torch refuses one); a loader read once keeps no workers.
+    assert loader_options(0, True, 4, CPU) == {"num_workers": 0, "pin_memory": True, "prefetch_factor": None,
+                                               "persistent_workers": False}
+    assert loader_options(2, "auto", None, torch.device("cuda"), keep_workers=False)["persistent_workers"] is False
+    assert loader_options(2, "auto", None, torch.device("cuda"))["pin_memory"] is True
+
+
+@pytest.mark.parametrize("setting, message", [
+    ({"num_workers": "many"}, "drip.num_workers must be a number >= 0 or 'auto'"),
+    ({"num_workers": -1}, "drip.num_workers must be a number >= 0 or 'auto'"),
+    ({"pin_memory": "yes"}, "drip.pin_memory must be true, false or 'auto'"),
+    ({"prefetch_factor": 0}, "drip.prefetch_factor must be at least 1"),
+    ({"precision": "fp16"}, "drip.precision"),
+])
+def test_training_speed_settings_are_checked_naming_the_setting(setting, message):
+    with pytest.raises(ConfigError, match=message):
+        DripConfig(**setting)
+
+
+def test_every_training_stage_has_the_speed_switches_and_params_yaml_sets_them():
+    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    for stage in (params.drip, params.gem, params.triplet, params.decoder):
+        assert {"precision", "channels_last", "compile", "num_workers", "pin_memory", "prefetch_factor"} <= \
+            set(vars(stage)), type(stage).__name__
+    assert params.drip.compile is False and params.gem.pin_memory == "auto"
+
+
+class LoaderSettings(pl.Callback):
+    """What the Trainer actually iterates: the train DataLoader's settings."""
+
+    def on_train_start(self, trainer, module) -> None:
+        loader = trainer.train_dataloader
+        self.seen = {"num_workers": loader.num_workers, "pin_memory": loader.pin_memory,
+                     "prefetch_factor": loader.prefetch_factor, "persistent_workers": loader.persistent_workers}
+
+
+@pytest.mark.slow
+def test_compiled_drip_step_trains_like_the_eager_one_and_saves_plain_weights(tiny_project: Path):
+    import dataclasses
+
+    from torch._dynamo.utils import counters
+
+    params = load_params("params.yaml")
+    params.drip = dataclasses.replace(params.drip, evaluate=False, num_workers="auto", prefetch_factor=3,
+                                      pin_memory=False)
+    settings = LoaderSettings()
+    eager = run_drip(params, DripRequest(name="eager", step=DripStep(12, epochs=1)), callbacks=[settings])
+    workers = loader_workers("auto", CPU)
+    assert settings.seen == {"num_workers": workers, "pin_memory": False,
+                             "prefetch_factor": 3 if workers else None, "persistent_workers": workers > 0}
+
+    torch._dynamo.reset()
+    counters.clear()
+    params.drip = dataclasses.replace(params.drip, compile=True)
+    compiled = run_drip(params, DripRequest(name="compiled", step=DripStep(12, epochs=1)))
+    assert counters["stats"]["unique_graphs"] >= 1, "the training steps did not run through torch.compile"
+    # Same data, same start (W matrix from the eager model): only kernel rounding differs.
+    assert compiled["train_loss"] == pytest.approx(eager["train_loss"], rel=1e-3)
+    assert compiled["val_loss"] == pytest.approx(eager["val_loss"], rel=1e-3)
+    a = read_checkpoint("models/drip/eager/checkpoints/last.ckpt")["state_dict"]
+    b = read_checkpoint("models/drip/compiled/checkpoints/last.ckpt")["state_dict"]
+    assert list(b) == list(a)  # no "_orig_mod." keys: checkpoints and exports load as usual
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-3, atol=1e-4)
+
+
+def test_compiled_trunk_is_undone_on_the_way_out_even_after_an_error(model: DescriptorModel):
+    with pytest.raises(RuntimeError, match="stop"):
+        with compiled_trunk(model, True):
+            assert is_compiled(model) and model.body._compiled_call_impl is not None
+            raise RuntimeError("stop")
+    assert not is_compiled(model)
+    with compiled_trunk(model, False):
+        assert not is_compiled(model)
+
+
 def test_params_embed_section_drives_embed_paths(model, references):
     """params.yaml's ``embed:`` keys as the stages pass them (``embed_options``)."""
     cfg = EmbedConfig(batch_size=8, num_workers="auto", precision="bf16", decode="gpu", prefetch_factor=2)
@@ -182,3 +269,16 @@ def test_params_embed_section_drives_embed_paths(model, references):
     assert result.vectors.shape == (8, 32)
     assert result.settings == {"device": "cpu", "precision": "bf16", "decode": "cpu",
                                "num_workers": loader_workers("auto", CPU), "compile": False}
+
+
+def test_a_failed_embedding_gives_the_model_back_in_its_own_mode(model: DescriptorModel, mixed_folder: Path):
+    """A model embedded mid-training keeps training mode (BatchNorm statistics), errors included."""
+    (mixed_folder / "R_truncated.jpg").write_bytes((mixed_folder / "R_grey.jpg").read_bytes()[:300])
+    model.train()
+    try:
+        with pytest.raises(BadImageError, match="R_truncated.jpg"):
+            embed_paths(model, list_images(mixed_folder), device="cpu", precision="fp32", channels_last=True,
+                        progress=False)
+        assert model.training and model.channels_last is False
+    finally:
+        model.eval()

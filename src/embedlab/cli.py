@@ -155,7 +155,7 @@ def cmd_embed(args) -> None:
                                   prefetch_factor=args.prefetch_factor), indent=2))
 
 
-def _workers(text: str) -> int | str:
+def workers_arg(text: str) -> int | str:
     """``auto`` or a number of DataLoader workers."""
     return "auto" if text == "auto" else int(text)
 
@@ -306,8 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--img-size", type=int, help="model input size (default: the checkpoint's)")
     p.add_argument("--batch-size", type=int, default=256, help="images per batch (large batches feed a GPU)")
-    p.add_argument("--num-workers", type=_workers, default="auto",
-                   help="DataLoader workers, or auto: min(8, cores) with a GPU, half the cores on the CPU")
+    p.add_argument("--num-workers", type=workers_arg, default="auto",
+                   help="DataLoader workers, or auto: all cores but one with a GPU, half (at most 8) on the CPU")
     p.add_argument("--on-bad-image", choices=("fail", "skip"), default="fail")
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",

@@ -74,15 +74,54 @@ class DripStep:
     init_from: str | None = None
 
 
-# DripConfig fields that change how fast a step runs, not what it learns: left
-# out of the resume fingerprint and of the DVC stage's params (dvc.yaml lists
-# every other field; a test keeps the two in step).
-DRIP_RUNTIME_FIELDS = ("num_workers", "channels_last", "schedule")
+# Training-stage settings that change how fast a stage runs, not what it learns:
+# left out of resume fingerprints, DVC params and MLflow params (precision is not
+# one of them: autocast moves the results).
+TRAINING_SPEED_FIELDS = ("channels_last", "compile", "num_workers", "pin_memory", "prefetch_factor")
 
 
 @dataclasses.dataclass
-class DripConfig:
-    """The drip stage: backbone, ArcFace head, optimiser, augmentations."""
+class TrainingSpeed:
+    """Precision and speed switches shared by the training stages (drip, gem, triplet, decoder).
+
+    ``auto`` values follow the hardware: bf16 autocast on a GPU that has it,
+    fp16 with a loss scaler on older GPUs, fp32 on the CPU; loader workers
+    sized from the cores; pinned memory with CUDA. benchmarks/train_throughput.py
+    measures what they buy.
+    """
+
+    precision: str = "auto"  # auto | 32-true | bf16-mixed | 16-mixed (fp16 with a loss scaler)
+    channels_last: bool = True  # faster convolutions on CPU and GPU alike
+    compile: bool = False  # torch.compile the backbone for training (a one-off compile, then faster steps)
+    num_workers: int | str = "auto"  # DataLoader workers; auto: all cores but one with a GPU, half (<= 8) on CPU
+    pin_memory: bool | str = "auto"  # auto: on with CUDA
+    prefetch_factor: int | None = None  # batches each worker prepares ahead; None: torch's default (2)
+
+    def __post_init__(self) -> None:
+        section = type(self).__name__.removesuffix("Config").lower()
+        _check_choice(f"{section}.precision", self.precision, ("auto", "32-true", "bf16-mixed", "16-mixed"))
+        _check_loader_settings(section, self.num_workers, self.pin_memory, self.prefetch_factor)
+
+
+def _check_loader_settings(section: str, num_workers: int | str, pin_memory: bool | str,
+                           prefetch_factor: int | None) -> None:
+    if num_workers != "auto" and not (isinstance(num_workers, int) and num_workers >= 0):
+        raise ConfigError(f"{section}.num_workers must be a number >= 0 or 'auto', got {num_workers!r}")
+    if pin_memory != "auto" and not isinstance(pin_memory, bool):
+        raise ConfigError(f"{section}.pin_memory must be true, false or 'auto', got {pin_memory!r}")
+    if prefetch_factor is not None and prefetch_factor < 1:
+        raise ConfigError(f"{section}.prefetch_factor must be at least 1 (or null), got {prefetch_factor}")
+
+
+# DripConfig fields that change how fast a step runs, not what it learns: left
+# out of the resume fingerprint and of the DVC stage's params (dvc.yaml lists
+# every other field; a test keeps the two in step).
+DRIP_RUNTIME_FIELDS = (*TRAINING_SPEED_FIELDS, "schedule")
+
+
+@dataclasses.dataclass
+class DripConfig(TrainingSpeed):
+    """The drip stage: backbone, ArcFace head, optimiser, augmentations (speed switches: TrainingSpeed)."""
 
     backbone: str = "mobilenetv2_100"
     pretrained: str | None = None  # local weights file; None trains from scratch
@@ -109,18 +148,14 @@ class DripConfig:
     # The head of a step without a parent checkpoint: "centroids" of the starting
     # model's embeddings (as build_w_matrix does), or "random" (the original's first step).
     w_init: str = "centroids"
-    channels_last: bool = True  # faster convolutions on CPU and GPU alike
-    num_workers: int = 0
-    precision: str = "auto"  # auto: bf16-mixed on GPU, 32 on CPU
     limit_train_batches: int | None = None
     evaluate: bool = True  # embed the DISC query/reference sets and score μAP at the end
     evaluate_before: bool = True  # also score the starting model (the table's "μAP before")
     schedule: dict[str, DripStep] = dataclasses.field(default_factory=dict)
 
-
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check_choice("drip.w_init", self.w_init, ("centroids", "random"))
-        _check_choice("drip.precision", self.precision, ("auto", "32-true", "bf16-mixed", "16-mixed"))
         if not 0.0 <= float(self.qry_augs_intensity) <= 1.0:
             raise ConfigError(f"drip.qry_augs_intensity must be in [0, 1], got {self.qry_augs_intensity}")
 
@@ -141,7 +176,7 @@ class EmbedConfig:
     """
 
     batch_size: int = 64
-    num_workers: int | str = 0  # DataLoader workers; auto: min(8, cores) with a GPU, half the cores on CPU
+    num_workers: int | str = "auto"  # DataLoader workers; auto: all cores but one with a GPU, half (<= 8) on CPU
     on_bad_image: str = "fail"  # fail | skip
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast); auto: bf16 (fp16 on pre-Ampere) on GPU, fp32 on CPU
     channels_last: bool = True
@@ -154,10 +189,7 @@ class EmbedConfig:
         _check_choice("embed.on_bad_image", self.on_bad_image, ("fail", "skip"))
         _check_choice("embed.precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
         _check_choice("embed.decode", self.decode, ("auto", "cpu", "gpu"))
-        if isinstance(self.num_workers, str):
-            _check_choice("embed.num_workers", self.num_workers, ("auto",))
-        if isinstance(self.pin_memory, str):
-            _check_choice("embed.pin_memory", self.pin_memory, ("auto",))
+        _check_loader_settings("embed", self.num_workers, self.pin_memory, self.prefetch_factor)
 
 
 @dataclasses.dataclass
@@ -205,12 +237,12 @@ class DataConfig:
 
 # GemConfig fields that change how fast a run goes, not what it learns (left out
 # of the resume fingerprint and of the DVC stage's params).
-GEM_RUNTIME_FIELDS = ("num_workers", "channels_last", "devices", "classifier_devices", "train")
+GEM_RUNTIME_FIELDS = (*TRAINING_SPEED_FIELDS, "devices", "classifier_devices", "train")
 
 
 @dataclasses.dataclass
-class GemConfig:
-    """The GeM trainer (ISC 2021 "bag of tricks"): GemNet, P×K batches, CE + triplet."""
+class GemConfig(TrainingSpeed):
+    """The GeM trainer (ISC 2021 "bag of tricks"): GemNet, P×K batches, CE + triplet (speed: TrainingSpeed)."""
 
     recipe: str = "big"  # the generated set `embedlab gem` trains on by default
     train: list[str] = dataclasses.field(default_factory=lambda: ["big"])  # recipes `dvc repro` trains on
@@ -233,16 +265,13 @@ class GemConfig:
     flat_epochs: float = 5
     epochs: int = 25
     iters: int | None = 8000  # iterations per epoch; None: about one pass over the images
-    precision: str = "auto"  # auto: bf16-mixed on GPU, 32 on CPU
-    channels_last: bool = True
-    num_workers: int = 0
     devices: int = 1  # >1: DDP, the classifier split into one shard per rank
     classifier_devices: int = 1  # one process: the classifier split over this many GPUs
     evaluate: bool = True
     evaluate_before: bool = True
 
     def __post_init__(self) -> None:
-        _check_choice("gem.precision", self.precision, ("auto", "32-true", "bf16-mixed", "16-mixed"))
+        super().__post_init__()
         if self.devices < 1 or self.classifier_devices < 1:
             raise ConfigError("gem.devices and gem.classifier_devices must be at least 1")
         for name in ("p", "k"):
@@ -306,12 +335,12 @@ class TripletPhase:
 
 
 # TripletConfig fields that change how fast a phase runs, not what it learns.
-TRIPLET_RUNTIME_FIELDS = ("num_workers", "eval_batch_size")
+TRIPLET_RUNTIME_FIELDS = (*TRAINING_SPEED_FIELDS, "eval_batch_size")
 
 
 @dataclasses.dataclass
-class TripletConfig:
-    """The deepfake-robust face encoder (REFERENCE.md §4): ViT CLS embedding, triplet loss."""
+class TripletConfig(TrainingSpeed):
+    """The deepfake-robust face encoder (REFERENCE.md §4): ViT CLS embedding, triplet loss (speed: TrainingSpeed)."""
 
     data_out: str = "data/faces"  # `embedlab face-data` writes the CSVs here
     fake_classes: str = "per_person"  # per_person | per_image: how deepfakes become classes
@@ -327,16 +356,14 @@ class TripletConfig:
     k: int = 4  # images per label
     iters: int | None = None  # batches per epoch; None: every label about once
     weight_decay: float = 0.0
-    precision: str = "auto"
-    num_workers: int = 0
     eval_batch_size: int = 64
     pretrain: TripletPhase = dataclasses.field(default_factory=TripletPhase)
     finetune: TripletPhase = dataclasses.field(
         default_factory=lambda: TripletPhase(miner="hard", lr=1e-6, epochs=3, init_from="pretrain"))
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check_choice("triplet.fake_classes", self.fake_classes, ("per_person", "per_image"))
-        _check_choice("triplet.precision", self.precision, ("auto", "32-true", "bf16-mixed", "16-mixed"))
         if self.p < 2 or self.k < 2:
             raise ConfigError(f"triplet: a batch of {self.p} labels x {self.k} instances holds no triplet; "
                               "p and k must be at least 2")
@@ -361,12 +388,12 @@ class TemplatesConfig:
 
 
 # DecoderConfig fields that change how fast or how visibly it trains, not what it learns.
-DECODER_RUNTIME_FIELDS = ("num_workers", "channels_last", "control_samples", "visualize_every", "eval_batch_size")
+DECODER_RUNTIME_FIELDS = (*TRAINING_SPEED_FIELDS, "control_samples", "visualize_every", "eval_batch_size")
 
 
 @dataclasses.dataclass
-class DecoderConfig:
-    """The template -> face decoder (REFERENCE.md §3)."""
+class DecoderConfig(TrainingSpeed):
+    """The template -> face decoder (REFERENCE.md §3; speed switches: TrainingSpeed)."""
 
     # The frozen network of the perceptual loss: a project encoder (other seed or loss than the
     # template model) or an ONNX face model (converted to PyTorch, so gradients flow through it).
@@ -387,9 +414,6 @@ class DecoderConfig:
     max_grad_norm: float = 10.0
     batch_size: int = 200
     epochs: int = 10
-    precision: str = "auto"
-    channels_last: bool = True
-    num_workers: int = 0
     eval_batch_size: int = 256
     control_samples: int = 9  # fixed test templates whose original-vs-reconstruction grid is logged
     visualize_every: int = 1024  # training steps between control grids (and one at the end)
@@ -399,8 +423,8 @@ class DecoderConfig:
     evaluate_before: bool = True  # also score the untrained decoder (the table's "before"; sweeps skip it)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _check_choice("decoder.variant", self.variant, ("base", "large"))
-        _check_choice("decoder.precision", self.precision, ("auto", "32-true", "bf16-mixed", "16-mixed"))
         if self.output_size % 2 or not 8 <= self.output_size <= 128:
             raise ConfigError(f"decoder.output_size must be even and within [8, 128], got {self.output_size}")
         if not 0.0 < self.fmr < 1.0:

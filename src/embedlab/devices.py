@@ -52,16 +52,20 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def loader_workers(setting: int | str, device: torch.device) -> int:
+def loader_workers(setting: int | str, device: torch.device, processes: int = 1) -> int:
     """DataLoader worker processes for a ``num_workers`` setting; ``auto`` sizes from the machine.
 
-    With a GPU the workers do all the CPU work: one per core, at most 8 (more
-    rarely helps and costs memory). On the CPU the model needs the cores too:
-    half of them decode, the rest run the model.
+    With a GPU the workers do all the CPU work (decoding, augmentations: about
+    130-250 images/s per core, benchmarks/train_throughput.py --data-only), so
+    every core but the one driving the GPU, shared among the ``processes``
+    (DDP ranks) of the machine. On the CPU the model needs the cores too: half
+    of them load data, at most 8.
     """
     if setting == "auto":
         cpus = available_cpus()
-        return min(8, cpus) if device.type == "cuda" else min(8, cpus // 2)
+        if device.type == "cuda":
+            return max(1, cpus // max(1, processes) - 1)
+        return min(8, cpus // 2)
     workers = int(setting)
     if workers < 0:
         raise ValueError(f"num_workers must be >= 0 or 'auto', got {setting!r}")
@@ -75,3 +79,23 @@ def pin_memory_for(setting: bool | str, device: torch.device) -> bool:
     if isinstance(setting, bool):
         return setting
     raise ValueError(f"pin_memory must be true, false or 'auto', got {setting!r}")
+
+
+def loader_options(num_workers: int | str, pin_memory: bool | str, prefetch_factor: int | None,
+                   device: torch.device, keep_workers: bool = True, processes: int = 1) -> dict:
+    """DataLoader keyword arguments for the speed settings of params.yaml, resolved for ``device``.
+
+    ``keep_workers``: keep worker processes alive between epochs (a loader
+    iterated once has nothing to keep them for). ``processes``: training
+    processes sharing the machine's cores (DDP ranks).
+    """
+    workers = loader_workers(num_workers, device, processes)
+    return {"num_workers": workers, "pin_memory": pin_memory_for(pin_memory, device),
+            "prefetch_factor": prefetch_factor if workers > 0 else None,
+            "persistent_workers": keep_workers and workers > 0}
+
+
+def training_loader_options(cfg) -> dict:
+    """loader_options for a training stage's settings (a config.TrainingSpeed), on the device it trains on."""
+    return loader_options(cfg.num_workers, cfg.pin_memory, cfg.prefetch_factor, torch_device(),
+                          processes=getattr(cfg, "devices", 1))

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from embedlab.data.drip import collate_skipping_bad
+from embedlab.models.eval_mode import eval_mode
 from embedlab.models.backbone import DescriptorModel
 
 
@@ -32,15 +33,14 @@ def class_centroids(
     and each fixed-seed augmentation. A class whose image was skipped as
     unreadable keeps a zero column.
     """
-    was_training = model.training
-    model.eval().to(device)
+    model.to(device)
     sums = torch.zeros(n_classes, model.spec.embedding_dim)
-    for view in views:
-        loader = DataLoader(view, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_skipping_bad)
-        for batch in tqdm(loader, desc="W matrix", unit="batch", leave=False):
-            if batch is None:
-                continue
-            images, labels = batch
-            sums.index_add_(0, labels, model(images.to(device)).float().cpu())
-    model.train(was_training)
+    with eval_mode(model):
+        for view in views:
+            loader = DataLoader(view, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_skipping_bad)
+            for batch in tqdm(loader, desc="W matrix", unit="batch", leave=False):
+                if batch is None:
+                    continue
+                images, labels = batch
+                sums.index_add_(0, labels, model(images.to(device)).float().cpu())
     return F.normalize(sums, dim=1).T.contiguous()

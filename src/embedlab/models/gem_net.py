@@ -111,12 +111,16 @@ class Waveblock(nn.Module):
         self.ratio, self.gain = ratio, gain
 
     def mask(self, height: int) -> torch.Tensor:
-        """The [H] row factors: ``gain`` everywhere, 1 inside the band."""
+        """The [H] row factors: ``gain`` everywhere, 1 inside the band.
+
+        Tensor ops only (no ``.item()``): under torch.compile a Python start
+        row would break the graph and recompile it for every band position.
+        """
         band = round(self.ratio * height)
-        start = int(torch.randint(0, height - band + 1, ()).item())
-        rows = torch.full((height,), float(self.gain))
-        rows[start:start + band] = 1.0
-        return rows
+        start = torch.randint(0, height - band + 1, ())
+        rows = torch.arange(height)
+        inside = (rows >= start) & (rows < start + band)
+        return torch.where(inside, 1.0, float(self.gain))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:

@@ -30,7 +30,7 @@ from embedlab.atomic import write_json_atomic, write_text_atomic
 from embedlab.config import DECODER_RUNTIME_FIELDS, DecoderConfig, Params, flatten
 from embedlab.data.drip import collate_skipping_bad
 from embedlab.data.templates import TemplatePairs, TemplateSet, read_template_set
-from embedlab.devices import lightning_precision, torch_device
+from embedlab.devices import lightning_precision, torch_device, training_loader_options
 from embedlab.models.checkpoints import (
     AtomicCheckpointIO,
     checkpoint_epoch,
@@ -38,6 +38,7 @@ from embedlab.models.checkpoints import (
     load_descriptor_model,
     read_checkpoint,
 )
+from embedlab.models.compiled import compiled_trunk
 from embedlab.models.decoder import DECODER_KIND, DecoderSpec
 from embedlab.models.decoder_module import DecoderModule
 from embedlab.models.face_models import FaceModel, load_face_model
@@ -225,8 +226,7 @@ def _fit(module: DecoderModule, train: TemplatePairs, test: TemplatePairs, cfg: 
     module.train()  # Lightning 2.x keeps the mode it finds, and scoring left it in eval
     if cfg.channels_last and cuda:
         module.to(memory_format=torch.channels_last)
-    common = dict(num_workers=cfg.num_workers, collate_fn=collate_skipping_bad, pin_memory=cuda,
-                  persistent_workers=cfg.num_workers > 0)
+    common = dict(collate_fn=collate_skipping_bad, **training_loader_options(cfg))
     loader = DataLoader(train, batch_size=cfg.batch_size, shuffle=True, drop_last=len(train) > cfg.batch_size,
                         **common)
     val_loader = DataLoader(test, batch_size=cfg.eval_batch_size, **common)
@@ -239,8 +239,9 @@ def _fit(module: DecoderModule, train: TemplatePairs, test: TemplatePairs, cfg: 
                    ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="last"), *callbacks],
         log_every_n_steps=10, enable_model_summary=False, num_sanity_val_steps=0,
     )
-    trainer.fit(module, train_dataloaders=loader, val_dataloaders=val_loader,
-                ckpt_path=str(resume_from) if resume_from else None)
+    with compiled_trunk(module.model, cfg.compile):
+        trainer.fit(module, train_dataloaders=loader, val_dataloaders=val_loader,
+                    ckpt_path=str(resume_from) if resume_from else None)
 
 
 def _write_reports(request: DecoderRequest, summary: dict, history: list) -> None:

@@ -20,6 +20,7 @@ from embedlab.atomic import atomic_path
 from embedlab.data.templates import TemplateSet
 from embedlab.models.decoder import to_uint8
 from embedlab.models.decoder_module import DecoderModule
+from embedlab.models.eval_mode import eval_mode
 
 MAX_IMPOSTOR_PAIRS = 2_000_000
 
@@ -62,12 +63,10 @@ def cosine_stats(cosines: np.ndarray, threshold: float) -> dict:
 
 @torch.no_grad()
 def decoded_cosines(module: DecoderModule, ts: TemplateSet, batch_size: int) -> np.ndarray:
-    was_training = module.training  # Lightning keeps the mode it finds: a decoder left in eval trains without BN
-    module.eval()
     device = next(module.model.parameters()).device
-    out = [module.reembed_cosines(torch.from_numpy(ts.templates[i:i + batch_size]).to(device)).cpu()
-           for i in range(0, len(ts), batch_size)]
-    module.train(was_training)
+    with eval_mode(module):
+        out = [module.reembed_cosines(torch.from_numpy(ts.templates[i:i + batch_size]).to(device)).cpu()
+               for i in range(0, len(ts), batch_size)]
     return torch.cat(out).numpy()
 
 
@@ -86,11 +85,9 @@ def format_stats(stats: dict, split: str, fmr: float | None) -> str:
 @torch.no_grad()
 def write_control_grid(module: DecoderModule, templates: torch.Tensor, photos: torch.Tensor, path: Path) -> Path:
     """Original | reconstruction side by side for each control sample, three pairs to a row."""
-    was_training = module.training
-    module.eval()
     device = next(module.model.parameters()).device
-    decoded = to_uint8(module.model(templates.to(device))).cpu()
-    module.train(was_training)
+    with eval_mode(module):
+        decoded = to_uint8(module.model(templates.to(device))).cpu()
     originals = to_uint8(photos)
     pairs = torch.stack([torch.cat([o, d], dim=2) for o, d in zip(originals, decoded)])
     grid = make_grid(pairs, nrow=3, padding=2, pad_value=255)

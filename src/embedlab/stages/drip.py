@@ -42,7 +42,7 @@ from embedlab.data.drip import (
     collate_skipping_bad,
     select_classes,
 )
-from embedlab.devices import lightning_precision, torch_device
+from embedlab.devices import lightning_precision, loader_workers, torch_device, training_loader_options
 from embedlab.images import count_bad_images
 from embedlab.models.centroids import class_centroids
 from embedlab.models.checkpoints import (
@@ -52,6 +52,7 @@ from embedlab.models.checkpoints import (
     read_checkpoint,
     restore_matching_weights,
 )
+from embedlab.models.compiled import compiled_trunk
 from embedlab.models.drip_module import DripModule
 from embedlab.models.stop_rule import StopRule
 from embedlab.stages.disc_eval import evaluate_descriptor_model
@@ -120,12 +121,9 @@ def step_fingerprint(params: Params, cfg: DripConfig, request: DripRequest) -> s
     return fingerprint(settings, [request.build_w_matrix])
 
 
-def _loader(dataset, batch_size: int, num_workers: int, shuffle: bool) -> DataLoader:
-    return DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-        collate_fn=collate_skipping_bad, persistent_workers=num_workers > 0, drop_last=False,
-        pin_memory=torch.cuda.is_available(),
-    )
+def step_loader(dataset, cfg: DripConfig, shuffle: bool) -> DataLoader:
+    return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=shuffle, collate_fn=collate_skipping_bad,
+                      drop_last=False, **training_loader_options(cfg))
 
 
 def init_w_matrix(module: DripModule, request: DripRequest, images: ClassImages, augment, cfg: DripConfig,
@@ -143,7 +141,9 @@ def init_w_matrix(module: DripModule, request: DripRequest, images: ClassImages,
         QueryViews(images, augment, cfg.img_size, seed_for=lambda i, a=a: [seed, 1 + a, i])
         for a in range(cfg.w_matrix_augmentations)
     ]
-    w = class_centroids(module.model, views, len(images), cfg.batch_size, cfg.num_workers, torch_device())
+    device = torch_device()
+    w = class_centroids(module.model, views, len(images), cfg.batch_size, loader_workers(cfg.num_workers, device),
+                        device)
     module.model.cpu()
     module.head.load_centroids(w)
     with atomic_path(path) as tmp:
@@ -226,14 +226,14 @@ def run_drip(params: Params, request: DripRequest, callbacks: Sequence[pl.Callba
                 # Checkpoints hold no RNG state: reseed by the epochs done, or the resumed
                 # epochs would replay the first epochs' augmentations and shuffles.
                 pl.seed_everything(params.seed + checkpoint_epoch(last_ckpt) + 1, workers=True)
-            _trainer(cfg, out_dir, run_id, callbacks).fit(
-                module,
-                train_dataloaders=_loader(QueryViews(images, augment, cfg.img_size), cfg.batch_size,
-                                          cfg.num_workers, True),
-                val_dataloaders=_loader(ValidationPairs(images, val_ids, augment, cfg.img_size, params.seed),
-                                        cfg.batch_size, cfg.num_workers, False),
-                ckpt_path=str(last_ckpt) if phase == "resume" else None,
-            )
+            with compiled_trunk(module.model, cfg.compile):
+                _trainer(cfg, out_dir, run_id, callbacks).fit(
+                    module,
+                    train_dataloaders=step_loader(QueryViews(images, augment, cfg.img_size), cfg, True),
+                    val_dataloaders=step_loader(ValidationPairs(images, val_ids, augment, cfg.img_size, params.seed),
+                                            cfg, False),
+                    ckpt_path=str(last_ckpt) if phase == "resume" else None,
+                )
         history = loss_history(run_id)
         summary = {
             "step": request.name, "n_classes": len(classes), "epochs": len(history),

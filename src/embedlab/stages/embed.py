@@ -30,9 +30,10 @@ from tqdm import tqdm
 from embedlab.data.decode import decode_resize, normalize_uint8, pil_to_uint8, read_encoded, resolve_decode
 from embedlab.data.transforms import resize_square
 from embedlab.descriptors import write_descriptors
-from embedlab.devices import autocast_dtype, loader_workers, pin_memory_for, torch_device
+from embedlab.devices import autocast_dtype, loader_options, torch_device
 from embedlab.images import list_images, load_or_skip
 from embedlab.models.checkpoints import load_descriptor_model
+from embedlab.models.eval_mode import eval_mode
 
 log = logging.getLogger(__name__)
 
@@ -158,20 +159,18 @@ def embed_paths(
     size = img_size or model.spec.img_size
     dtype = autocast_dtype(precision, dev)
     decode_dev = resolve_decode(decode, dev)
-    workers = loader_workers(num_workers, dev)
-    was_training = model.training
+    options = loader_options(num_workers, pin_memory, prefetch_factor, dev, keep_workers=False)
+    workers = options["num_workers"]
     was_channels_last = getattr(model, "channels_last", None)
     if channels_last is not None and hasattr(model, "use_channels_last"):
         model.use_channels_last(channels_last)
-    model.eval().to(dev)
+    model.to(dev)
     forward = torch.compile(model, dynamic=False) if compile else model
     loader = DataLoader(
         ImageFiles(paths, size, on_bad_image, encoded=decode_dev is not None),
         batch_size=batch_size,
-        num_workers=workers,
         collate_fn=_collate,
-        pin_memory=pin_memory_for(pin_memory, dev),
-        prefetch_factor=prefetch_factor if workers > 0 else None,
+        **options,
     )
     names: list[str] = []
     kept_all: list[int] = []
@@ -180,26 +179,26 @@ def embed_paths(
     skipped: list[Path] = []
     start = time.perf_counter()
     try:
-        for batch in tqdm(loader, desc="embed", unit="batch", disable=not progress, leave=False):
-            images, kept, bad = _device_images(batch, paths, size, on_bad_image, dev, decode_dev)
-            skipped.extend(Path(paths[i]) for i in bad)
-            if images is None:
-                continue
-            n = images.shape[0]
-            if compile and n < batch_size:  # one graph for every batch: pad the short last one
-                images = torch.cat([images, images.new_zeros((batch_size - n, *images.shape[1:]))])
-            with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                vectors = forward(images)
-            pending.append(vectors[:n].float())
-            if len(pending) >= _FLUSH_EVERY:
+        with eval_mode(model):
+            for batch in tqdm(loader, desc="embed", unit="batch", disable=not progress, leave=False):
+                images, kept, bad = _device_images(batch, paths, size, on_bad_image, dev, decode_dev)
+                skipped.extend(Path(paths[i]) for i in bad)
+                if images is None:
+                    continue
+                n = images.shape[0]
+                if compile and n < batch_size:  # one graph for every batch: pad the short last one
+                    images = torch.cat([images, images.new_zeros((batch_size - n, *images.shape[1:]))])
+                with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                    vectors = forward(images)
+                pending.append(vectors[:n].float())
+                if len(pending) >= _FLUSH_EVERY:
+                    chunks.append(torch.cat(pending).cpu().numpy())
+                    pending = []
+                names.extend(Path(paths[i]).stem for i in kept)
+                kept_all.extend(kept)
+            if pending:
                 chunks.append(torch.cat(pending).cpu().numpy())
-                pending = []
-            names.extend(Path(paths[i]).stem for i in kept)
-            kept_all.extend(kept)
-        if pending:
-            chunks.append(torch.cat(pending).cpu().numpy())
     finally:
-        model.train(was_training)
         if channels_last is not None and was_channels_last is not None:
             model.use_channels_last(was_channels_last)
     seconds = time.perf_counter() - start

@@ -18,7 +18,6 @@ from typing import Sequence
 
 import mlflow
 import pytorch_lightning as pl
-import torch
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from torch.utils.data import DataLoader
 
@@ -27,9 +26,10 @@ from embedlab.config import GEM_RUNTIME_FIELDS, GemConfig, Params, flatten
 from embedlab.data.augmented import AugmentedSet
 from embedlab.data.drip import collate_skipping_bad
 from embedlab.data.samplers import PKSampler
-from embedlab.devices import lightning_precision
+from embedlab.devices import lightning_precision, training_loader_options
 from embedlab.images import count_bad_images
 from embedlab.models.checkpoints import AtomicCheckpointIO, checkpoint_epoch, export_descriptor_model, read_checkpoint
+from embedlab.models.compiled import compiled_trunk
 from embedlab.models.gem_module import GemModule, iterations_per_epoch
 from embedlab.models.gem_net import GemNetSpec
 from embedlab.stages.disc_eval import evaluate_descriptor_model
@@ -155,15 +155,19 @@ def _fit(module: GemModule, dataset: AugmentedSet, cfg: GemConfig, params: Param
     # Checkpoints hold no RNG state: a resumed run reseeds by the epochs done (see the drip stage).
     done = checkpoint_epoch(resume_from) + 1 if resume_from else 0
     pl.seed_everything(params.seed + done, workers=True)
-    batch_size = cfg.p * cfg.k
-    # Each DDP rank gets whole P×K batches of one shared draw (a DistributedSampler would split identities).
-    sampler = PKSampler(dataset.labels, cfg.p, cfg.k, seed=params.seed, length=iters, num_replicas=cfg.devices,
+    loader = train_loader(dataset, cfg, params.seed, iters)
+    with compiled_trunk(module.model, cfg.compile):
+        _trainer(cfg, out_dir, run_id, iters, callbacks).fit(module, train_dataloaders=loader,
+                                                             ckpt_path=str(resume_from) if resume_from else None)
+
+
+def train_loader(dataset: AugmentedSet, cfg: GemConfig, seed: int, iters: int) -> DataLoader:
+    """P×K batches of ``dataset``: each DDP rank gets whole batches of one shared draw (a
+    DistributedSampler would split identities)."""
+    sampler = PKSampler(dataset.labels, cfg.p, cfg.k, seed=seed, length=iters, num_replicas=cfg.devices,
                         rank=tracking.launched_rank())
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=cfg.num_workers,
-                        collate_fn=collate_skipping_bad, drop_last=True, persistent_workers=cfg.num_workers > 0,
-                        pin_memory=torch.cuda.is_available())
-    _trainer(cfg, out_dir, run_id, iters, callbacks).fit(module, train_dataloaders=loader,
-                                              ckpt_path=str(resume_from) if resume_from else None)
+    return DataLoader(dataset, batch_size=cfg.p * cfg.k, sampler=sampler, collate_fn=collate_skipping_bad,
+                      drop_last=True, **training_loader_options(cfg))
 
 
 def _trainer(cfg: GemConfig, out_dir: Path, run_id: str | None, iters: int,

@@ -31,13 +31,14 @@ from embedlab.config import TRIPLET_RUNTIME_FIELDS, Params, TripletConfig, Tripl
 from embedlab.data.drip import collate_skipping_bad
 from embedlab.data.faces import FaceImages, PairImages, read_face_pairs, read_face_rows, read_test_pairs
 from embedlab.data.samplers import PKSampler
-from embedlab.devices import lightning_precision
+from embedlab.devices import lightning_precision, training_loader_options
 from embedlab.models.checkpoints import (
     AtomicCheckpointIO,
     checkpoint_epoch,
     export_descriptor_model,
     read_checkpoint,
 )
+from embedlab.models.compiled import compiled_trunk
 from embedlab.models.face_encoder import FaceEncoderSpec
 from embedlab.models.triplet_module import TripletModule
 from embedlab.stages.face_eval import score_pairs
@@ -226,12 +227,9 @@ def _fit(module: TripletModule, train: FaceImages, valid: PairImages, cfg: Tripl
     # Checkpoints hold no RNG state: a resumed run reseeds by the epochs done (see the drip stage).
     done = checkpoint_epoch(resume_from) + 1 if resume_from else 0
     pl.seed_everything(params.seed + done, workers=True)
-    sampler = PKSampler(train.labels, cfg.p, cfg.k, seed=params.seed, length=cfg.iters)
-    loader = DataLoader(train, batch_size=cfg.p * cfg.k, sampler=sampler, num_workers=cfg.num_workers,
-                        collate_fn=collate_skipping_bad, drop_last=True, persistent_workers=cfg.num_workers > 0,
-                        pin_memory=torch.cuda.is_available())
-    val_loader = DataLoader(valid, batch_size=cfg.eval_batch_size, num_workers=cfg.num_workers,
-                            collate_fn=collate_skipping_bad)
+    loader = train_loader(train, cfg, params.seed)
+    val_loader = DataLoader(valid, batch_size=cfg.eval_batch_size, collate_fn=collate_skipping_bad,
+                            **training_loader_options(cfg))
     trainer = pl.Trainer(
         max_epochs=phase.epochs, accelerator="auto", devices=1, precision=lightning_precision(cfg.precision),
         default_root_dir=str(out_dir), plugins=[AtomicCheckpointIO()],
@@ -240,8 +238,16 @@ def _fit(module: TripletModule, train: FaceImages, valid: PairImages, cfg: Tripl
                    ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="last"), *callbacks],
         log_every_n_steps=10, enable_model_summary=False, num_sanity_val_steps=0,
     )
-    trainer.fit(module, train_dataloaders=loader, val_dataloaders=val_loader,
-                ckpt_path=str(resume_from) if resume_from else None)
+    with compiled_trunk(module.model, cfg.compile):
+        trainer.fit(module, train_dataloaders=loader, val_dataloaders=val_loader,
+                    ckpt_path=str(resume_from) if resume_from else None)
+
+
+def train_loader(train: FaceImages, cfg: TripletConfig, seed: int) -> DataLoader:
+    """P×K batches: ``p`` labels (persons or deepfake classes), ``k`` images each."""
+    sampler = PKSampler(train.labels, cfg.p, cfg.k, seed=seed, length=cfg.iters)
+    return DataLoader(train, batch_size=cfg.p * cfg.k, sampler=sampler, collate_fn=collate_skipping_bad,
+                      drop_last=True, **training_loader_options(cfg))
 
 
 def _write_reports(request: TripletRequest, eval_dir: Path, summary: dict, history: list) -> None:
