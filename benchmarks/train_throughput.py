@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         model = ("backbone", "img_size", "patch_size", "depth", "p", "k")
         base = params.triplet if args.tiny else TripletConfig()
         over = {k: v for k, v in {"backbone": args.backbone, "img_size": args.img, "p": args.batch}.items() if v}
-        params.triplet = dataclasses.replace(params.triplet, **{k: getattr(base, k) for k in model}, **over, **speed)
+        params.triplet = dataclasses.replace(params.triplet, **{**{k: getattr(base, k) for k in model}, **over}, **speed)
     if args.tiny:
         args.classes, args.distinct, args.steps, args.warmup = 64, 32, 5, 2  # drip: 144 classes
 

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from embedlab.config import ConfigError, DripConfig, DripStep, EmbedConfig, load_params
@@ -169,7 +170,7 @@ def test_auto_settings_follow_the_hardware():
     assert autocast_dtype("auto", CPU) is None and autocast_dtype("bf16", CPU) is torch.bfloat16
     assert autocast_dtype("fp16", CPU) is torch.float16 and autocast_dtype("fp32", CPU) is None
     assert loader_workers("auto", CPU) == min(8, available_cpus() // 2)
-    assert loader_workers("auto", torch.device("cuda")) == max(1, available_cpus() - 1)
+    assert loader_workers("auto", torch.device("cuda")) == max(1, min(32, available_cpus() - 1))
     assert loader_workers("auto", torch.device("cuda"), processes=available_cpus()) == 1
     assert loader_workers(3, CPU) == 3 and pin_memory_for("auto", CPU) is False
     assert pin_memory_for("auto", torch.device("cuda")) is True
@@ -242,6 +243,16 @@ def test_compiled_drip_step_trains_like_the_eager_one_and_saves_plain_weights(ti
     params.drip = dataclasses.replace(params.drip, compile=True)
     compiled = run_drip(params, DripRequest(name="compiled", step=DripStep(12, epochs=1)))
     assert counters["stats"]["unique_graphs"] >= 1, "the training steps did not run through torch.compile"
+    # Speed settings are tags as this machine resolved them (params stay those that shape the model).
+    client = MlflowClient(tracking_uri=f"sqlite:///{tiny_project / 'mlflow.db'}")
+    runs = {r.data.tags["embedlab.drip_step"]: r for r in client.search_runs(
+        [client.get_experiment_by_name("embedlab").experiment_id])}
+    assert runs["compiled"].data.tags["embedlab.compile"] == "true"
+    assert runs["eager"].data.tags["embedlab.compile"] == "false"
+    assert runs["compiled"].data.tags["embedlab.num_workers"] == str(workers)
+    assert runs["compiled"].data.tags["embedlab.precision"] == "32-true"
+    assert not any(k.split(".")[-1] in ("compile", "num_workers", "prefetch_factor", "pin_memory")
+                   for k in runs["compiled"].data.params)
     # Same data, same start (W matrix from the eager model): only kernel rounding differs.
     assert compiled["train_loss"] == pytest.approx(eager["train_loss"], rel=1e-3)
     assert compiled["val_loss"] == pytest.approx(eager["val_loss"], rel=1e-3)

@@ -52,19 +52,22 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
+MAX_AUTO_WORKERS = 32  # beyond this, prefetched batches cost more shared memory than the workers add
+
+
 def loader_workers(setting: int | str, device: torch.device, processes: int = 1) -> int:
     """DataLoader worker processes for a ``num_workers`` setting; ``auto`` sizes from the machine.
 
     With a GPU the workers do all the CPU work (decoding, augmentations: about
-    130-250 images/s per core, benchmarks/train_throughput.py --data-only), so
+    130-350 images/s per core, benchmarks/train_throughput.py --data-only), so
     every core but the one driving the GPU, shared among the ``processes``
-    (DDP ranks) of the machine. On the CPU the model needs the cores too: half
-    of them load data, at most 8.
+    (DDP ranks) of the machine, at most 32. On the CPU the model needs the
+    cores too: half of them load data, at most 8.
     """
     if setting == "auto":
         cpus = available_cpus()
         if device.type == "cuda":
-            return max(1, cpus // max(1, processes) - 1)
+            return max(1, min(MAX_AUTO_WORKERS, cpus // max(1, processes) - 1))
         return min(8, cpus // 2)
     workers = int(setting)
     if workers < 0:
@@ -95,7 +98,29 @@ def loader_options(num_workers: int | str, pin_memory: bool | str, prefetch_fact
             "persistent_workers": keep_workers and workers > 0}
 
 
-def training_loader_options(cfg) -> dict:
-    """loader_options for a training stage's settings (a config.TrainingSpeed), on the device it trains on."""
-    return loader_options(cfg.num_workers, cfg.pin_memory, cfg.prefetch_factor, torch_device(),
+def training_loader_options(cfg, keep_workers: bool = True) -> dict:
+    """loader_options for a training stage's settings (a config.TrainingSpeed), on the device it trains on.
+
+    ``keep_workers=False`` for validation loaders: their workers would sit idle
+    through every training epoch, holding prefetched batches.
+    """
+    return loader_options(cfg.num_workers, cfg.pin_memory, cfg.prefetch_factor, torch_device(), keep_workers,
                           processes=getattr(cfg, "devices", 1))
+
+
+def speed_tags(cfg) -> dict[str, str]:
+    """A training stage's speed settings as this machine resolves them, as MLflow tags.
+
+    Tags, not params: they may differ between the runs of one experiment, or
+    when a run resumes on another machine. Yet they are not invisible in the
+    results: each loader worker has its own random stream (so the worker count
+    decides which augmentations a sample gets), and precision and compile pick
+    the kernels.
+    """
+    device = torch_device()
+    return {
+        "embedlab.device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "embedlab.precision": lightning_precision(cfg.precision),
+        "embedlab.compile": str(cfg.compile).lower(),
+        "embedlab.num_workers": str(loader_workers(cfg.num_workers, device, getattr(cfg, "devices", 1))),
+    }

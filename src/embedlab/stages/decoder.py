@@ -30,7 +30,7 @@ from embedlab.atomic import write_json_atomic, write_text_atomic
 from embedlab.config import DECODER_RUNTIME_FIELDS, DecoderConfig, Params, flatten
 from embedlab.data.drip import collate_skipping_bad
 from embedlab.data.templates import TemplatePairs, TemplateSet, read_template_set
-from embedlab.devices import lightning_precision, torch_device, training_loader_options
+from embedlab.devices import lightning_precision, speed_tags, torch_device, training_loader_options
 from embedlab.models.checkpoints import (
     AtomicCheckpointIO,
     checkpoint_epoch,
@@ -159,7 +159,7 @@ def run_decoder(params: Params, request: DecoderRequest | None = None, cfg: Deco
     control = _control_samples(test_pairs, cfg.control_samples)
 
     with tracking.stage_run("decoder", request.run_name, params.tracking.experiment, params.tracking.uri,
-                            resume_run_id=state.mlflow_run_id if same else None) as run:
+                            resume_run_id=state.mlflow_run_id if same else None, tags=speed_tags(cfg)) as run:
         run_id = run.info.run_id
         RunState(key, run_id, complete=False).save(out_dir / "run.json")
         tracking.log_params({
@@ -226,10 +226,10 @@ def _fit(module: DecoderModule, train: TemplatePairs, test: TemplatePairs, cfg: 
     module.train()  # Lightning 2.x keeps the mode it finds, and scoring left it in eval
     if cfg.channels_last and cuda:
         module.to(memory_format=torch.channels_last)
-    common = dict(collate_fn=collate_skipping_bad, **training_loader_options(cfg))
     loader = DataLoader(train, batch_size=cfg.batch_size, shuffle=True, drop_last=len(train) > cfg.batch_size,
-                        **common)
-    val_loader = DataLoader(test, batch_size=cfg.eval_batch_size, **common)
+                        collate_fn=collate_skipping_bad, **training_loader_options(cfg))
+    val_loader = DataLoader(test, batch_size=cfg.eval_batch_size, collate_fn=collate_skipping_bad,
+                            **training_loader_options(cfg, keep_workers=False))
     trainer = pl.Trainer(
         max_epochs=cfg.epochs, accelerator="auto", devices=1, precision=lightning_precision(cfg.precision),
         default_root_dir=str(out_dir), plugins=[AtomicCheckpointIO()],

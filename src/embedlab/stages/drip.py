@@ -42,7 +42,7 @@ from embedlab.data.drip import (
     collate_skipping_bad,
     select_classes,
 )
-from embedlab.devices import lightning_precision, loader_workers, torch_device, training_loader_options
+from embedlab.devices import lightning_precision, loader_workers, speed_tags, torch_device, training_loader_options
 from embedlab.images import count_bad_images
 from embedlab.models.centroids import class_centroids
 from embedlab.models.checkpoints import (
@@ -121,9 +121,9 @@ def step_fingerprint(params: Params, cfg: DripConfig, request: DripRequest) -> s
     return fingerprint(settings, [request.build_w_matrix])
 
 
-def step_loader(dataset, cfg: DripConfig, shuffle: bool) -> DataLoader:
-    return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=shuffle, collate_fn=collate_skipping_bad,
-                      drop_last=False, **training_loader_options(cfg))
+def step_loader(dataset, cfg: DripConfig, train: bool) -> DataLoader:
+    return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=train, collate_fn=collate_skipping_bad,
+                      drop_last=False, **training_loader_options(cfg, keep_workers=train))
 
 
 def init_w_matrix(module: DripModule, request: DripRequest, images: ClassImages, augment, cfg: DripConfig,
@@ -203,7 +203,7 @@ def run_drip(params: Params, request: DripRequest, callbacks: Sequence[pl.Callba
 
     with tracking.stage_run("drip", f"drip/{request.name}", params.tracking.experiment, params.tracking.uri,
                             resume_run_id=state.mlflow_run_id if same else None,
-                            tags={"embedlab.drip_step": request.name}) as run:
+                            tags={"embedlab.drip_step": request.name, **speed_tags(cfg)}) as run:
         run_id = run.info.run_id
         RunState(key, run_id, complete=False).save(state_file)
         tracking.log_params({

@@ -26,7 +26,7 @@ from embedlab.config import GEM_RUNTIME_FIELDS, GemConfig, Params, flatten
 from embedlab.data.augmented import AugmentedSet
 from embedlab.data.drip import collate_skipping_bad
 from embedlab.data.samplers import PKSampler
-from embedlab.devices import lightning_precision, training_loader_options
+from embedlab.devices import lightning_precision, speed_tags, training_loader_options
 from embedlab.images import count_bad_images
 from embedlab.models.checkpoints import AtomicCheckpointIO, checkpoint_epoch, export_descriptor_model, read_checkpoint
 from embedlab.models.compiled import compiled_trunk
@@ -105,7 +105,7 @@ def run_gem(params: Params, request: GemRequest, cfg: GemConfig | None = None,
         return {}
     with tracking.stage_run("gem", f"gem/{request.recipe}", params.tracking.experiment, params.tracking.uri,
                             resume_run_id=state.mlflow_run_id if same else None,
-                            tags={"embedlab.gem_recipe": request.recipe}) as run:
+                            tags={"embedlab.gem_recipe": request.recipe, **speed_tags(cfg)}) as run:
         run_id = run.info.run_id
         RunState(key, run_id, complete=False).save(out_dir / "run.json")
         tracking.log_params({

@@ -31,7 +31,7 @@ from embedlab.config import TRIPLET_RUNTIME_FIELDS, Params, TripletConfig, Tripl
 from embedlab.data.drip import collate_skipping_bad
 from embedlab.data.faces import FaceImages, PairImages, read_face_pairs, read_face_rows, read_test_pairs
 from embedlab.data.samplers import PKSampler
-from embedlab.devices import lightning_precision, training_loader_options
+from embedlab.devices import lightning_precision, speed_tags, training_loader_options
 from embedlab.models.checkpoints import (
     AtomicCheckpointIO,
     checkpoint_epoch,
@@ -168,7 +168,7 @@ def run_triplet(params: Params, request: TripletRequest, callbacks: Sequence[pl.
 
     with tracking.stage_run("triplet", f"triplet/{request.phase}", params.tracking.experiment, params.tracking.uri,
                             resume_run_id=state.mlflow_run_id if same else None,
-                            tags={"embedlab.triplet_phase": request.phase}) as run:
+                            tags={"embedlab.triplet_phase": request.phase, **speed_tags(cfg)}) as run:
         run_id = run.info.run_id
         RunState(key, run_id, complete=False).save(out_dir / "run.json")
         tracking.log_params({
@@ -229,7 +229,7 @@ def _fit(module: TripletModule, train: FaceImages, valid: PairImages, cfg: Tripl
     pl.seed_everything(params.seed + done, workers=True)
     loader = train_loader(train, cfg, params.seed)
     val_loader = DataLoader(valid, batch_size=cfg.eval_batch_size, collate_fn=collate_skipping_bad,
-                            **training_loader_options(cfg))
+                            **training_loader_options(cfg, keep_workers=False))
     trainer = pl.Trainer(
         max_epochs=phase.epochs, accelerator="auto", devices=1, precision=lightning_precision(cfg.precision),
         default_root_dir=str(out_dir), plugins=[AtomicCheckpointIO()],
