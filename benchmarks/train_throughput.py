@@ -45,8 +45,8 @@ import pytorch_lightning as pl  # noqa: E402
 
 from embedlab.cli import workers_arg  # noqa: E402
 from embedlab.config import TripletConfig, load_params  # noqa: E402
-from embedlab.devices import available_cpus, lightning_precision, loader_workers, torch_device  # noqa: E402
-from embedlab.models.compiled import compiled_trunk, trunk  # noqa: E402
+from embedlab.devices import available_cpus, lightning_precision, torch_device, training_loader_options  # noqa: E402
+from embedlab.models.compiled import compiled_trunk  # noqa: E402
 
 GOAL = 0.85
 PROJECT = Path(__file__).resolve().parents[1]
@@ -91,8 +91,6 @@ def bare_rate(model: torch.nn.Module, batch: int, img: int, precision: str, warm
     """Images/s of forward + backward + AdamW of the model alone, batch already on the device."""
     dev = torch_device()
     model = model.train().to(dev)
-    if compile:
-        trunk(model).compile()  # what the stages compile (compiled_trunk)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
     scaler = torch.amp.GradScaler(dev.type, enabled=dtype is torch.float16)
@@ -106,13 +104,14 @@ def bare_rate(model: torch.nn.Module, batch: int, img: int, precision: str, warm
         scaler.step(optimizer)
         scaler.update()
 
-    for _ in range(warmup):
-        step()
-    _sync()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    _sync()
+    with compiled_trunk(model, compile):  # what the stages compile
+        for _ in range(warmup):
+            step()
+        _sync()
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        _sync()
     return batch * steps / (time.perf_counter() - start)
 
 
@@ -245,11 +244,11 @@ def triplet_rates(params, args, sources: list[Path], tmp: Path) -> Rates:
 
 def _speed(cfg) -> str:
     return (f"{lightning_precision(cfg.precision)}, channels_last={cfg.channels_last}, compile={cfg.compile}, "
-            f"{loader_workers(cfg.num_workers, torch_device())} loader workers")
+            f"{_workers(cfg)} loader workers")
 
 
-def _workers_text(params, stage: str) -> str:
-    return f"{loader_workers(getattr(params, stage).num_workers, torch_device())} workers"
+def _workers(cfg) -> int:
+    return training_loader_options(cfg)["num_workers"]  # as the stage's loaders resolve them
 
 
 def _mlflow_run(tmp: Path) -> str:
@@ -330,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU {cpu_model()}"
     print(f"\n{what}; {args.steps} timed steps after {args.warmup}; {where}, {os.cpu_count()} CPUs; "
           f"torch {torch.__version__}, Python {platform.python_version()}; load average {os.getloadavg()[0]:.2f}\n")
-    data_row = f"data path alone ({_workers_text(params, args.stage)}, no model): the ceiling it sets"
+    data_row = f"data path alone ({_workers(getattr(params, args.stage))} workers, no model): the ceiling it sets"
     if args.data_only:
         print(f"| path | img/s |\n|---|---:|\n| {data_row} | {data:,.1f} |")
         return 0

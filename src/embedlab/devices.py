@@ -122,5 +122,5 @@ def speed_tags(cfg) -> dict[str, str]:
         "embedlab.device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "embedlab.precision": lightning_precision(cfg.precision),
         "embedlab.compile": str(cfg.compile).lower(),
-        "embedlab.num_workers": str(loader_workers(cfg.num_workers, device, getattr(cfg, "devices", 1))),
+        "embedlab.num_workers": str(training_loader_options(cfg)["num_workers"]),  # what the loaders get
     }

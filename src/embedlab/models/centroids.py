@@ -14,8 +14,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from embedlab.data.drip import collate_skipping_bad
-from embedlab.models.eval_mode import eval_mode
 from embedlab.models.backbone import DescriptorModel
+from embedlab.models.eval_mode import eval_mode
 
 
 @torch.no_grad()
