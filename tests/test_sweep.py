@@ -8,13 +8,16 @@ import json
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import mlflow
 import optuna
 import pytest
+import sqlalchemy
 import yaml
 from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
@@ -24,7 +27,8 @@ from embedlab.config import ConfigError, load_params
 from embedlab.sweep.best import set_param_command, write_best_params, yaml_scalar
 from embedlab.sweep.runner import SweepRequest, plan_sweep, run_sweep
 from embedlab.sweep.stages import get_stage
-from embedlab.sweep.study import MLFLOW_RUN, RETRY_OF, WORKER, counts
+from embedlab.sweep.runs import mark_killed
+from embedlab.sweep.study import MLFLOW_RUN, RETRY_OF, WORKER, counts, recover_killed
 
 from conftest import cli_env, run, tiny_params
 
@@ -256,24 +260,42 @@ def test_a_bad_trial_is_pruned_and_a_diverging_one_fails_while_the_study_goes_on
     assert "FloatingPointError" in failed.data.tags["optuna.fail_reason"]
 
 
-def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 300):
+def _kill_when(predicate, proc: subprocess.Popen, log: Path, timeout: float = 300):
+    """SIGKILL the sweep at a moment ``predicate`` holds, and return what it found.
+
+    The predicate is checked while the sweep is stopped (SIGSTOP), so the trials
+    it sees are the trials the sweep dies with: a trial cannot end between the
+    check and the kill.
+    """
     start = time.time()
-    while time.time() - start < timeout:
-        if proc.poll() is not None:
-            raise AssertionError(f"sweep ended early ({proc.returncode}): {proc.stderr.read()[-3000:]}")
-        found = predicate()
-        if found:
-            return found
-        time.sleep(0.5)
-    raise AssertionError("timed out")
+    try:
+        while time.time() - start < timeout:
+            if proc.poll() is not None:
+                raise AssertionError(f"sweep ended early ({proc.returncode}): {log.read_text()[-3000:]}")
+            proc.send_signal(signal.SIGSTOP)
+            try:
+                found = predicate()
+            except (sqlalchemy.exc.OperationalError, optuna.exceptions.StorageInternalError,
+                    mlflow.exceptions.MlflowException):
+                found = None  # stopped while it held a database lock: look again later
+            if found:
+                return found
+            proc.send_signal(signal.SIGCONT)
+            time.sleep(0.5)
+        raise AssertionError("timed out")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
 
 
 @pytest.mark.slow
 def test_a_killed_sweep_resumes_keeping_its_finished_trials(sweep_project: Path):
     storage = _storage(sweep_project)
-    proc = subprocess.Popen([sys.executable, "-m", "embedlab", "sweep", "drip_stage", "--n-trials", "3",
-                             "--study", "kill"], cwd=sweep_project, env=cli_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    log = sweep_project / "killed_sweep.log"  # a file, not a pipe: a full pipe would block the sweep
+    with log.open("w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "embedlab", "sweep", "drip_stage", "--n-trials", "3",
+                                 "--study", "kill"], cwd=sweep_project, env=cli_env(), stdout=subprocess.DEVNULL,
+                                stderr=err)
 
     def one_done_one_running():
         try:
@@ -289,11 +311,7 @@ def test_a_killed_sweep_resumes_keeping_its_finished_trials(sweep_project: Path)
         run_id = trial.user_attrs.get(MLFLOW_RUN)
         return bool(run_id) and "optuna.trial_number" in _client(sweep_project).get_run(run_id).data.params
 
-    try:
-        done, running = _wait_for(one_done_one_running, proc)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    done, running = _kill_when(one_done_one_running, proc, log)
     result = run_sweep(load_params("params.yaml"), SweepRequest("drip_stage", n_trials=3, study="kill"))
 
     study = optuna.load_study(study_name="kill", storage=storage)
@@ -313,6 +331,33 @@ def test_a_killed_sweep_resumes_keeping_its_finished_trials(sweep_project: Path)
     assert runs[running.number].info.status == "KILLED"
     assert runs[running.number].data.tags["optuna.trial_state"] == "FAIL"
     assert sum(r.info.status == "FINISHED" for r in runs.values()) == 3
+
+
+def test_a_trial_killed_after_its_run_ended_is_killed_in_mlflow_and_retried(tmp_path: Path):
+    """The worker died between ending the trial's MLflow run and Optuna's tell: the run looked
+    FINISHED, but the study does not count the trial and runs its parameters again."""
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run_id = client.create_run(client.create_experiment("sweep")).info.run_id
+    client.set_tag(run_id, "optuna.trial_state", "COMPLETE")
+    client.set_terminated(run_id, "FINISHED")
+    study = optuna.create_study(study_name="race", storage=_storage(tmp_path))
+    trial = study.ask({"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2)})
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    trial.set_user_attr(WORKER, f"{socket.gethostname()}:{dead}")
+    trial.set_user_attr(MLFLOW_RUN, run_id)
+
+    mlflow.set_tracking_uri(client.tracking_uri)  # as the sweep runner does
+    killed = recover_killed(study)
+    mark_killed([t.user_attrs.get(MLFLOW_RUN) for t in killed])
+
+    assert [t.number for t in killed] == [trial.number]
+    assert study.trials[trial.number].state == TrialState.FAIL
+    queued = study.trials[-1]
+    assert queued.state == TrialState.WAITING and queued.user_attrs[RETRY_OF] == trial.number
+    assert queued.system_attrs["fixed_params"] == trial.params  # how Optuna keeps a queued trial's parameters
+    run = client.get_run(run_id)
+    assert run.info.status == "KILLED" and run.data.tags["optuna.trial_state"] == "FAIL"
 
 
 @pytest.mark.slow

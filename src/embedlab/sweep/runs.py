@@ -76,10 +76,15 @@ def finish_parent(run_id: str, owned: bool, status: str = "FINISHED") -> None:
 
 
 def mark_killed(run_ids: list[str | None]) -> None:
-    """End the MLflow runs of trials killed with their worker (left RUNNING): KILLED, state FAIL."""
+    """Mark the MLflow runs of trials killed with their worker KILLED, with state FAIL.
+
+    Whatever status the run reached: a worker killed after it ended the run but
+    before Optuna recorded the result leaves a FINISHED (or pruned) run that the
+    study does not count and runs again, and MLflow must not show it as done.
+    """
     client = MlflowClient()
     for run_id in run_ids:
-        if run_id and tracking.run_is_usable(run_id) and client.get_run(run_id).info.status == "RUNNING":
+        if tracking.run_is_usable(run_id):
             client.set_tag(run_id, "optuna.trial_state", "FAIL")
             client.set_tag(run_id, "optuna.fail_reason", "killed with its worker; retried when the sweep resumed")
             client.set_terminated(run_id, "KILLED")
