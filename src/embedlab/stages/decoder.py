@@ -223,7 +223,7 @@ def _fit(module: DecoderModule, train: TemplatePairs, test: TemplatePairs, cfg: 
     done = checkpoint_epoch(resume_from) + 1 if resume_from else 0
     pl.seed_everything(params.seed + done, workers=True)
     cuda = torch.cuda.is_available()
-    module.train()  # Lightning 2.x keeps the mode it finds, and scoring left it in eval
+    module.train()  # Lightning 2.x keeps the mode it finds: train, whatever happened to the module before
     if cfg.channels_last and cuda:
         module.to(memory_format=torch.channels_last)
     loader = DataLoader(train, batch_size=cfg.batch_size, shuffle=True, drop_last=len(train) > cfg.batch_size,
