@@ -9,7 +9,7 @@ recipe, JPEG at quality 100, atomic writes) into a temporary folder, once with
 1 worker and once with every core, ``--classes`` × ``--per-class`` images each
 (the anchor included), best of ``--repeats``. Sources: ``--source`` (every
 image of it), else 640×480 crops of scikit-image's photos (ISC-like sizes).
-The original generator made about 23 images/s on one core (REFERENCE.md §2:
+The original generator made about 23 images/s on one core (docs/originals/gem.md:
 2M images in about a day); the goal is 10× that per core (230) and a
 near-linear scaling from 1 worker to all cores.
 """
@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image
 
 from embedlab.augment._albu import fblur, fpixel
-from embedlab.augment.generator import GenerateSettings, generate, resolve_workers, select_classes
+from embedlab.augment.generator import GenerateSettings, generate, generated_set_classes, resolve_workers
 from embedlab.augment.recipes import load_recipes
 from embedlab.config import load_params
 from embedlab.stages.augment import overlay_sources
@@ -87,21 +87,24 @@ def measure(recipe, classes, pool, workers: int, repeats: int, scratch: Path, pe
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", default="params.yaml", help="the recipes (augment section)")
+    parser.add_argument("--params", default="params.yaml",
+                        help="the recipes (augment section) and runtime.augment_workers")
     parser.add_argument("--recipes", nargs="*", help="default: every recipe of params.yaml")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--classes", type=int, default=48)
     parser.add_argument("--per-class", type=int, default=20)
-    parser.add_argument("--workers", type=int, default=0, help="the 'all cores' run (0: every core)")
+    parser.add_argument("--workers", type=int, help="the 'all cores' run (0: every core; default: "
+                                                    "params.yaml's runtime.augment_workers)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--source", help="a folder of images (default: crops of scikit-image photos)")
     args = parser.parse_args(argv)
 
     fpixel(), fblur()  # import albumentations (seconds) before any timing
-    cfg = load_params(args.params).augment
+    params = load_params(args.params)
+    cfg = params.augment
     recipes = load_recipes(cfg.base, cfg.recipes, args.size, where=f"{args.params}: augment")
     names = args.recipes or list(recipes)
-    n_all = resolve_workers(args.workers)
+    n_all = resolve_workers(params.runtime.augment_workers if args.workers is None else args.workers)
     with tempfile.TemporaryDirectory(prefix="augment-bench-") as tmp:
         scratch = Path(tmp)
         source = Path(args.source) if args.source else scratch / "source"
@@ -109,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.source:
             photo_sources(source, args.classes)
         photo_sources(faces, 4, seed=1)
-        classes = select_classes(source, 1, args.classes)
+        classes = generated_set_classes(source, 1, args.classes)
         pool = overlay_sources(source)
         print(f"# {len(classes)} classes x {args.per_class} images at {args.size} px, JPEG q100, "
               f"1 and {n_all} workers, best of {args.repeats}")
@@ -123,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for name in names:
             recipe = recipes[name]
-            jobs = classes + (select_classes(source, 1, 1, faces)[1:] if recipe.faces else [])
+            jobs = classes + (generated_set_classes(source, 1, 1, faces)[1:] if recipe.faces else [])
             one = measure(recipe, jobs, pool, 1, args.repeats, scratch, args.per_class)
             many = measure(recipe, jobs, pool, n_all, args.repeats, scratch, args.per_class) if n_all > 1 else one
             rows.append((name, one, many))

@@ -30,14 +30,14 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from embedlab.data.drip import collate_skipping_bad
+from embedlab.data.collate import collate_skipping_bad
 from embedlab.data.templates import TemplatePairs, TemplateSet
 from embedlab.models.backbone import DescriptorModel, DescriptorSpec
 from embedlab.models.decoder import DecoderSpec, TemplateDecoder
 from embedlab.models.decoder_losses import laplace_loss, perceptual_loss
 from embedlab.models.face_models import EncoderFaceModel
 
-ORIGINAL = 368.0  # samples/s (REFERENCE.md §3)
+ORIGINAL = 368.0  # samples/s (docs/originals/decoder.md)
 GOAL = 10 * ORIGINAL
 
 

@@ -31,12 +31,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from augment_throughput import cpu_model, photo_sources  # noqa: E402
-from ratios import print_ratio_table  # noqa: E402
+from ratios import print_ratio_table, workers_arg  # noqa: E402
 
-from embedlab.cli import workers_arg  # noqa: E402
+from embedlab.config import RuntimeConfig  # noqa: E402
 from embedlab.devices import autocast_dtype, torch_device  # noqa: E402
 from embedlab.models.checkpoints import export_descriptor_model  # noqa: E402
-from embedlab.stages.embed import embed_folder  # noqa: E402
+from embedlab.evaluation.embed import embed_folder  # noqa: E402
 
 GOAL = 0.8
 
@@ -124,9 +124,11 @@ def main(argv: list[str] | None = None) -> int:
         model.cpu()
         if dev.type == "cuda":
             torch.cuda.empty_cache()
-        settings = dict(img_size=args.img, batch_size=args.batch, num_workers=args.workers, device=args.device,
-                        channels_last=bool(args.channels_last), precision=args.precision, compile=args.compile,
-                        decode=args.decode, prefetch_factor=args.prefetch, progress=False)
+        # params.yaml's runtime section as `embedlab embed` passes it
+        runtime = RuntimeConfig(device=args.device, precision=args.precision, channels_last=bool(args.channels_last),
+                                compile=args.compile, num_workers=args.workers, prefetch_factor=args.prefetch,
+                                decode=args.decode, inference_batch_size=args.batch)
+        settings = dict(img_size=args.img, runtime=runtime, progress=False)
         # Warm-up: the CUDA context, cuDNN's algorithm choice, compilation (cached for the timed call).
         replicate(sorted((tmp / "sources").glob("*.jpg"))[: 2 * args.batch], tmp / "warmup",
                   min(2 * args.batch, args.images))

@@ -1,4 +1,5 @@
-"""The table the side-by-side benchmarks print: each path's rate and its ratio to the first (the bare model)."""
+"""What the side-by-side benchmarks share: the table they print (each path's rate and its ratio to the
+first, the bare model) and their ``--workers`` argument."""
 
 from __future__ import annotations
 
@@ -14,3 +15,8 @@ def print_ratio_table(rows: list[tuple[str, float]], goal: float, on_gpu: bool, 
           f"{'met' if measured / bare >= goal else 'NOT met'} ({measured / bare:.2f}×).")
     if not on_gpu:
         print(f"(CPU run: the goal is about the GPU; here {shared} share the same cores.)")
+
+
+def workers_arg(text: str) -> int | str:
+    """``auto`` or a number of DataLoader workers (runtime.num_workers)."""
+    return "auto" if text == "auto" else int(text)

@@ -8,13 +8,15 @@
 
 Bare: the stage's model (backbone → pooling → projection, random weights)
 on a batch already on the device: forward, a trivial loss, backward, AdamW
-step, under the stage's precision, channels-last and compile setting. Stage:
-the real stage code - the drip stage's DataLoader (class images from JPEG
-files, decoded at ``aug_size``, the query augmentations) and its Lightning
-Trainer (ArcFace head, gradient clipping, the MLflow logger); the GeM stage's
-``_fit`` (P×K sampler, classifier + soft triplet loss, per-step LR schedule);
-the triplet stage's ``_fit`` (P×K sampler, the phase's miner and triplet loss)
-- timed over ``--steps`` training steps after ``--warmup`` steps, then
+step, under the runtime section's precision, channels-last and compile
+settings. Stage: the real stage code - the stage's own training DataLoader
+(drip: class images from JPEG files, decoded at ``aug_size``, the query
+augmentations; gem, triplet: the P×K sampler) and the Lightning Trainer of
+the shared stage lifecycle (:func:`embedlab.stages.lifecycle._fit`: the
+stage's callbacks and trainer options, the MLflow logger, compile) with the
+stage's module (drip: ArcFace head, gradient clipping; gem: classifier + soft
+triplet loss, per-step LR schedule; triplet: the phase's miner and triplet
+loss) - timed over ``--steps`` training steps after ``--warmup`` steps, then
 stopped. Goal: stage >= 0.85× bare.
 
 Source images: ``--distinct`` 512×384 photos cycled over ``--classes``
@@ -39,14 +41,14 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from augment_throughput import cpu_model, photo_sources  # noqa: E402
-from ratios import print_ratio_table  # noqa: E402
+from ratios import print_ratio_table, workers_arg  # noqa: E402
 
 import pytorch_lightning as pl  # noqa: E402
 
-from embedlab.cli import workers_arg  # noqa: E402
-from embedlab.config import TripletConfig, load_params  # noqa: E402
-from embedlab.devices import available_cpus, lightning_precision, torch_device, training_loader_options  # noqa: E402
+from embedlab.config import PRECISIONS, TripletConfig, load_params  # noqa: E402
+from embedlab.devices import available_cpus, lightning_precision, runtime_loader_options, torch_device  # noqa: E402
 from embedlab.models.compiled import compiled_trunk  # noqa: E402
+from embedlab.stages.lifecycle import _fit  # noqa: E402
 
 GOAL = 0.85
 PROJECT = Path(__file__).resolve().parents[1]
@@ -141,42 +143,50 @@ def _fit_timed(fit, timer: StepTimer) -> float:
 Rates = tuple[str, float | None, float, float | None]  # what ran; bare, data path alone, stage (img/s)
 
 
+def _stage_rate(stage, module, params, timer: StepTimer, tmp: Path) -> float:
+    """The stage's own training steps: the lifecycle's Trainer (callbacks, options, logger, compile)."""
+    run_id = _mlflow_run(tmp)
+    return _fit_timed(lambda: _fit(stage, module, params, run_id, None, [timer]), timer)
+
+
 def drip_rates(params, args, sources: list[Path], tmp: Path) -> Rates:
     from embedlab.augment import OverlayPool, QueryAugmenter
-    from embedlab.data.drip import ClassImages, QueryViews
+    from embedlab.data.drip import ClassImages
     from embedlab.models.backbone import DescriptorModel, DescriptorSpec
-    from embedlab.models.drip_module import DripModule
     from embedlab.stages import drip
 
-    cfg = params.drip
-    cfg = dataclasses.replace(cfg, epochs=1, limit_train_batches=args.warmup + args.steps + 2, schedule={})
-    spec = {"backbone": cfg.backbone, "embedding_dim": cfg.embedding_dim, "gem_p": cfg.gem_p, "img_size": cfg.img_size}
+    cfg = dataclasses.replace(params.drip, epochs=1, limit_train_batches=args.warmup + args.steps + 2)
     # One image per class, one epoch: enough classes for every step (the timer stops the epoch early).
     n_classes = max(args.classes, cfg.batch_size * (args.warmup + args.steps + 2))
     classes = [sources[i % len(sources)] for i in range(n_classes)]
-    images = ClassImages(classes, cfg.aug_size, "fail")
-    augment = QueryAugmenter(cfg.qry_augs_intensity, OverlayPool.from_paths(sources))
+
+    @dataclasses.dataclass
+    class BenchStep(drip.DripRequest):
+        """A drip step whose classes are the benchmark's photos (not the DISC folders)."""
+
+        def setup(self, params) -> None:
+            self.cfg = cfg
+            self.classes = classes
+            self.images = ClassImages(classes, cfg.aug_size, "fail")
+            self.augment = QueryAugmenter(cfg.qry_augs_intensity, OverlayPool.from_paths(sources))
+
+    stage = BenchStep(name="bench", step=drip.DripStep(n_classes), models_root=tmp / "drip")
+    stage.setup(params)
     pl.seed_everything(0, workers=True)
-    loader = drip.step_loader(QueryViews(images, augment, cfg.img_size), cfg, True)
+    loader, _ = stage.loaders(params)  # the stage's training loader: (epoch, index) views of the classes
     what = (f"drip: {cfg.backbone} at {cfg.img_size} px (augmented at {cfg.aug_size}, intensity "
-            f"{cfg.qry_augs_intensity}), batch {cfg.batch_size}, {len(classes):,} classes, {_speed(cfg)}")
+            f"{cfg.qry_augs_intensity}), batch {cfg.batch_size}, {len(classes):,} classes, {_speed(params)}")
     data = data_rate(loader, args.warmup, args.steps)
     if args.data_only:
         return what, None, data, None
 
+    runtime = params.runtime
+    spec = {"backbone": cfg.backbone, "embedding_dim": cfg.embedding_dim, "gem_p": cfg.gem_p, "img_size": cfg.img_size}
     torch.manual_seed(0)
-    bare = bare_rate(DescriptorModel(DescriptorSpec(**spec)).use_channels_last(cfg.channels_last), cfg.batch_size,
-                     cfg.img_size, lightning_precision(cfg.precision), args.warmup, args.steps, cfg.compile)
-    module = DripModule(spec, len(classes), cfg.arcface_m, cfg.arcface_s, cfg.margin_warmup_epochs, cfg.lr,
-                        cfg.weight_decay, cfg.plateau_factor, cfg.plateau_patience, channels_last=cfg.channels_last)
-    timer = StepTimer(args.warmup, args.steps)
-    run_id = _mlflow_run(tmp)
-
-    def fit() -> None:
-        with compiled_trunk(module.model, cfg.compile):
-            drip._trainer(cfg, tmp / "drip", run_id, [timer]).fit(module, train_dataloaders=loader)
-
-    return what, bare, data, _fit_timed(fit, timer)
+    bare = bare_rate(DescriptorModel(DescriptorSpec(**spec)).use_channels_last(runtime.channels_last), cfg.batch_size,
+                     cfg.img_size, lightning_precision(runtime.precision), args.warmup, args.steps, runtime.compile)
+    module = stage.build(params, fresh=True)
+    return what, bare, data, _stage_rate(stage, module, params, StepTimer(args.warmup, args.steps), tmp)
 
 
 def gem_rates(params, args, sources: list[Path], tmp: Path) -> Rates:
@@ -185,30 +195,39 @@ def gem_rates(params, args, sources: list[Path], tmp: Path) -> Rates:
     from embedlab.models.gem_net import GemNet, GemNetSpec
     from embedlab.stages import gem
 
-    iters = args.warmup + args.steps + 2
-    cfg = dataclasses.replace(params.gem, devices=1)  # the timer stops it after the timed steps
+    iters = args.warmup + args.steps + 2  # the timer stops the epoch after the timed steps
+    params.runtime = dataclasses.replace(params.runtime, devices=1)
+    cfg = params.gem
     spec = gem._spec(cfg)
     batch = cfg.p * cfg.k
     per_class = max(cfg.k, 2)
     rows = [(sources[(c * per_class + i) % len(sources)], c) for c in range(args.classes) for i in range(per_class)]
     dataset = LabelledImages(rows, cfg.img_size)
+
+    @dataclasses.dataclass
+    class BenchRun(gem.GemRequest):
+        """A GeM run on the benchmark's square photos (not a generated set's folder)."""
+
+        def setup(self, params) -> None:
+            self.cfg, self.dataset, self.iters = cfg, dataset, iters
+
+    stage = BenchRun("bench", tmp / "set", cfg, models_root=tmp / "gem")
+    stage.setup(params)
     what = (f"gem: {cfg.backbone} at {cfg.img_size} px, P×K {cfg.p}×{cfg.k} = batch {batch}, {args.classes:,} classes, "
-            f"{_speed(cfg)}")
-    data = data_rate(gem.train_loader(dataset, cfg, params.seed, iters), args.warmup, args.steps)
+            f"{_speed(params)}")
+    data = data_rate(stage.loaders(params)[0], args.warmup, args.steps)
     if args.data_only:
         return what, None, data, None
 
+    runtime = params.runtime
     torch.manual_seed(0)
-    bare = bare_rate(GemNet(GemNetSpec(**spec)).use_channels_last(cfg.channels_last), batch, cfg.img_size,
-                     lightning_precision(cfg.precision), args.warmup, args.steps, cfg.compile)
+    bare = bare_rate(GemNet(GemNetSpec(**spec)).use_channels_last(runtime.channels_last), batch, cfg.img_size,
+                     lightning_precision(runtime.precision), args.warmup, args.steps, runtime.compile)
     pl.seed_everything(0, workers=True)
     module = GemModule(spec, args.classes, cfg.ce_weight, cfg.triplet_weight, cfg.label_smoothing, cfg.lr,
-                       cfg.weight_decay, cfg.warmup_epochs, cfg.flat_epochs, cfg.epochs, iters, cfg.classifier_devices,
-                       channels_last=cfg.channels_last)
-    timer = StepTimer(args.warmup, args.steps)
-    run_id = _mlflow_run(tmp)
-    rate = _fit_timed(lambda: gem._fit(module, dataset, cfg, params, iters, tmp / "gem", run_id, None, [timer]), timer)
-    return what, bare, data, rate
+                       cfg.weight_decay, cfg.warmup_epochs, cfg.flat_epochs, cfg.epochs, iters,
+                       runtime.classifier_devices, channels_last=runtime.channels_last)
+    return what, bare, data, _stage_rate(stage, module, params, StepTimer(args.warmup, args.steps), tmp)
 
 
 def triplet_rates(params, args, sources: list[Path], tmp: Path) -> Rates:
@@ -217,38 +236,49 @@ def triplet_rates(params, args, sources: list[Path], tmp: Path) -> Rates:
     from embedlab.models.triplet_module import TripletModule
     from embedlab.stages import triplet
 
-    cfg = dataclasses.replace(params.triplet, iters=args.warmup + args.steps + 2)
-    phase = dataclasses.replace(getattr(cfg, args.phase), epochs=1)
+    cfg = params.triplet = dataclasses.replace(params.triplet, iters=args.warmup + args.steps + 2)
+    phase = dataclasses.replace(params.triplet_phases[args.phase], epochs=1, init_from=None)
     spec = triplet._spec(cfg)
     batch = cfg.p * cfg.k
     rows = [(sources[(c * cfg.k + i) % len(sources)], c) for c in range(args.classes) for i in range(cfg.k)]
     train = FaceImages(rows, cfg.img_size)
+    valid = PairImages([(sources[0], sources[1])], cfg.img_size)  # never reached: the timer stops the epoch
+
+    @dataclasses.dataclass
+    class BenchPhase(triplet.TripletRequest):
+        """A phase on the benchmark's photos as labels (not `embedlab face-data`'s CSVs)."""
+
+        def setup(self, params) -> None:
+            self.valid_images = valid
+
+        def loaders(self, params):
+            return triplet.train_loader(train, cfg, params), None
+
+    stage = BenchPhase(args.phase, phase, models_root=tmp / "triplet")
+    stage.setup(params)
     what = (f"triplet ({args.phase}, {phase.miner} triplets): {cfg.backbone} at {cfg.img_size} px, "
-            f"P×K {cfg.p}×{cfg.k} = batch {batch}, {args.classes:,} labels, {_speed(cfg)}")
-    data = data_rate(triplet.train_loader(train, cfg, params.seed), args.warmup, args.steps)
+            f"P×K {cfg.p}×{cfg.k} = batch {batch}, {args.classes:,} labels, {_speed(params)}")
+    data = data_rate(stage.loaders(params)[0], args.warmup, args.steps)
     if args.data_only:
         return what, None, data, None
 
+    runtime = params.runtime
     torch.manual_seed(0)
-    bare = bare_rate(FaceEncoder(FaceEncoderSpec(**spec)), batch, cfg.img_size, lightning_precision(cfg.precision),
-                     args.warmup, args.steps, cfg.compile)
-    valid = PairImages([(sources[0], sources[1])], cfg.img_size)  # never reached: the timer stops the epoch
+    bare = bare_rate(FaceEncoder(FaceEncoderSpec(**spec)), batch, cfg.img_size, lightning_precision(runtime.precision),
+                     args.warmup, args.steps, runtime.compile)
     pl.seed_everything(0, workers=True)
     module = TripletModule(spec, phase.miner, cfg.margin, phase.lr, cfg.weight_decay, valid_pairs=[(0, 1, 0)])
-    timer = StepTimer(args.warmup, args.steps)
-    run_id = _mlflow_run(tmp)
-    rate = _fit_timed(lambda: triplet._fit(module, train, valid, cfg, phase, params, tmp / "triplet", run_id, None,
-                                           [timer]), timer)
-    return what, bare, data, rate
+    return what, bare, data, _stage_rate(stage, module, params, StepTimer(args.warmup, args.steps), tmp)
 
 
-def _speed(cfg) -> str:
-    return (f"{lightning_precision(cfg.precision)}, channels_last={cfg.channels_last}, compile={cfg.compile}, "
-            f"{_workers(cfg)} loader workers")
+def _speed(params) -> str:
+    runtime = params.runtime
+    return (f"{lightning_precision(runtime.precision)}, channels_last={runtime.channels_last}, "
+            f"compile={runtime.compile}, {_workers(params)} loader workers")
 
 
-def _workers(cfg) -> int:
-    return training_loader_options(cfg)["num_workers"]  # as the stage's loaders resolve them
+def _workers(params) -> int:
+    return runtime_loader_options(params.runtime)["num_workers"]  # as the stage's loaders resolve them
 
 
 def _mlflow_run(tmp: Path) -> str:
@@ -273,9 +303,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--last-stride-1", type=int, choices=(0, 1),
                         help="gem: the ResNet last-stride trick (0 for non-ResNet backbones; default: params.yaml)")
     parser.add_argument("--classes", type=int, default=50000)
-    parser.add_argument("--precision", choices=("auto", "32-true", "bf16-mixed", "16-mixed"), default="auto")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto", help="runtime.precision")
     parser.add_argument("--compile", action="store_true", help="torch.compile the backbone (stage and bare)")
-    parser.add_argument("--workers", type=workers_arg, default=min(16, available_cpus()), help="N or auto")
+    parser.add_argument("--workers", type=workers_arg, default=min(16, available_cpus()),
+                        help="runtime.num_workers: N or auto")
     parser.add_argument("--distinct", type=int, default=512, help="distinct source photos (cycled over the classes)")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
@@ -288,7 +319,10 @@ def main(argv: list[str] | None = None) -> int:
     params = load_params(PROJECT / "params.yaml")
     raw = yaml.safe_load((PROJECT / "params.yaml").read_text())
     drip_full = raw.get("profiles", {}).get("full", {}).get("drip", {})  # the drip goal is about the full profile
-    speed = {"pretrained": None, "num_workers": args.workers, "precision": args.precision, "compile": args.compile}
+    # The speed settings are params.yaml's runtime section; the stage sections shape the model only.
+    params.runtime = dataclasses.replace(params.runtime, num_workers=args.workers, precision=args.precision,
+                                         compile=args.compile)
+    speed = {"pretrained": None}
     if args.stage == "drip":
         base = {k: drip_full.get(k, getattr(params.drip, k)) for k in ("backbone", "img_size", "aug_size", "batch_size")}
         over = {"backbone": args.backbone, "img_size": args.img, "aug_size": args.aug_size, "batch_size": args.batch}
@@ -307,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
         model = ("backbone", "img_size", "patch_size", "depth", "p", "k")
         base = params.triplet if args.tiny else TripletConfig()
         over = {k: v for k, v in {"backbone": args.backbone, "img_size": args.img, "p": args.batch}.items() if v}
-        params.triplet = dataclasses.replace(params.triplet, **{**{k: getattr(base, k) for k in model}, **over}, **speed)
+        params.triplet = dataclasses.replace(params.triplet, **{**{k: getattr(base, k) for k in model}, **over},
+                                             **speed)
     if args.tiny:
         args.classes, args.distinct, args.steps, args.warmup = 64, 32, 5, 2  # drip: 144 classes
 
@@ -329,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU {cpu_model()}"
     print(f"\n{what}; {args.steps} timed steps after {args.warmup}; {where}, {os.cpu_count()} CPUs; "
           f"torch {torch.__version__}, Python {platform.python_version()}; load average {os.getloadavg()[0]:.2f}\n")
-    data_row = f"data path alone ({_workers(getattr(params, args.stage))} workers, no model): the ceiling it sets"
+    data_row = f"data path alone ({_workers(params)} workers, no model): the ceiling it sets"
     if args.data_only:
         print(f"| path | img/s |\n|---|---:|\n| {data_row} | {data:,.1f} |")
         return 0

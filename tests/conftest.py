@@ -41,25 +41,25 @@ def tiny_params(data_root: str = "data/raw") -> dict:
     params["drip"].update(
         backbone="test_resnet", pretrained=None, img_size=48, aug_size=64, embedding_dim=32, epochs=2,
         batch_size=8, val_classes=8,
-        schedule={"s1": {"n_facebook_samples": 16, "init_from": "pretrained"},
-                  "s2": {"n_facebook_samples": 32, "n_imagenet_samples": 8, "init_from": "s1"}},
     )
-    params["embed"].update(batch_size=32)
+    params["drip_schedule"] = {"s1": {"n_facebook_samples": 16, "init_from": "pretrained"},
+                               "s2": {"n_facebook_samples": 32, "n_imagenet_samples": 8, "init_from": "s1"}}
+    params["runtime"].update(inference_batch_size=32, augment_workers=1)
+    params["pipeline"].update(augment=["big"], gem=["big"])
     params["evaluate"].update(train_descriptors=24, ensemble=["drip/s2", "gem/big"])
-    params["augment"].update(classes=8, per_class=4, size=48, workers=1, build=["big"])
+    params["augment"].update(classes=8, per_class=4, size=48)
     params["gem"].update(
         backbone="test_resnet", pretrained=None, img_size=48, proj_hidden=32, proj_dim=64, p=4, k=2, epochs=2,
-        iters=3, warmup_epochs=1, flat_epochs=0, train=["big"],
+        iters=3, warmup_epochs=1, flat_epochs=0,
     )
     params["triplet"].update(
         backbone="vit_tiny_patch16_224", pretrained=None, img_size=32, patch_size=8, depth=2, p=4, k=2,
-        valid_fraction=0.25, eval_batch_size=64,
-        pretrain={"miner": "all", "lr": 3e-4, "epochs": 2, "init_from": None},
-        finetune={"miner": "hard", "lr": 1e-4, "epochs": 1, "init_from": "pretrain"},
+        valid_fraction=0.25,
     )
-    params["templates"].update(batch_size=32)
+    params["triplet_phases"] = {"pretrain": {"miner": "all", "lr": 3e-4, "epochs": 2, "init_from": None},
+                                "finetune": {"miner": "hard", "lr": 1e-4, "epochs": 1, "init_from": "pretrain"}}
     params["decoder"].update(output_size=32, width=0.125, perceptor_layers=1, batch_size=8, epochs=2,
-                             eval_batch_size=64, control_samples=4, visualize_every=4, fmr=0.01)
+                             control_samples=4, visualize_every=4, fmr=0.01)
     return params
 
 

@@ -23,7 +23,7 @@ from embedlab.augment import (
 
 SIZE = 96
 FIXED = {"scale": 0.1, "jpeg": 0.1, "color_jitter": 0.2, "shuffle_pixels": 0.1, "hflip": 0.5, "vflip": 0.1}
-# Probabilities at I=1, as listed in REFERENCE.md §1.
+# Probabilities at I=1, as listed in docs/originals/drip.md.
 AT_ONE = {
     "rotate": 0.1, "perspective": 0.1, "grayscale": 0.1, "opacity": 0.05, "crop": 0.1, "pad": 0.05,
     "overlay_image": 0.1, "overlay_onto_image": 0.1, "blur": 0.1, "sharpen": 0.1, "stripes": 0.1,

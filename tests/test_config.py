@@ -14,9 +14,9 @@ PROJECT = Path(__file__).resolve().parents[1]
 
 def test_project_params_load_with_a_three_step_schedule():
     params = load_params(PROJECT / "params.yaml")
-    assert list(params.drip.schedule) == ["s1", "s2", "s3"]
-    assert isinstance(params.drip.schedule["s2"], DripStep)
-    assert params.drip.schedule["s2"].init_from == "s1"
+    assert list(params.drip_schedule) == ["s1", "s2", "s3"]
+    assert isinstance(params.drip_schedule["s2"], DripStep)
+    assert params.drip_schedule["s2"].init_from == "s1"
 
 
 def test_unknown_parameter_is_an_error_naming_file_and_key(tmp_path):
@@ -28,22 +28,24 @@ def test_unknown_parameter_is_an_error_naming_file_and_key(tmp_path):
         load_params(path)
 
 
-@pytest.mark.parametrize("key,value,message", [
-    ("qry_augs_intensity", 1.5, "qry_augs_intensity"),
-    ("w_init", "zeros", "w_init"),
-    ("precision", "fp8", "precision"),
+@pytest.mark.parametrize("section,key,value,message", [
+    ("drip", "qry_augs_intensity", 1.5, "qry_augs_intensity"),
+    ("drip", "w_init", "zeros", "w_init"),
+    ("runtime", "precision", "fp8", "runtime.precision"),
+    ("runtime", "num_workers", -1, "runtime.num_workers"),
+    ("runtime", "devices", 0, "runtime.devices"),
 ])
-def test_invalid_values_are_rejected(key, value, message):
+def test_invalid_values_are_rejected(section, key, value, message):
     params = load_params(PROJECT / "params.yaml")
     with pytest.raises(ConfigError, match=message):
-        apply_overrides(params.drip, {key: value})
+        apply_overrides(getattr(params, section), {key: value})
 
 
 def test_overrides_skip_none_and_keep_the_rest():
     params = load_params(PROJECT / "params.yaml")
     cfg = apply_overrides(params.drip, {"batch_size": 7, "lr": None})
     assert cfg.batch_size == 7 and cfg.lr == params.drip.lr
-    assert cfg.schedule == params.drip.schedule
+    assert cfg.epochs == params.drip.epochs
 
 
 def test_use_profile_full_replaces_the_schedule_and_keeps_comments(tmp_path):
@@ -53,8 +55,9 @@ def test_use_profile_full_replaces_the_schedule_and_keeps_comments(tmp_path):
     params = load_params(path)
     assert params.profile == "full"
     assert params.drip.backbone == "eca_nfnet_l1" and params.drip.img_size == 160
-    assert list(params.drip.schedule)[0] == "s50k" and "s1" not in params.drip.schedule
-    assert params.drip.schedule["s500k"].qry_augs_intensity == 0.60
+    assert list(params.drip_schedule)[0] == "s50k" and "s1" not in params.drip_schedule
+    assert params.drip_schedule["s500k"].qry_augs_intensity == 0.60
+    assert params.runtime.num_workers == "auto" and len(params.pipeline.augment) == 11
     assert params.demo_data.n_training == 240  # sections the profile leaves alone stay
     assert "# The one source of parameters" in path.read_text()
 
@@ -70,17 +73,50 @@ def test_use_profile_unknown_name(tmp_path):
     assert path.read_text() == (PROJECT / "params.yaml").read_text()
 
 
-def test_dvc_stage_params_cover_every_setting_that_shapes_a_drip_step():
-    """dvc.yaml lists drip params one by one (so that runtime knobs rerun nothing):
-    a new DripConfig field must be added there, or declared a runtime field."""
+TRAINING_STAGES = {"drip": "drip", "gem": "gem", "triplet_pretrain": "triplet", "triplet_finetune": "triplet",
+                   "decoder": "decoder"}
+
+
+def test_training_stages_depend_on_whole_sections_and_never_on_the_runtime():
+    """A stage's DVC params are the sections that shape its model: a new setting is covered
+    without editing dvc.yaml, and speed settings (runtime) rerun nothing."""
+    stages = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]
+    for name, section in TRAINING_STAGES.items():
+        stage = stages[name].get("do", stages[name])
+        assert section in stage["params"], name
+        assert not any(p == "runtime" or p.startswith("runtime.") for p in stage["params"]), name
+    assert "drip_schedule.${key}" in stages["drip"]["do"]["params"]
+    assert stages["drip"]["foreach"] == "${drip_schedule}"
+    # a phase does not rerun when the other phase's settings change
+    assert "triplet_phases.pretrain" in stages["triplet_pretrain"]["params"]
+    assert not any(p.startswith("triplet_phases.finetune") for p in stages["triplet_pretrain"]["params"])
+    assert "triplet_phases.finetune" in stages["triplet_finetune"]["params"]
+
+
+def test_runtime_settings_stay_out_of_every_stage_fingerprint_and_params(tiny_project, tiny_faces):
+    """Changing a runtime setting keeps a finished run's fingerprint (it re-evaluates, never retrains),
+    and no runtime field is a field of a stage's section."""
     import dataclasses
 
-    from embedlab.config import DRIP_RUNTIME_FIELDS, DripConfig
+    from embedlab.config import DecoderConfig, DripConfig, GemConfig, RuntimeConfig, TripletConfig
 
-    stage = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]["drip"]["do"]
-    listed = {p.split(".", 1)[1] for p in stage["params"] if p.startswith("drip.") and "${" not in p}
-    assert listed == {f.name for f in dataclasses.fields(DripConfig)} - set(DRIP_RUNTIME_FIELDS)
-    assert "drip.schedule.${key}" in stage["params"]
+    runtime = {f.name for f in dataclasses.fields(RuntimeConfig)}
+    for cls in (DripConfig, GemConfig, TripletConfig, DecoderConfig):
+        assert not runtime & {f.name for f in dataclasses.fields(cls)}, cls.__name__
+
+    from embedlab.stages.drip import plan_scheduled_step
+    from embedlab.stages.lifecycle import stage_fingerprint
+
+    params = load_params("params.yaml")
+    request = plan_scheduled_step(params, "s1")
+    request.setup(params)
+    faster = dataclasses.replace(params, runtime=dataclasses.replace(
+        params.runtime, num_workers=3, precision="bf16", compile=True, inference_batch_size=7))
+    key = stage_fingerprint(request, params)
+    assert stage_fingerprint(request, faster) == key
+    other = dataclasses.replace(params, drip=dataclasses.replace(params.drip, lr=params.drip.lr * 2))
+    request.setup(other)
+    assert stage_fingerprint(request, other) != key
 
 
 def test_values_are_checked_against_their_types(tmp_path):
@@ -97,41 +133,9 @@ def test_values_are_checked_against_their_types(tmp_path):
             load_params(path)
 
 
-def test_dvc_stage_params_cover_every_setting_of_the_gem_and_triplet_stages():
-    """Like the drip stage: each field shapes the model (listed in dvc.yaml) or is a runtime knob."""
-    import dataclasses
-
-    from embedlab.config import GEM_RUNTIME_FIELDS, TRIPLET_RUNTIME_FIELDS, GemConfig, TripletConfig
-
-    stages = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]
-    gem = {p.split(".", 1)[1] for p in stages["gem"]["do"]["params"] if p.startswith("gem.")}
-    # gem.recipe is only the CLI's default set; each stage names its own.
-    assert gem == {f.name for f in dataclasses.fields(GemConfig)} - set(GEM_RUNTIME_FIELDS) - {"recipe"}
-    data_settings = {"data_out", "fake_classes", "valid_fraction"}  # the face_data stage's, a dependency
-    face_data = {p.split(".", 1)[1] for p in stages["face_data"]["params"] if p.startswith("triplet.")}
-    assert face_data == data_settings
-    model = {f.name for f in dataclasses.fields(TripletConfig)} - set(TRIPLET_RUNTIME_FIELDS) - data_settings
-    for phase, other in (("pretrain", "finetune"), ("finetune", "pretrain")):
-        listed = {p.split(".", 1)[1] for p in stages[f"triplet_{phase}"]["params"] if p.startswith("triplet.")}
-        assert listed == model - {other}, phase  # a phase does not rerun when the other's settings change
-
-
-def test_dvc_stage_params_cover_every_setting_of_the_templates_and_decoder_stages():
-    import dataclasses
-
-    from embedlab.config import DECODER_RUNTIME_FIELDS, DecoderConfig, TemplatesConfig
-
-    stages = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]
-    templates = {p.split(".", 1)[1] for p in stages["templates"]["params"] if p.startswith("templates.")}
-    # batch_size / num_workers change how fast the photos are embedded, not the templates.
-    assert templates == {f.name for f in dataclasses.fields(TemplatesConfig)} - {"batch_size", "num_workers"}
-    decoder = {p.split(".", 1)[1] for p in stages["decoder"]["params"] if p.startswith("decoder.")}
-    assert decoder == {f.name for f in dataclasses.fields(DecoderConfig)} - set(DECODER_RUNTIME_FIELDS)
-
-
 def test_bad_gem_and_triplet_settings_name_the_setting(tmp_path):
     path = tmp_path / "params.yaml"
-    for section, key, value, message in (("gem", "k", 1, "gem.k"), ("gem", "devices", 0, "gem.devices"),
+    for section, key, value, message in (("gem", "k", 1, "gem.k"), ("runtime", "devices", 0, "runtime.devices"),
                                          ("triplet", "fake_classes", "each", "triplet.fake_classes"),
                                          ("triplet", "p", 1, "at least 2")):
         bad = yaml.safe_load((PROJECT / "params.yaml").read_text())
@@ -140,7 +144,7 @@ def test_bad_gem_and_triplet_settings_name_the_setting(tmp_path):
         with pytest.raises(ConfigError, match=message):
             load_params(path)
     bad = yaml.safe_load((PROJECT / "params.yaml").read_text())
-    bad["triplet"]["finetune"]["miner"] = "semi-hard"
+    bad["triplet_phases"]["finetune"]["miner"] = "semi-hard"
     path.write_text(yaml.safe_dump(bad))
     with pytest.raises(ConfigError, match="miner"):
         load_params(path)

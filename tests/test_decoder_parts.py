@@ -16,7 +16,7 @@ from embedlab.models.decoder import DecoderSpec, Discriminator, TemplateDecoder,
 from embedlab.models.decoder_losses import laplace_loss, perceptual_loss
 from embedlab.models.face_encoder import FaceEncoder, FaceEncoderSpec
 from embedlab.models.face_models import FaceModelError, export_onnx_face_model, load_face_model
-from embedlab.stages.decoder_eval import cosine_stats, format_stats, impostor_scores, threshold_at_fmr
+from embedlab.evaluation.decoder_cosine import cosine_stats, format_stats, impostor_scores, threshold_at_fmr
 
 
 def test_original_decoder_shape_size_and_image_range():

@@ -21,7 +21,7 @@ from embedlab.images import load_rgb
 from embedlab.models.checkpoints import export_descriptor_model
 from embedlab.models.face_encoder import FaceEncoder, FaceEncoderSpec
 from embedlab.models.face_models import load_face_model
-from embedlab.stages.decoder import run_decoder, validate_decoder
+from embedlab.stages.decoder import DecoderRequest, run_decoder, validate_decoder
 from embedlab.stages.templates import build_templates
 
 
@@ -64,7 +64,7 @@ def test_short_training_raises_the_cosine_and_logs_grids_and_checkpoints(decoder
     params = load_params()
     build_templates(params)
     cfg = dataclasses.replace(params.decoder, epochs=20)
-    summary = run_decoder(params, cfg=cfg)
+    summary = run_decoder(params, DecoderRequest(cfg=cfg))
     # Untrained, a decoded face shares little with its template; a few epochs make it clearly closer.
     assert summary["cosine_mean"] > summary["before_cosine_mean"] + 0.1, summary
     assert 0.0 <= summary["above_threshold"] <= 1.0 and summary["n_samples"] == len(
@@ -111,7 +111,7 @@ def test_perceptor_of_another_input_size_is_resized_or_refused(decoder_project: 
     assert json.loads(small.with_suffix(".json").read_text())["img_size"] == 16
     cfg = dataclasses.replace(params.decoder, perceptor=str(small), resize_to_perceptor=False)
     with pytest.raises(ValueError, match=r"p16\.safetensors takes 16 px images, the decoder makes 32 px"):
-        run_decoder(params, cfg=cfg)
+        run_decoder(params, DecoderRequest(cfg=cfg))
 
 
 def test_templates_made_by_another_model_are_refused(decoder_project: Path):

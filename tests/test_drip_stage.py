@@ -43,9 +43,9 @@ def test_two_scheduled_steps_write_outputs_log_runs_and_chain(tiny_project: Path
         assert (out / name).is_file(), name
     report = json.loads(Path("reports/drip/s2/metrics.json").read_text())
     assert report["uAP"] == pytest.approx(second["uAP"])
-    history = Path("reports/plots/history/s2.csv").read_text().splitlines()
+    history = Path("reports/plots/history/drip_s2.csv").read_text().splitlines()
     assert history[0] == "epoch,train_loss,val_loss" and len(history) == 3
-    assert Path("reports/plots/pr_curve/s2.csv").read_text().startswith("precision,recall")
+    assert Path("reports/plots/pr_curve/drip_s2.csv").read_text().startswith("precision,recall")
     assert Path("reports/drip/s2/pr_curve.png").read_bytes()[:4] == b"\x89PNG"
 
     # The W matrix of s2 has one centroid per class of s2, unit columns.
@@ -163,7 +163,7 @@ def test_stop_rule_ends_the_step_once_the_loss_is_low_enough(tiny_project: Path)
     summary = run_drip(params, DripRequest(name="early", step=DripStep(8, epochs=5)))
     assert summary["epochs"] == 1
     # Without an evaluation the PR-curve out DVC expects still exists, holding only its header.
-    assert Path("reports/plots/pr_curve/early.csv").read_text() == "precision,recall,threshold\n"
+    assert Path("reports/plots/pr_curve/drip_early.csv").read_text() == "precision,recall,threshold\n"
 
 
 def test_unreadable_training_image_fails_naming_it_or_is_skipped_and_counted(tiny_project: Path):
@@ -193,12 +193,14 @@ def test_step_interrupted_before_its_first_checkpoint_reuses_its_run_and_w_matri
 
     from embedlab import tracking
     from embedlab.config import DripStep
-    from embedlab.stages.drip import DripRequest, effective_config, step_fingerprint
+    from embedlab.stages.drip import DripRequest
+    from embedlab.stages.lifecycle import stage_fingerprint
     from embedlab.stages.run_state import RunState
 
     params = load_params("params.yaml")
     request = DripRequest(name="w", step=DripStep(8, epochs=1))
-    key = step_fingerprint(params, effective_config(params.drip, request.step), request)
+    request.setup(params)
+    key = stage_fingerprint(request, params)
     request.out_dir.mkdir(parents=True)
     mlflow.set_tracking_uri(tracking.tracking_uri())
     earlier = MlflowClient().create_run(tracking.ensure_experiment("embedlab")).info.run_id

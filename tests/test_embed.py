@@ -11,10 +11,11 @@ import torch
 from embedlab.descriptors import read_descriptors
 from embedlab.models.backbone import DescriptorModel, DescriptorSpec
 from embedlab.models.checkpoints import export_descriptor_model, load_descriptor_model
-from embedlab.stages.evaluate import evaluate_disc
+from embedlab.evaluation.disc_search import evaluate_disc
 
-from conftest import cli_env, run
+from conftest import PROJECT, cli_env, run
 
+PARAMS = PROJECT / "params.yaml"  # the runtime settings and data.on_bad_image (the default policy: fail)
 SPEC = DescriptorSpec(backbone="test_resnet", embedding_dim=32, gem_p=3.0, img_size=48)
 
 
@@ -48,7 +49,7 @@ def test_embed_fails_on_a_bad_image_naming_it(tmp_path: Path, model_file: Path, 
 
     out = tmp_path / "q.h5"
     result = subprocess.run(["embedlab", "embed", "--checkpoint", str(model_file), "--images",
-                             str(folder_with_bad_image), "--out", str(out)],
+                             str(folder_with_bad_image), "--out", str(out), "--params", str(PARAMS)],
                             env=cli_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert "Q99999.jpg" in result.stderr
@@ -60,7 +61,8 @@ def test_bad_image_in_a_loader_worker_is_still_one_clear_error(tmp_path: Path, m
     import subprocess
 
     result = subprocess.run(["embedlab", "embed", "--checkpoint", str(model_file), "--images",
-                             str(folder_with_bad_image), "--out", str(tmp_path / "q.h5"), "--num-workers", "1"],
+                             str(folder_with_bad_image), "--out", str(tmp_path / "q.h5"), "--num-workers", "1",
+                             "--params", str(PARAMS)],
                             env=cli_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert "Q99999.jpg" in result.stderr and "Traceback" not in result.stderr
@@ -70,7 +72,7 @@ def test_embed_skips_bad_images_when_told_and_counts_them(tmp_path: Path, model_
                                                           folder_with_bad_image: Path):
     out = tmp_path / "q.h5"
     result = run(["embedlab", "embed", "--checkpoint", str(model_file), "--images", str(folder_with_bad_image),
-                  "--out", str(out), "--on-bad-image", "skip"], tmp_path)
+                  "--out", str(out), "--on-bad-image", "skip", "--params", str(PARAMS)], tmp_path)
     assert '"skipped": 1' in result.stdout
     names, vectors = read_descriptors(out)
     n_good = len(list(folder_with_bad_image.glob("*.jpg"))) - 1

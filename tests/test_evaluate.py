@@ -11,7 +11,7 @@ import pytest
 from embedlab.data.disc import DiscLayout, GroundTruthError, read_ground_truth
 from embedlab.descriptors import DescriptorFileError, write_descriptors
 from embedlab.retrieval import knn_search, predictions_from_knn
-from embedlab.stages.evaluate import evaluate_disc, format_metrics
+from embedlab.evaluation.disc_search import evaluate_disc, format_metrics
 
 
 def _unit(x):

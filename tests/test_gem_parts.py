@@ -78,7 +78,7 @@ def test_waveblock_masks_one_band_in_training_only():
 
 @pytest.mark.slow
 def test_gem_net_trains_compiled_as_one_graph_whatever_band_waveblock_draws():
-    """gem.compile: a Python band position would break the graph and recompile it per position."""
+    """runtime.compile: a Python band position would break the graph and recompile it per position."""
     from torch._dynamo.utils import counters
 
     from embedlab.models.compiled import compiled_trunk

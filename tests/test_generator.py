@@ -4,6 +4,7 @@ images (``embedlab augment``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -24,13 +25,14 @@ from embedlab.config import ConfigError, load_params
 from embedlab.images import BadImageError, load_rgb
 from embedlab.stages.augment import run_augment
 
-SMALL = {"classes": 6, "per_class": 4, "size": 64, "workers": 1, "every": 1, "jpeg_quality": 90, "seed": 3}
+SMALL = {"classes": 6, "per_class": 4, "size": 64, "every": 1, "jpeg_quality": 90, "seed": 3}
 
 
 def _write_params(root: Path, source: Path, faces: Path | None = None, **augment) -> Path:
     raw = yaml.safe_load((PROJECT / "params.yaml").read_text())
     raw["augment"].update(source=str(source), faces=str(faces or root / "faces"), out=str(root / "augmented"),
                           **{**SMALL, **augment})
+    raw["runtime"]["augment_workers"] = 1
     path = root / "params.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -41,8 +43,12 @@ def params_file(tmp_path, tiny_demo) -> Path:
     return _write_params(tmp_path, tiny_demo / "disc" / "training")
 
 
-def _generate(params_file: Path, recipe: str = "big", out: Path | None = None, **kw):
-    return run_augment(load_params(params_file), recipe, kw.pop("overrides", None), out=out, progress=False,
+def _generate(params_file: Path, recipe: str = "big", out: Path | None = None, workers: int | None = None, **kw):
+    """``workers``: runtime.augment_workers instead of the params file's."""
+    params = load_params(params_file)
+    if workers is not None:
+        params = dataclasses.replace(params, runtime=dataclasses.replace(params.runtime, augment_workers=workers))
+    return run_augment(params, recipe, kw.pop("overrides", None), out=out, progress=False,
                        params_file=str(params_file), **kw)
 
 
@@ -60,8 +66,8 @@ def _hidden(root: Path) -> list[Path]:
 
 
 def test_output_is_byte_identical_for_one_and_two_workers(params_file, tmp_path):
-    one, _ = _generate(params_file, out=tmp_path / "one", overrides={"workers": 1})
-    two, _ = _generate(params_file, out=tmp_path / "two", overrides={"workers": 2})
+    one, _ = _generate(params_file, out=tmp_path / "one", workers=1)
+    two, _ = _generate(params_file, out=tmp_path / "two", workers=2)
     assert two["run"]["workers"] == 2
     a, b = _files(tmp_path / "one"), _files(tmp_path / "two")
     assert len(a) == 6 * 4 and a == b
@@ -111,7 +117,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, tiny_demo):
     assert main(cmd[3:]) == 0  # the same command, finished in this process
     resumed = json.loads((out / "manifest.json").read_text())
     assert resumed["counts"]["images_present"] == partial and resumed["run"]["resumed"]
-    _generate(params, out=tmp_path / "whole", overrides={"workers": 2})
+    _generate(params, out=tmp_path / "whole", workers=2)
     assert _files(out) == _files(tmp_path / "whole")
     assert _hidden(out) == []
 
@@ -176,7 +182,7 @@ def test_corrupt_source_is_skipped_and_listed_or_fails_naming_it(tmp_path, tiny_
     broken = source / "T000002.jpg"
     broken.write_bytes(broken.read_bytes()[:300])  # truncated
     params = _write_params(tmp_path, source, on_bad_image="skip")
-    manifest, out = _generate(params, overrides={"workers": 2})
+    manifest, out = _generate(params, workers=2)
     assert manifest["counts"]["classes"] == 4 and manifest["counts"]["skipped_inputs"] == 1
     [skipped] = manifest["skipped_inputs"]
     assert skipped["path"] == str(broken) and "truncated" in skipped["reason"]
@@ -216,7 +222,9 @@ def test_output_made_with_other_parameters_needs_restart(params_file, tmp_path):
 
 def test_cli_prints_a_summary(params_file, tmp_path, capsys):
     assert main(["augment", "--params", str(params_file), "--recipe", "dark", "--classes", "3", "--per-class", "2",
-                 "--no-progress"]) == 0
+                 "--workers", "2", "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "augment dark: 3 classes x 2 images of 64 px" in out and "written 6, already present 0" in out
     assert os.path.isfile(tmp_path / "augmented" / "dark" / "manifest.json")
+    # --workers is runtime.augment_workers (params file: 1) for this run
+    assert json.loads((tmp_path / "augmented" / "dark" / "manifest.json").read_text())["run"]["workers"] == 2

@@ -18,7 +18,7 @@ from embedlab.models.checkpoints import CheckpointError, restore_matching_weight
 from embedlab.models.drip_module import DripModule
 from embedlab.models.pretrained import PretrainedWeightsError, load_backbone_weights
 from embedlab.stages.drip import DripRequest, init_w_matrix
-from embedlab.config import DripConfig, DripStep
+from embedlab.config import DripConfig, DripStep, Params, RuntimeConfig
 
 SPEC = {"backbone": "test_resnet", "embedding_dim": 32, "gem_p": 3.0, "img_size": 48}
 
@@ -100,24 +100,24 @@ def test_w_matrix_is_the_normalised_centroids_and_lowers_the_first_loss(tmp_path
     torch.manual_seed(0)
     module = DripModule(SPEC, n_classes=len(class_images))
     augment = QueryAugmenter(0.5, OverlayPool.from_paths(class_images.paths))
-    cfg = DripConfig(backbone="test_resnet", img_size=48, embedding_dim=32, batch_size=8, w_matrix_augmentations=4,
-                     num_workers=0)
+    cfg = DripConfig(backbone="test_resnet", img_size=48, embedding_dim=32, batch_size=8, w_matrix_augmentations=4)
+    params = Params(runtime=RuntimeConfig(num_workers=0))
     request = DripRequest(name="w", step=DripStep(12), models_root=tmp_path)
     request.out_dir.mkdir(parents=True)
 
     # A batch of fresh query views, and its loss with the random head.
-    queries = QueryViews(class_images, augment, 48, seed_for=lambda i: [99, i])
+    queries = QueryViews(class_images, augment, 48, seed=99)
     images = torch.stack([queries[i][0] for i in range(len(class_images))])
     labels = torch.arange(len(class_images))
     module.eval()
     with torch.no_grad():
         random_loss = module.loss(images, labels).item()
 
-    saved = init_w_matrix(module, request, class_images, augment, cfg, seed=0)
+    saved = init_w_matrix(module, request, class_images, augment, cfg, params)
 
     # Centroids by hand: reference view + 4 augmentations, mean, L2.
     views = [ReferenceViews(class_images, 48)] + [
-        QueryViews(class_images, augment, 48, seed_for=lambda i, a=a: [0, 1 + a, i]) for a in range(4)
+        QueryViews(class_images, augment, 48, seed=0, stream=1 + a) for a in range(4)
     ]
     with torch.no_grad():
         stacks = [module.model(torch.stack([v[i][0] for i in range(len(class_images))])) for v in views]

@@ -70,6 +70,13 @@ def test_dvc_repro_is_incremental_and_tracks_metrics_and_plots(tiny_repo: Path, 
     second = run(["dvc", "repro"], tiny_repo, **env)
     assert "Running stage" not in second.stdout
     assert "up to date" in run(["dvc", "status"], tiny_repo).stdout
+    # The runtime section (speed, never results) is no stage's DVC param: changing it reruns nothing.
+    tiny_params_text = (tiny_repo / "params.yaml").read_text()
+    faster = yaml.safe_load(tiny_params_text)
+    faster["runtime"].update(num_workers=2, precision="bf16", inference_batch_size=7, compile=True)
+    (tiny_repo / "params.yaml").write_text(yaml.safe_dump(faster))
+    assert "up to date" in run(["dvc", "status"], tiny_repo).stdout
+    (tiny_repo / "params.yaml").write_text(tiny_params_text)
 
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], tiny_repo).stdout)
     workspace = next(iter(shown.values()))["data"]  # the workspace (keyed "" by DVC 3.67)

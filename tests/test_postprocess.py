@@ -18,7 +18,7 @@ from embedlab.postprocess.score_normalization import normalize_scores
 from embedlab.postprocess.stretching import stretch_queries
 from embedlab.postprocess.whitening import Whitening, WhiteningFileError, fit_whitening
 from embedlab.retrieval import knn_search
-from embedlab.stages.evaluate import evaluate_disc
+from embedlab.evaluation.disc_search import evaluate_disc
 
 
 def _unit(x):

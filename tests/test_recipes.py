@@ -1,5 +1,5 @@
 """The eleven augmentation recipes of params.yaml: format, checks, and their
-visible effect on real photos (REFERENCE.md §2)."""
+visible effect on real photos (docs/originals/gem.md)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from skimage import data
 from embedlab.augment import AugContext, OverlayPool, get_transform
 from embedlab.augment.recipes import RecipeAugmenter, Step, format_recipe, load_recipes, op_arguments
 from embedlab.cli import main
-from embedlab.config import AUGMENT_RUNTIME_FIELDS, AugmentConfig, ConfigError, load_params
+from embedlab.config import AugmentConfig, ConfigError, RuntimeConfig, load_params
 
 PROJECT = Path(__file__).resolve().parents[1]
 SIZE = 64
@@ -97,9 +97,15 @@ def test_show_prints_the_effective_steps(capsys):
 
 def test_dvc_stage_params_cover_every_setting_that_shapes_a_set():
     stage = yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"]["augment"]
-    assert stage["foreach"] == "${augment.build}" and "--recipe ${item}" in stage["do"]["cmd"]
-    listed = {p.split(".", 1)[1] for p in stage["do"]["params"]}
-    assert listed == {f.name for f in dataclasses.fields(AugmentConfig)} - set(AUGMENT_RUNTIME_FIELDS)
+    assert stage["foreach"] == "${pipeline.augment}" and "--recipe ${item}" in stage["do"]["cmd"]
+    fields = {f.name for f in dataclasses.fields(AugmentConfig)}
+    params = stage["do"]["params"]
+    # The whole augment section (a recipe may extend another), or each of its fields; the worker
+    # count (runtime.augment_workers) changes how fast a set is written, never its images.
+    listed = fields if "augment" in params else {p.split(".", 1)[1] for p in params if p.startswith("augment.")}
+    assert listed == fields
+    assert all(p == "augment" or p.startswith("augment.") for p in params), params
+    assert not {"workers", "augment_workers"} & fields and "augment_workers" in vars(RuntimeConfig())
     assert stage["do"]["outs"] == [{"${augment.out}/${item}": {"persist": True}}]
 
 

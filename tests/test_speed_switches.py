@@ -9,6 +9,7 @@ without CUDA, ``decode: gpu`` falls back to Pillow with identical output.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 from pathlib import Path
@@ -17,26 +18,49 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+import yaml
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from embedlab.config import ConfigError, DripConfig, DripStep, EmbedConfig, load_params
+from embedlab.config import (
+    ConfigError,
+    DecoderConfig,
+    DripConfig,
+    DripStep,
+    GemConfig,
+    RuntimeConfig,
+    TripletConfig,
+    load_params,
+)
 from embedlab.data.decode import decode_resize, gpu_decodable, normalize_uint8, pil_to_uint8, read_encoded
 from embedlab.data.transforms import resize_square, to_tensor
 from embedlab.descriptors import read_descriptors
-from embedlab.devices import autocast_dtype, available_cpus, loader_options, loader_workers, pin_memory_for
+from embedlab.devices import (
+    autocast_dtype,
+    available_cpus,
+    lightning_precision,
+    loader_options,
+    loader_workers,
+    pin_memory_for,
+)
 from embedlab.images import BadImageError, list_images, load_rgb
 from embedlab.models.backbone import DescriptorModel, DescriptorSpec
 from embedlab.models.checkpoints import export_descriptor_model, read_checkpoint
 from embedlab.models.compiled import compiled_trunk, is_compiled
-from embedlab.stages import embed as embed_stage
+from embedlab.evaluation import embed as embed_stage
 from embedlab.stages.drip import DripRequest, run_drip
-from embedlab.stages.embed import embed_folder, embed_options, embed_paths
+from embedlab.evaluation.embed import embed_folder, embed_paths
 
-from conftest import run
+from conftest import PROJECT, run
 
 SPEC = DescriptorSpec(backbone="test_resnet", embedding_dim=32, gem_p=3.0, img_size=48)
 CPU = torch.device("cpu")
+SPEED_SWITCHES = {"precision", "channels_last", "compile", "num_workers", "pin_memory", "prefetch_factor"}
+
+
+def cpu(**settings) -> RuntimeConfig:
+    """A runtime section on the CPU: in-process loading, the model's memory format left alone, unless told."""
+    return dataclasses.replace(RuntimeConfig(device="cpu", num_workers=0, channels_last=False), **settings)
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +101,8 @@ def test_device_normalisation_is_bit_identical_to_to_tensor(references: list[Pat
 
 
 def test_bf16_autocast_gives_descriptors_close_to_fp32(model: DescriptorModel, references: list[Path]):
-    fp32 = embed_paths(model, references, batch_size=16, device="cpu", precision="fp32", progress=False)
-    bf16 = embed_paths(model, references, batch_size=16, device="cpu", precision="bf16", progress=False)
+    fp32 = embed_paths(model, references, runtime=cpu(inference_batch_size=16, precision="fp32"), progress=False)
+    bf16 = embed_paths(model, references, runtime=cpu(inference_batch_size=16, precision="bf16"), progress=False)
     assert fp32.names == bf16.names and bf16.vectors.shape == fp32.vectors.shape == (len(references), 32)
     assert bf16.settings["precision"] == "bf16"
     assert not np.array_equal(bf16.vectors, fp32.vectors), "bf16 autocast was not applied"
@@ -86,8 +110,8 @@ def test_bf16_autocast_gives_descriptors_close_to_fp32(model: DescriptorModel, r
 
 
 def test_channels_last_gives_the_same_descriptors_and_leaves_the_model_as_it_was(model, references):
-    plain = embed_paths(model, references[:8], device="cpu", precision="fp32", progress=False)
-    nhwc = embed_paths(model, references[:8], device="cpu", precision="fp32", channels_last=True, progress=False)
+    plain = embed_paths(model, references[:8], runtime=cpu(precision="fp32"), progress=False)
+    nhwc = embed_paths(model, references[:8], runtime=cpu(precision="fp32", channels_last=True), progress=False)
     np.testing.assert_allclose(nhwc.vectors, plain.vectors, atol=1e-5)
     assert model.channels_last is False
 
@@ -95,8 +119,8 @@ def test_channels_last_gives_the_same_descriptors_and_leaves_the_model_as_it_was
 @pytest.mark.slow
 def test_compile_gives_descriptors_close_to_eager(model: DescriptorModel, references: list[Path]):
     # 24 images in batches of 16: the short last batch is padded, not compiled a second time.
-    eager = embed_paths(model, references, batch_size=16, device="cpu", precision="fp32", progress=False)
-    compiled = embed_paths(model, references, batch_size=16, device="cpu", precision="fp32", compile=True,
+    eager = embed_paths(model, references, runtime=cpu(inference_batch_size=16, precision="fp32"), progress=False)
+    compiled = embed_paths(model, references, runtime=cpu(inference_batch_size=16, precision="fp32", compile=True),
                            progress=False)
     assert compiled.names == eager.names and compiled.vectors.shape == eager.vectors.shape
     np.testing.assert_allclose(compiled.vectors, eager.vectors, atol=1e-4)
@@ -125,39 +149,40 @@ def test_files_the_batched_decoder_cannot_reproduce_go_to_pillow(mixed_folder: P
 
 def test_decode_gpu_without_cuda_falls_back_to_pillow(model, references, caplog):
     with caplog.at_level(logging.INFO, logger="embedlab.data.decode"):
-        gpu = embed_paths(model, references, device="cpu", precision="fp32", decode="gpu", progress=False)
+        gpu = embed_paths(model, references, runtime=cpu(precision="fp32", decode="gpu"), progress=False)
     assert "decoding with Pillow" in caplog.text and gpu.settings["decode"] == "cpu"
-    cpu = embed_paths(model, references, device="cpu", precision="fp32", decode="cpu", progress=False)
-    assert gpu.names == cpu.names and np.array_equal(gpu.vectors, cpu.vectors)
+    pillow = embed_paths(model, references, runtime=cpu(precision="fp32", decode="cpu"), progress=False)
+    assert gpu.names == pillow.names and np.array_equal(gpu.vectors, pillow.vectors)
 
 
 def test_batched_decode_path_end_to_end_on_cpu(model, mixed_folder: Path, monkeypatch):
     """The GPU path's code with the decoder on the CPU: same files, same order, close descriptors."""
     (mixed_folder / "R_truncated.jpg").write_bytes((mixed_folder / "R_grey.jpg").read_bytes()[:300])
     paths = list_images(mixed_folder)
-    pillow = embed_paths(model, paths, batch_size=4, device="cpu", precision="fp32", decode="cpu",
+    pillow = embed_paths(model, paths, runtime=cpu(inference_batch_size=4, precision="fp32", decode="cpu"),
                          on_bad_image="skip", progress=False)
     monkeypatch.setattr(embed_stage, "resolve_decode", lambda decode, dev: CPU)
-    batched = embed_paths(model, paths, batch_size=4, device="cpu", precision="fp32", num_workers=1,
+    batched = embed_paths(model, paths, runtime=cpu(inference_batch_size=4, precision="fp32", num_workers=1),
                           on_bad_image="skip", progress=False)
     assert batched.settings["decode"] == "gpu"
     assert batched.names == pillow.names and batched.kept == pillow.kept
     assert [p.name for p in batched.skipped] == ["R_truncated.jpg"]
     assert _cosines(batched.vectors, pillow.vectors).min() > 0.999
     with pytest.raises(BadImageError, match="R_truncated.jpg"):
-        embed_paths(model, paths, batch_size=4, device="cpu", precision="fp32", progress=False)
+        embed_paths(model, paths, runtime=cpu(inference_batch_size=4, precision="fp32"), progress=False)
 
 
 def test_embed_cli_bf16_channels_last_matches_fp32(tmp_path: Path, references: list[Path]):
     torch.manual_seed(0)
     checkpoint = export_descriptor_model(DescriptorModel(SPEC), tmp_path / "model.safetensors")
     folder = references[0].parent
-    fp32 = embed_folder(checkpoint, folder, tmp_path / "fp32.h5", batch_size=16, device="cpu",
-                        precision="fp32", progress=False)
+    fp32 = embed_folder(checkpoint, folder, tmp_path / "fp32.h5",
+                        runtime=cpu(inference_batch_size=16, precision="fp32"), progress=False)
     assert fp32["precision"] == "fp32"
     result = run(["embedlab", "embed", "--checkpoint", str(checkpoint), "--images", str(folder), "--out",
-                  str(tmp_path / "bf16.h5"), "--precision", "bf16", "--channels-last", "--batch-size", "16",
-                  "--num-workers", "1"], tmp_path)
+                  str(tmp_path / "bf16.h5"), "--params", str(PROJECT / "params.yaml"), "--device", "cpu",
+                  "--precision", "bf16", "--channels-last", "true", "--batch-size", "16", "--num-workers", "1"],
+                 tmp_path)
     assert '"precision": "bf16"' in result.stdout
     names, vectors = read_descriptors(tmp_path / "bf16.h5")
     ref_names, ref_vectors = read_descriptors(tmp_path / "fp32.h5")
@@ -176,10 +201,10 @@ def test_auto_settings_follow_the_hardware():
     assert pin_memory_for("auto", torch.device("cuda")) is True
     with pytest.raises(ValueError):
         autocast_dtype("int8", CPU)
-    with pytest.raises(ConfigError, match="embed.precision"):
-        EmbedConfig(precision="bf16-mixed")
-    with pytest.raises(ConfigError, match="embed.num_workers"):
-        EmbedConfig(num_workers="many")
+    with pytest.raises(ConfigError, match="runtime.precision"):
+        RuntimeConfig(precision="bf16-mixed")
+    with pytest.raises(ConfigError, match="runtime.num_workers"):
+        RuntimeConfig(num_workers="many")
 
 
 def test_loader_options_resolve_the_auto_settings():
@@ -195,23 +220,48 @@ def test_loader_options_resolve_the_auto_settings():
 
 
 @pytest.mark.parametrize("setting, message", [
-    ({"num_workers": "many"}, "drip.num_workers must be a number >= 0 or 'auto'"),
-    ({"num_workers": -1}, "drip.num_workers must be a number >= 0 or 'auto'"),
-    ({"pin_memory": "yes"}, "drip.pin_memory must be true, false or 'auto'"),
-    ({"prefetch_factor": 0}, "drip.prefetch_factor must be at least 1"),
-    ({"precision": "fp16"}, "drip.precision"),
+    ({"num_workers": "many"}, "runtime.num_workers must be a number >= 0 or 'auto'"),
+    ({"num_workers": -1}, "runtime.num_workers must be a number >= 0 or 'auto'"),
+    ({"pin_memory": "yes"}, "runtime.pin_memory must be true, false or 'auto'"),
+    ({"prefetch_factor": 0}, "runtime.prefetch_factor must be at least 1"),
+    ({"precision": "16-mixed"}, "runtime.precision"),  # Lightning's spelling is not a setting
 ])
 def test_training_speed_settings_are_checked_naming_the_setting(setting, message):
     with pytest.raises(ConfigError, match=message):
-        DripConfig(**setting)
+        RuntimeConfig(**setting)
 
 
-def test_every_training_stage_has_the_speed_switches_and_params_yaml_sets_them():
-    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
-    for stage in (params.drip, params.gem, params.triplet, params.decoder):
-        assert {"precision", "channels_last", "compile", "num_workers", "pin_memory", "prefetch_factor"} <= \
-            set(vars(stage)), type(stage).__name__
-    assert params.drip.compile is False and params.gem.pin_memory == "auto"
+def test_precision_settings_map_to_lightning():
+    assert lightning_precision("fp32") == "32-true" and lightning_precision("bf16") == "bf16-mixed"
+    assert lightning_precision("fp16") == "16-mixed"  # fp16 trains with a loss scaler
+    if not torch.cuda.is_available():
+        assert lightning_precision("auto") == "32-true"
+    with pytest.raises(ValueError):
+        lightning_precision("16-mixed")
+
+
+def test_the_runtime_section_holds_every_speed_switch_and_no_stage_section_does(tmp_path: Path):
+    """One runtime section drives every training stage; params.yaml sets each switch there, and a
+    stage section that still names one (the old layout) is an error, not a silently ignored setting."""
+    raw = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    assert SPEED_SWITCHES <= set(raw["runtime"])
+    params = load_params(PROJECT / "params.yaml")
+    assert SPEED_SWITCHES <= set(vars(params.runtime))
+    assert params.runtime.compile is False and params.runtime.pin_memory == "auto"
+    runtime = {f.name for f in dataclasses.fields(RuntimeConfig)}
+    for cls in (DripConfig, GemConfig, TripletConfig, DecoderConfig):
+        assert not runtime & {f.name for f in dataclasses.fields(cls)}, cls.__name__
+    for section in ("drip", "gem", "triplet", "decoder"):
+        assert not SPEED_SWITCHES & set(raw[section]), section
+        old = yaml.safe_load((PROJECT / "params.yaml").read_text())
+        old[section]["num_workers"] = 2
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(old))
+        with pytest.raises(ConfigError, match=rf"{section}.*num_workers"):
+            load_params(tmp_path / "params.yaml")
+    # Never a DVC param of a stage: changing a speed switch reruns nothing.
+    for name, stage in yaml.safe_load((PROJECT / "dvc.yaml").read_text())["stages"].items():
+        stage = stage.get("do", stage)
+        assert not any(str(p) == "runtime" or str(p).startswith("runtime.") for p in stage.get("params", [])), name
 
 
 class LoaderSettings(pl.Callback):
@@ -225,13 +275,12 @@ class LoaderSettings(pl.Callback):
 
 @pytest.mark.slow
 def test_compiled_drip_step_trains_like_the_eager_one_and_saves_plain_weights(tiny_project: Path):
-    import dataclasses
-
     from torch._dynamo.utils import counters
 
     params = load_params("params.yaml")
-    params.drip = dataclasses.replace(params.drip, evaluate=False, num_workers="auto", prefetch_factor=3,
-                                      pin_memory=False)
+    params.drip = dataclasses.replace(params.drip, evaluate=False)
+    params.runtime = dataclasses.replace(params.runtime, num_workers="auto", prefetch_factor=3,
+                                         pin_memory=False)
     settings = LoaderSettings()
     eager = run_drip(params, DripRequest(name="eager", step=DripStep(12, epochs=1)), callbacks=[settings])
     workers = loader_workers("auto", CPU)
@@ -240,7 +289,7 @@ def test_compiled_drip_step_trains_like_the_eager_one_and_saves_plain_weights(ti
 
     torch._dynamo.reset()
     counters.clear()
-    params.drip = dataclasses.replace(params.drip, compile=True)
+    params.runtime = dataclasses.replace(params.runtime, compile=True)
     compiled = run_drip(params, DripRequest(name="compiled", step=DripStep(12, epochs=1)))
     assert counters["stats"]["unique_graphs"] >= 1, "the training steps did not run through torch.compile"
     # Speed settings are tags as this machine resolved them (params stay those that shape the model).
@@ -251,7 +300,7 @@ def test_compiled_drip_step_trains_like_the_eager_one_and_saves_plain_weights(ti
     assert runs["eager"].data.tags["embedlab.compile"] == "false"
     assert runs["compiled"].data.tags["embedlab.num_workers"] == str(workers)
     assert runs["compiled"].data.tags["embedlab.precision"] == "32-true"
-    assert not any(k.split(".")[-1] in ("compile", "num_workers", "prefetch_factor", "pin_memory")
+    assert not any(k.split(".")[-1] in SPEED_SWITCHES or k.startswith("runtime.")
                    for k in runs["compiled"].data.params)
     # Same data, same start (W matrix from the eager model): only kernel rounding differs.
     assert compiled["train_loss"] == pytest.approx(eager["train_loss"], rel=1e-3)
@@ -273,10 +322,11 @@ def test_compiled_trunk_is_undone_on_the_way_out_even_after_an_error(model: Desc
         assert not is_compiled(model)
 
 
-def test_params_embed_section_drives_embed_paths(model, references):
-    """params.yaml's ``embed:`` keys as the stages pass them (``embed_options``)."""
-    cfg = EmbedConfig(batch_size=8, num_workers="auto", precision="bf16", decode="gpu", prefetch_factor=2)
-    result = embed_paths(model, references[:8], device="cpu", progress=False, **embed_options(cfg))
+def test_params_runtime_section_drives_embed_paths(model, references):
+    """params.yaml's ``runtime:`` keys as the stages pass them (a RuntimeConfig)."""
+    cfg = RuntimeConfig(device="cpu", inference_batch_size=8, num_workers="auto", precision="bf16", decode="gpu",
+                        prefetch_factor=2)
+    result = embed_paths(model, references[:8], runtime=cfg, progress=False)
     assert result.vectors.shape == (8, 32)
     assert result.settings == {"device": "cpu", "precision": "bf16", "decode": "cpu",
                                "num_workers": loader_workers("auto", CPU), "compile": False}
@@ -288,7 +338,7 @@ def test_a_failed_embedding_gives_the_model_back_in_its_own_mode(model: Descript
     model.train()
     try:
         with pytest.raises(BadImageError, match="R_truncated.jpg"):
-            embed_paths(model, list_images(mixed_folder), device="cpu", precision="fp32", channels_last=True,
+            embed_paths(model, list_images(mixed_folder), runtime=cpu(precision="fp32", channels_last=True),
                         progress=False)
         assert model.training and model.channels_last is False
     finally:

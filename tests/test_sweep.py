@@ -101,13 +101,13 @@ def test_space_maps_each_setting_to_its_place_in_params_yaml(tmp_path, monkeypat
     """A setting the step sets itself is swept there; ints stay ints; epochs and scoring are fixed."""
     monkeypatch.chdir(tmp_path)
     raw = _sweep_params(drip_stage={"space": {**SPACE, "batch_size": {"low": 4, "high": 16, "step": 4}}})
-    raw["drip"]["schedule"]["s1"]["qry_augs_intensity"] = 0.5
+    raw["drip_schedule"]["s1"]["qry_augs_intensity"] = 0.5
     _fake_start_weights(tmp_path)
     plan = plan_sweep(load_params(_write(tmp_path, raw)), SweepRequest("drip_stage", n_trials=2))
     paths = {d.key: d.knob.path for d in plan.dimensions}
-    assert paths == {"qry_augs_intensity": ("drip", "schedule", "s1", "qry_augs_intensity"), "lr": ("drip", "lr"),
+    assert paths == {"qry_augs_intensity": ("drip_schedule", "s1", "qry_augs_intensity"), "lr": ("drip", "lr"),
                      "batch_size": ("drip", "batch_size")}
-    assert plan.fixed[("drip", "schedule", "s1", "epochs")] == 2 and plan.fixed[("drip", "evaluate_before")] is False
+    assert plan.fixed[("drip_schedule", "s1", "epochs")] == 2 and plan.fixed[("drip", "evaluate_before")] is False
     assert plan.study_name == "drip_stage-s1" and plan.storage_url.endswith("/optuna.db")
     study = optuna.create_study(direction="maximize")
     trial = study.ask()
@@ -156,13 +156,13 @@ def test_best_params_apply_with_dvc_exp_run(tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()
     raw = _sweep_params()
-    raw["drip"]["schedule"]["s1"]["qry_augs_intensity"] = 0.5  # swept where the step sets it
+    raw["drip_schedule"]["s1"]["qry_augs_intensity"] = 0.5  # swept where the step sets it
     (repo / "params.yaml").write_text(yaml.safe_dump(raw))
     # A cheap stage that reads its settings the way the pipeline's stages do.
-    show = ("python -c \"import json; from embedlab.config import load_params; d = load_params().drip; "
-            "json.dump([d.lr, d.schedule['s1'].qry_augs_intensity], open('applied.json', 'w'))\"")
+    show = ("python -c \"import json; from embedlab.config import load_params; p = load_params(); "
+            "json.dump([p.drip.lr, p.drip_schedule['s1'].qry_augs_intensity], open('applied.json', 'w'))\"")
     (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"show": {
-        "cmd": show, "params": ["drip.lr", "drip.schedule"], "outs": ["applied.json"]}}}))
+        "cmd": show, "params": ["drip.lr", "drip_schedule"], "outs": ["applied.json"]}}}))
     run(["git", "init", "-q"], repo)
     run(["dvc", "init", "-q"], repo)
     run(["dvc", "config", "--local", "core.site_cache_dir", str(tmp_path / "site_cache")], repo)
@@ -177,11 +177,11 @@ def test_best_params_apply_with_dvc_exp_run(tmp_path):
     best = tmp_path / "best_params.yaml"
     write_best_params(best, trial, knobs, "s", "uAP")
     command = set_param_command(best)
-    assert "drip.schedule.s1.qry_augs_intensity=0.6123456789" in command
+    assert "drip_schedule.s1.qry_augs_intensity=0.6123456789" in command
     run(shlex.split(command), repo, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@t", GIT_COMMITTER_NAME="t",
         GIT_COMMITTER_EMAIL="t@t")
     applied = load_params(repo / "params.yaml")
-    assert applied.drip.lr == 1e-05 and applied.drip.schedule["s1"].qry_augs_intensity == 0.6123456789
+    assert applied.drip.lr == 1e-05 and applied.drip_schedule["s1"].qry_augs_intensity == 0.6123456789
     assert json.loads((repo / "applied.json").read_text()) == [1e-05, 0.6123456789]
     shown = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
     assert "1e-05" in json.dumps(shown) and "0.6123456789" in json.dumps(shown)

@@ -57,7 +57,7 @@ def test_pretrain_then_finetune_logs_eer_and_exports_the_encoder(face_project: P
     assert runs["finetune"].data.params["triplet.init_checkpoint"].endswith("pretrain/checkpoints/last.ckpt")
     assert runs["pretrain"].data.metrics["test_eer"] == pytest.approx(pre["test_eer"])
     history = client.get_metric_history(runs["pretrain"].info.run_id, "val_eer")
-    assert len(history) == params.triplet.pretrain.epochs
+    assert len(history) == params.triplet_phases["pretrain"].epochs
     artifacts = {a.path for a in client.list_artifacts(runs["finetune"].info.run_id, "model")}
     assert "model/encoder.safetensors" in artifacts
     assert json.loads(Path("reports/triplet/finetune/metrics.json").read_text())["test_eer"] == fine["test_eer"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import io
+import math
 import os
 import typing
 from pathlib import Path
@@ -74,54 +75,73 @@ class DripStep:
     init_from: str | None = None
 
 
-# Training-stage settings that change how fast a stage runs, not what it learns:
-# left out of resume fingerprints, DVC params and MLflow params (precision is not
-# one of them: autocast moves the results).
-TRAINING_SPEED_FIELDS = ("channels_last", "compile", "num_workers", "pin_memory", "prefetch_factor")
-
-
 @dataclasses.dataclass
-class TrainingSpeed:
-    """Precision and speed switches shared by the training stages (drip, gem, triplet, decoder).
+class RuntimeConfig:
+    """How fast and where the stages run, never what they learn (params.yaml's ``runtime``).
 
-    ``auto`` values follow the hardware: bf16 autocast on a GPU that has it,
-    fp16 with a loss scaler on older GPUs, fp32 on the CPU; loader workers
-    sized from the cores; pinned memory with CUDA. benchmarks/train_throughput.py
-    measures what they buy.
+    One section for training, embedding and evaluation. It is not part of any
+    run's fingerprint, MLflow params or DVC params, by construction: a stage
+    reads its model-shaping settings from its own section only. ``auto``
+    values follow the hardware: bf16 autocast on a GPU that has it, fp16 on
+    older GPUs, fp32 on the CPU; loader workers sized from the cores; pinned
+    memory with CUDA. benchmarks/train_throughput.py and embed_throughput.py
+    measure what they buy. Precision, compile and GPU JPEG decoding pick other
+    kernels, so they may move results in the last digits; the worker count
+    does not (each sample's augmentation is seeded by (seed, epoch, index)).
     """
 
-    precision: str = "auto"  # auto | 32-true | bf16-mixed | 16-mixed (fp16 with a loss scaler)
+    device: str = "auto"  # auto (the GPU when there is one) | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast; fp16 trains with a loss scaler)
     channels_last: bool = True  # faster convolutions on CPU and GPU alike
-    compile: bool = False  # torch.compile the backbone for training (a one-off compile, then faster steps)
+    compile: bool = False  # torch.compile the backbone (a one-off compile, then faster steps)
     num_workers: int | str = "auto"  # DataLoader workers; auto: all cores but one with a GPU, half (<= 8) on CPU
     pin_memory: bool | str = "auto"  # auto: on with CUDA
     prefetch_factor: int | None = None  # batches each worker prepares ahead; None: torch's default (2)
+    decode: str = "auto"  # embedding's JPEG decoding: auto | cpu | gpu (nvJPEG when the model runs there)
+    inference_batch_size: int = 64  # images per batch when embedding or scoring (large batches feed a GPU)
+    devices: int = 1  # training processes (DDP ranks); the GeM classifier is split over them
+    classifier_devices: int = 1  # one process: the GeM classifier split over this many GPUs
+    augment_workers: int = 0  # processes generating augmented sets; 0: all cores
 
     def __post_init__(self) -> None:
-        section = type(self).__name__.removesuffix("Config").lower()
-        _check_choice(f"{section}.precision", self.precision, ("auto", "32-true", "bf16-mixed", "16-mixed"))
-        _check_loader_settings(section, self.num_workers, self.pin_memory, self.prefetch_factor)
+        _check_choice("runtime.precision", self.precision, PRECISIONS)
+        _check_choice("runtime.decode", self.decode, ("auto", "cpu", "gpu"))
+        if self.num_workers != "auto" and not (isinstance(self.num_workers, int) and self.num_workers >= 0):
+            raise ConfigError(f"runtime.num_workers must be a number >= 0 or 'auto', got {self.num_workers!r}")
+        if self.pin_memory != "auto" and not isinstance(self.pin_memory, bool):
+            raise ConfigError(f"runtime.pin_memory must be true, false or 'auto', got {self.pin_memory!r}")
+        if self.prefetch_factor is not None and self.prefetch_factor < 1:
+            raise ConfigError(f"runtime.prefetch_factor must be at least 1 (or null), got {self.prefetch_factor}")
+        for name in ("inference_batch_size", "devices", "classifier_devices"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"runtime.{name} must be at least 1, got {getattr(self, name)}")
+        if self.augment_workers < 0:
+            raise ConfigError(f"runtime.augment_workers must be >= 0, got {self.augment_workers}")
 
 
-def _check_loader_settings(section: str, num_workers: int | str, pin_memory: bool | str,
-                           prefetch_factor: int | None) -> None:
-    if num_workers != "auto" and not (isinstance(num_workers, int) and num_workers >= 0):
-        raise ConfigError(f"{section}.num_workers must be a number >= 0 or 'auto', got {num_workers!r}")
-    if pin_memory != "auto" and not isinstance(pin_memory, bool):
-        raise ConfigError(f"{section}.pin_memory must be true, false or 'auto', got {pin_memory!r}")
-    if prefetch_factor is not None and prefetch_factor < 1:
-        raise ConfigError(f"{section}.prefetch_factor must be at least 1 (or null), got {prefetch_factor}")
-
-
-# DripConfig fields that change how fast a step runs, not what it learns: left
-# out of the resume fingerprint and of the DVC stage's params (dvc.yaml lists
-# every other field; a test keeps the two in step).
-DRIP_RUNTIME_FIELDS = (*TRAINING_SPEED_FIELDS, "schedule")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 @dataclasses.dataclass
-class DripConfig(TrainingSpeed):
-    """The drip stage: backbone, ArcFace head, optimiser, augmentations (speed switches: TrainingSpeed)."""
+class PipelineConfig:
+    """What `dvc repro` builds: one stage per entry (dvc.yaml ``foreach``). No model's settings."""
+
+    augment: list[str] = dataclasses.field(default_factory=lambda: ["big"])  # generated sets
+    gem: list[str] = dataclasses.field(default_factory=lambda: ["big"])  # GeM runs, one per generated set
+
+    def __post_init__(self) -> None:
+        for name in ("augment", "gem"):
+            value = getattr(self, name)
+            if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"pipeline.{name} must be a non-empty list of recipe names, got {value!r}")
+        missing = [r for r in self.gem if r not in self.augment]
+        if missing:
+            raise ConfigError(f"pipeline.gem: {missing} not generated; add them to pipeline.augment")
+
+
+@dataclasses.dataclass
+class DripConfig:
+    """The drip stage: backbone, ArcFace head, optimiser, augmentations (one schedule step: DripStep)."""
 
     backbone: str = "mobilenetv2_100"
     pretrained: str | None = None  # local weights file; None trains from scratch
@@ -151,10 +171,8 @@ class DripConfig(TrainingSpeed):
     limit_train_batches: int | None = None
     evaluate: bool = True  # embed the DISC query/reference sets and score μAP at the end
     evaluate_before: bool = True  # also score the starting model (the table's "μAP before")
-    schedule: dict[str, DripStep] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         _check_choice("drip.w_init", self.w_init, ("centroids", "random"))
         if not 0.0 <= float(self.qry_augs_intensity) <= 1.0:
             raise ConfigError(f"drip.qry_augs_intensity must be in [0, 1], got {self.qry_augs_intensity}")
@@ -165,44 +183,45 @@ def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
         raise ConfigError(f"{name}: {value!r} is not one of {list(allowed)}")
 
 
-@dataclasses.dataclass
-class EmbedConfig:
-    """Embedding images into descriptors (``embedlab embed``, the stages' evaluations).
+@dataclasses.dataclass(frozen=True)
+class PostprocessConfig:
+    """Descriptor post-processing (:mod:`embedlab.postprocess`); a factor of 0 turns its step off.
 
-    Besides ``on_bad_image``, ``precision`` and ``decode`` move descriptors
-    slightly (autocast, nvJPEG): the training stages list them as DVC params.
-    The rest changes only how fast it runs (benchmarks/embed_throughput.py);
-    on a GPU use large batches (256+).
+    params.yaml's ``evaluate.postprocess`` (scored beside the plain descriptors)
+    and ``embedlab postprocess`` use this one type.
     """
 
-    batch_size: int = 64
-    num_workers: int | str = "auto"  # DataLoader workers; auto: all cores but one with a GPU, half (<= 8) on CPU
-    on_bad_image: str = "fail"  # fail | skip
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (autocast); auto: bf16 (fp16 on pre-Ampere) on GPU, fp32 on CPU
-    channels_last: bool = True
-    compile: bool = False  # torch.compile the model: a one-off compile, then faster batches
-    decode: str = "auto"  # auto | cpu | gpu: JPEG decoding on the GPU (nvJPEG) when the model runs there
-    pin_memory: bool | str = "auto"  # auto: on with CUDA
-    prefetch_factor: int | None = None  # batches each worker prepares ahead; None: torch's default (2)
-
-    def __post_init__(self) -> None:
-        _check_choice("embed.on_bad_image", self.on_bad_image, ("fail", "skip"))
-        _check_choice("embed.precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
-        _check_choice("embed.decode", self.decode, ("auto", "cpu", "gpu"))
-        _check_loader_settings("embed", self.num_workers, self.pin_memory, self.prefetch_factor)
-
-
-@dataclasses.dataclass
-class PostprocessSettings:
-    """Post-processing scored beside the plain descriptors (see embedlab.postprocess)."""
-
     whiten: bool = True
-    whiten_dim: int | None = None  # None: the descriptor size, capped at the training descriptors - 1
-    whiten_power: float = 0.5  # 0.5 full whitening, 0 plain PCA
+    whiten_dim: int | None = None  # None: the descriptor size (stages cap it at the training descriptors - 1)
+    whiten_power: float = 0.5  # 0.5 full whitening, 0 plain PCA, in between partial
     score_norm_factor: float = 2.0  # s' = q·r - factor·mean of the n nearest training scores; 0: off
     score_norm_n: int = 10
     stretch_factor: float = 0.0  # query stretching; 0: off
     stretch_n: int = 5
+    weights: tuple[float, ...] | None = None  # ensembles: one weight per model (default: all 1)
+    device: str = "auto"  # faiss device for the training-neighbour search: auto | cpu | cuda
+
+    def __post_init__(self) -> None:
+        if self.whiten_dim is not None and (not self.whiten or self.whiten_dim < 1):
+            raise ConfigError(f"whiten_dim={self.whiten_dim} needs whiten=True and a value >= 1")
+        if not self.whiten_power >= 0:
+            raise ConfigError(f"whiten_power must be >= 0 (0.5 = full whitening), got {self.whiten_power}")
+        for name in ("score_norm_factor", "stretch_factor"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"{name} must be >= 0 (0 = off), got {getattr(self, name)}")
+        for name in ("score_norm_n", "stretch_n"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        _check_choice("postprocess device", self.device, ("auto", "cpu", "cuda"))
+        if self.weights is not None:
+            weights = tuple(float(w) for w in self.weights)
+            if not all(math.isfinite(w) and w > 0 for w in weights):
+                raise ConfigError(f"ensemble weights must be finite and > 0, got {list(weights)}")
+            object.__setattr__(self, "weights", weights)
+
+    @property
+    def needs_train(self) -> bool:
+        return self.whiten or self.score_norm_factor > 0 or self.stretch_factor > 0
 
 
 @dataclasses.dataclass
@@ -211,7 +230,7 @@ class EvaluateConfig:
     # DISC training images embedded as the post-processing "training set"
     # (whitening, score normalisation); 0 scores the plain descriptors only.
     train_descriptors: int = 0
-    postprocess: PostprocessSettings = dataclasses.field(default_factory=PostprocessSettings)
+    postprocess: PostprocessConfig = dataclasses.field(default_factory=PostprocessConfig)
     # `embedlab ensemble`: trained models (<stage>/<name>) whose descriptors are concatenated.
     ensemble: list[str] = dataclasses.field(default_factory=list)
 
@@ -235,17 +254,10 @@ class DataConfig:
         _check_choice("data.on_bad_image", self.on_bad_image, ("fail", "skip"))
 
 
-# GemConfig fields that change how fast a run goes, not what it learns (left out
-# of the resume fingerprint and of the DVC stage's params).
-GEM_RUNTIME_FIELDS = (*TRAINING_SPEED_FIELDS, "devices", "classifier_devices", "train")
-
-
 @dataclasses.dataclass
-class GemConfig(TrainingSpeed):
-    """The GeM trainer (ISC 2021 "bag of tricks"): GemNet, P×K batches, CE + triplet (speed: TrainingSpeed)."""
+class GemConfig:
+    """The GeM trainer (ISC 2021 "bag of tricks"): GemNet, P×K batches, CE + triplet."""
 
-    recipe: str = "big"  # the generated set `embedlab gem` trains on by default
-    train: list[str] = dataclasses.field(default_factory=lambda: ["big"])  # recipes `dvc repro` trains on
     backbone: str = "resnet50"
     pretrained: str | None = None  # local weights file; None trains from scratch
     img_size: int = 256
@@ -265,25 +277,15 @@ class GemConfig(TrainingSpeed):
     flat_epochs: float = 5
     epochs: int = 25
     iters: int | None = 8000  # iterations per epoch; None: about one pass over the images
-    devices: int = 1  # >1: DDP, the classifier split into one shard per rank
-    classifier_devices: int = 1  # one process: the classifier split over this many GPUs
     evaluate: bool = True
     evaluate_before: bool = True
 
     def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.devices < 1 or self.classifier_devices < 1:
-            raise ConfigError("gem.devices and gem.classifier_devices must be at least 1")
         for name in ("p", "k"):
             if getattr(self, name) < 2:
                 raise ConfigError(f"gem.{name} must be at least 2 (a batch needs positives and negatives)")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"gem.label_smoothing must be in [0, 1), got {self.label_smoothing}")
-
-
-# AugmentConfig fields that do not shape a generated set (left out of its
-# fingerprint and of the DVC stage's params; dvc.yaml lists every other field).
-AUGMENT_RUNTIME_FIELDS = ("workers", "build", "out")
 
 
 @dataclasses.dataclass
@@ -292,7 +294,7 @@ class AugmentConfig:
 
     ``base`` (the ``big`` chain) and ``recipes`` are checked against the op
     catalogue by :func:`embedlab.augment.recipes.load_recipes`. Defaults are
-    the original's scale (REFERENCE.md section 2); params.yaml holds the demo's.
+    the original's scale (docs/originals/gem.md); params.yaml holds the demo's.
     """
 
     source: str = "data/raw/disc/training"  # one class per image
@@ -304,21 +306,17 @@ class AugmentConfig:
     size: int = 256  # pixels (square)
     jpeg_quality: int = 100
     seed: int = 0
-    workers: int = 0  # processes; 0: all cores
     on_bad_image: str = "skip"  # skip (listed in manifest.json) | fail
-    build: list[str] = dataclasses.field(default_factory=lambda: ["big"])  # the sets `dvc repro` generates
     base: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     recipes: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check_choice("augment.on_bad_image", self.on_bad_image, ("skip", "fail"))
-        for name, low in (("every", 1), ("classes", 0), ("per_class", 1), ("size", 8), ("workers", 0)):
+        for name, low in (("every", 1), ("classes", 0), ("per_class", 1), ("size", 8)):
             if getattr(self, name) < low:
                 raise ConfigError(f"augment.{name} must be at least {low}, got {getattr(self, name)}")
         if not 1 <= self.jpeg_quality <= 100:
             raise ConfigError(f"augment.jpeg_quality must be in 1..100, got {self.jpeg_quality}")
-        if not isinstance(self.build, list) or not all(isinstance(b, str) for b in self.build):
-            raise ConfigError(f"augment.build must be a list of recipe names, got {self.build!r}")
 
 
 @dataclasses.dataclass
@@ -334,13 +332,9 @@ class TripletPhase:
         _check_choice("triplet phase miner", self.miner, ("all", "hard"))
 
 
-# TripletConfig fields that change how fast a phase runs, not what it learns.
-TRIPLET_RUNTIME_FIELDS = (*TRAINING_SPEED_FIELDS, "eval_batch_size")
-
-
 @dataclasses.dataclass
-class TripletConfig(TrainingSpeed):
-    """The deepfake-robust face encoder (REFERENCE.md §4): ViT CLS embedding, triplet loss (speed: TrainingSpeed)."""
+class TripletConfig:
+    """The deepfake-robust face encoder (docs/originals/face_encoder.md): ViT CLS embedding, triplet loss; its phases: TripletPhase."""
 
     data_out: str = "data/faces"  # `embedlab face-data` writes the CSVs here
     fake_classes: str = "per_person"  # per_person | per_image: how deepfakes become classes
@@ -356,13 +350,8 @@ class TripletConfig(TrainingSpeed):
     k: int = 4  # images per label
     iters: int | None = None  # batches per epoch; None: every label about once
     weight_decay: float = 0.0
-    eval_batch_size: int = 64
-    pretrain: TripletPhase = dataclasses.field(default_factory=TripletPhase)
-    finetune: TripletPhase = dataclasses.field(
-        default_factory=lambda: TripletPhase(miner="hard", lr=1e-6, epochs=3, init_from="pretrain"))
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         _check_choice("triplet.fake_classes", self.fake_classes, ("per_person", "per_image"))
         if self.p < 2 or self.k < 2:
             raise ConfigError(f"triplet: a batch of {self.p} labels x {self.k} instances holds no triplet; "
@@ -379,21 +368,15 @@ class TemplatesConfig:
     out: str = "data/templates"  # train.h5 / train.csv, test.h5 / test.csv, manifest.json
     test_fraction: float = 0.1  # persons held out (no person in both splits)
     include_fakes: bool = False  # deepfakes of the face set are photos too, but not of anyone real
-    batch_size: int = 64
-    num_workers: int = 0
 
     def __post_init__(self) -> None:
         if not 0.0 < self.test_fraction < 1.0:
             raise ConfigError(f"templates.test_fraction must be in (0, 1), got {self.test_fraction}")
 
 
-# DecoderConfig fields that change how fast or how visibly it trains, not what it learns.
-DECODER_RUNTIME_FIELDS = (*TRAINING_SPEED_FIELDS, "control_samples", "visualize_every", "eval_batch_size")
-
-
 @dataclasses.dataclass
-class DecoderConfig(TrainingSpeed):
-    """The template -> face decoder (REFERENCE.md §3; speed switches: TrainingSpeed)."""
+class DecoderConfig:
+    """The template -> face decoder (docs/originals/decoder.md)."""
 
     # The frozen network of the perceptual loss: a project encoder (other seed or loss than the
     # template model) or an ONNX face model (converted to PyTorch, so gradients flow through it).
@@ -414,7 +397,6 @@ class DecoderConfig(TrainingSpeed):
     max_grad_norm: float = 10.0
     batch_size: int = 200
     epochs: int = 10
-    eval_batch_size: int = 256
     control_samples: int = 9  # fixed test templates whose original-vs-reconstruction grid is logged
     visualize_every: int = 1024  # training steps between control grids (and one at the end)
     fmr: float = 1e-3  # the threshold: template model's impostor score at this false match rate
@@ -423,7 +405,6 @@ class DecoderConfig(TrainingSpeed):
     evaluate_before: bool = True  # also score the untrained decoder (the table's "before"; sweeps skip it)
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         _check_choice("decoder.variant", self.variant, ("base", "large"))
         if self.output_size % 2 or not 8 <= self.output_size <= 128:
             raise ConfigError(f"decoder.output_size must be even and within [8, 128], got {self.output_size}")
@@ -450,12 +431,12 @@ class StageSweep:
 
 @dataclasses.dataclass
 class DripSweep(StageSweep):
-    step: str = "s1"  # the step of drip.schedule each trial trains (from that step's parent)
+    step: str = "s1"  # the step of drip_schedule each trial trains (from that step's parent)
 
 
 @dataclasses.dataclass
 class GemSweep(StageSweep):
-    recipe: str | None = None  # the generated set each trial trains on; None: gem.recipe
+    recipe: str | None = None  # the generated set each trial trains on; None: the first of pipeline.gem
 
 
 @dataclasses.dataclass
@@ -491,10 +472,17 @@ class Params:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     demo_data: DemoDataConfig = dataclasses.field(default_factory=DemoDataConfig)
     demo_faces: FaceDemoConfig = dataclasses.field(default_factory=FaceDemoConfig)
+    runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
+    pipeline: PipelineConfig = dataclasses.field(default_factory=PipelineConfig)
     drip: DripConfig = dataclasses.field(default_factory=DripConfig)
-    embed: EmbedConfig = dataclasses.field(default_factory=EmbedConfig)
+    # One DVC stage per step; a section of its own, so that adding a step changes no other step's params.
+    drip_schedule: dict[str, DripStep] = dataclasses.field(default_factory=dict)
     gem: GemConfig = dataclasses.field(default_factory=GemConfig)
     triplet: TripletConfig = dataclasses.field(default_factory=TripletConfig)
+    # The two phases apart from the shared settings: a phase's DVC params do not hold the other's.
+    triplet_phases: dict[str, TripletPhase] = dataclasses.field(default_factory=lambda: {
+        "pretrain": TripletPhase(),
+        "finetune": TripletPhase(miner="hard", lr=1e-6, epochs=3, init_from="pretrain")})
     templates: TemplatesConfig = dataclasses.field(default_factory=TemplatesConfig)
     decoder: DecoderConfig = dataclasses.field(default_factory=DecoderConfig)
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
@@ -503,6 +491,10 @@ class Params:
     sweep: SweepConfig = dataclasses.field(default_factory=SweepConfig)
 
 
+# Hand-written rather than pydantic / OmegaConf: the rules here are few but unusual (a YAML
+# "2e-4" string is a float, as DVC reads it; "no" is not a bool; errors name the file and the
+# dotted setting), and pydantic's lax mode accepts "no" as false while its strict mode refuses
+# "2e-4": custom validators for both would not be shorter than these two functions.
 def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
     """Instantiate dataclass ``cls`` from ``values``, rejecting unknown keys."""
     if not isinstance(values, Mapping):
@@ -579,10 +571,13 @@ def load_params(path: str | os.PathLike = "params.yaml") -> Params:
     return _build(Params, {k: v for k, v in raw.items() if k in known}, str(path))
 
 
+REPLACED_BY_PROFILES = "drip_schedule"  # a profile's schedule is a whole new list of steps
+
+
 def use_profile(path: str | os.PathLike, name: str) -> None:
     """Write profile ``name`` of params.yaml into its top-level values (comments kept).
 
-    A profile's ``schedule`` replaces the current one instead of merging into it.
+    A profile's ``drip_schedule`` replaces the current one instead of merging into it.
     The values it overwrites are first kept as the current profile (e.g.
     ``demo``) when params.yaml does not define that one, so a switch can be undone.
     """
@@ -599,14 +594,14 @@ def use_profile(path: str | os.PathLike, name: str) -> None:
 
     def merge(target, overlay):
         for key, value in overlay.items():
-            if isinstance(value, Mapping) and key != "schedule" and isinstance(target.get(key), Mapping):
+            if isinstance(value, Mapping) and key != REPLACED_BY_PROFILES and isinstance(target.get(key), Mapping):
                 merge(target[key], value)
             else:
                 target[key] = copy.deepcopy(value)
 
     def snapshot(target, overlay):
         return {key: snapshot(target[key], value)
-                if isinstance(value, Mapping) and key != "schedule" and isinstance(target.get(key), Mapping)
+                if isinstance(value, Mapping) and key != REPLACED_BY_PROFILES and isinstance(target.get(key), Mapping)
                 else copy.deepcopy(target[key]) for key, value in overlay.items() if key in target}
 
     current = doc.get("profile", "demo")

@@ -14,14 +14,20 @@ def torch_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
-def lightning_precision(setting: str) -> str:
-    """Lightning's precision for a stage's ``precision`` setting; ``auto`` picks by hardware."""
-    if setting != "auto":
-        return setting
-    if not torch.cuda.is_available():
-        return "32-true"
-    # bf16 where the GPU has it natively (Ampere+); fp16 with a scaler before that (V100, T4).
-    return "bf16-mixed" if torch.cuda.is_bf16_supported(including_emulation=False) else "16-mixed"
+_LIGHTNING_PRECISION = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}
+
+
+def lightning_precision(setting: str, device: torch.device | None = None) -> str:
+    """Lightning's precision for ``runtime.precision`` on ``device`` (default: the GPU when there is
+    one); ``auto`` picks by hardware. fp16 trains with a loss scaler (Lightning's 16-mixed)."""
+    if setting == "auto":
+        if (device or torch_device()).type != "cuda":
+            return "32-true"
+        # bf16 where the GPU has it natively (Ampere+); fp16 with a scaler before that (V100, T4).
+        return "bf16-mixed" if torch.cuda.is_bf16_supported(including_emulation=False) else "16-mixed"
+    if setting not in _LIGHTNING_PRECISION:
+        raise ValueError(f"precision must be one of {PRECISION_CHOICES}, got {setting!r}")
+    return _LIGHTNING_PRECISION[setting]
 
 
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
@@ -98,29 +104,29 @@ def loader_options(num_workers: int | str, pin_memory: bool | str, prefetch_fact
             "persistent_workers": keep_workers and workers > 0}
 
 
-def training_loader_options(cfg, keep_workers: bool = True) -> dict:
-    """loader_options for a training stage's settings (a config.TrainingSpeed), on the device it trains on.
+def runtime_loader_options(runtime, keep_workers: bool = True) -> dict:
+    """loader_options for params.yaml's ``runtime`` section (a config.RuntimeConfig), on its device.
 
-    ``keep_workers=False`` for validation loaders: their workers would sit idle
-    through every training epoch, holding prefetched batches.
+    ``keep_workers=False`` for loaders iterated once per epoch beside another
+    (validation): their workers would sit idle through every training epoch,
+    holding prefetched batches.
     """
-    return loader_options(cfg.num_workers, cfg.pin_memory, cfg.prefetch_factor, torch_device(), keep_workers,
-                          processes=getattr(cfg, "devices", 1))
+    return loader_options(runtime.num_workers, runtime.pin_memory, runtime.prefetch_factor,
+                          torch_device(runtime.device), keep_workers, processes=runtime.devices)
 
 
-def speed_tags(cfg) -> dict[str, str]:
-    """A training stage's speed settings as this machine resolves them, as MLflow tags.
+def speed_tags(runtime) -> dict[str, str]:
+    """The runtime settings as this machine resolves them, as MLflow tags.
 
     Tags, not params: they may differ between the runs of one experiment, or
-    when a run resumes on another machine. Yet they are not invisible in the
-    results: each loader worker has its own random stream (so the worker count
-    decides which augmentations a sample gets), and precision and compile pick
-    the kernels.
+    when a run resumes on another machine. Precision and compile pick the
+    kernels, so a result may move in its last digits with them.
     """
-    device = torch_device()
+    device = torch_device(runtime.device)
     return {
         "embedlab.device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "embedlab.precision": lightning_precision(cfg.precision),
-        "embedlab.compile": str(cfg.compile).lower(),
-        "embedlab.num_workers": str(training_loader_options(cfg)["num_workers"]),  # what the loaders get
+        "embedlab.precision": lightning_precision(runtime.precision, device),
+        "embedlab.compile": str(runtime.compile).lower(),
+        "embedlab.num_workers": str(runtime_loader_options(runtime)["num_workers"]),  # what the loaders get
+        "embedlab.devices": str(runtime.devices),
     }

@@ -6,6 +6,11 @@ ties), so a system cannot gain by giving every prediction the same score.
 Recall is always taken over *all* ground-truth pairs, including those that no
 prediction found. Everything here is vectorised numpy (no Python loops over
 predictions), so 500k predictions take well under a second.
+
+Not ``sklearn.metrics.precision_recall_curve`` / ``average_precision_score``:
+they take recall over the predictions only (not over ground-truth pairs never
+predicted) and merge tied scores into one point instead of ranking them
+pessimistically, so they give another number than the ISC μAP.
 """
 
 from __future__ import annotations

@@ -1,4 +1,10 @@
-"""The results table printed at the end of ``make demo`` (``embedlab report``)."""
+"""The results tables printed at the end of ``make demo`` (``embedlab report``).
+
+``results_report(params)`` is plain text for the terminal; with
+``markdown=True`` the same sections and columns are GitHub-markdown tables
+(``embedlab report --markdown``), which ``tools/update_readme_results.py``
+writes into the README between its ``results`` markers.
+"""
 
 from __future__ import annotations
 
@@ -68,12 +74,12 @@ def metric_rows(reports_root: Path, order: list[str]) -> list[dict]:
 
 def drip_rows(params: Params, reports_root: Path = Path("reports/drip")) -> list[dict]:
     """Metrics of each drip step in schedule order, then any other runs found."""
-    return metric_rows(reports_root, list(params.drip.schedule))
+    return metric_rows(reports_root, list(params.drip_schedule))
 
 
 def gem_rows(params: Params, reports_root: Path = Path("reports/gem")) -> list[dict]:
-    """Metrics of each GeM run, in the order of gem.train."""
-    return metric_rows(reports_root, list(params.gem.train))
+    """Metrics of each GeM run, in the order of pipeline.gem."""
+    return metric_rows(reports_root, list(params.pipeline.gem))
 
 
 def single_row(report: Path) -> list[dict]:
@@ -81,15 +87,25 @@ def single_row(report: Path) -> list[dict]:
     return [json.loads(report.read_text())] if report.is_file() else []
 
 
-def format_table(rows: list[dict], columns=RETRIEVAL_COLUMNS) -> str:
+def format_table(rows: list[dict], columns=RETRIEVAL_COLUMNS, markdown: bool = False) -> str:
     header = [title for title, _, _ in columns]
     body = [[_cell(fmt, row.get(key)) for _, key, fmt in columns] for row in rows]
+    if markdown:
+        return markdown_table(header, body)
     widths = [max(len(h), *(len(r[i]) for r in body)) if body else len(h) for i, h in enumerate(header)]
     line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
     return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in body)])
 
 
-def results_report(params: Params) -> str:
+def markdown_table(header: list[str], body: list[list[str]]) -> str:
+    """A GitHub-markdown table: the first column left-aligned (names), the others right-aligned."""
+    row = lambda cells: "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"  # noqa: E731
+    rule = "|" + "|".join([" --- "] + [" ---: "] * (len(header) - 1)) + "|"
+    return "\n".join([row(header), rule, *(row(r) for r in body)])
+
+
+def results_report(params: Params, markdown: bool = False) -> str:
+    """The results tables of every stage that has run; ``markdown``: GitHub tables, no UI hint."""
     sections = [
         ("Drip training on the DISC query/reference sets", drip_rows(params), RETRIEVAL_COLUMNS, "drip"),
         ("GeM trainer on generated training sets (step = gem/<recipe>)", gem_rows(params), RETRIEVAL_COLUMNS, "gem"),
@@ -100,6 +116,11 @@ def results_report(params: Params) -> str:
         ("Decoder: cosine between test templates and the templates of their decoded faces",
          single_row(Path("reports/decoder/metrics.json")), DECODER_COLUMNS, "decoder"),
     ]
+    if markdown:
+        return "\n\n".join(
+            f"**{title.replace('<', '&lt;').replace('>', '&gt;')}**\n\n"
+            + (format_table(rows, columns, markdown=True) if rows else f"_(no {stage} results yet: run `dvc repro`)_")
+            for title, rows, columns, stage in sections)
     parts = [f"{title}\n{format_table(rows, columns) if rows else f'(no {stage} results yet: run `dvc repro`)'}"
              for title, rows, columns, stage in sections]
     uri = tracking_uri(params.tracking.uri)

@@ -1,16 +1,16 @@
-"""Face-verification metrics on scored pairs: EER, TPR@FPR, ROC AUC, ROC curve (REFERENCE.md §4).
+"""Face-verification metrics on scored pairs: EER, TPR@FPR, ROC AUC, ROC curve (docs/originals/face_encoder.md).
 
 A pair has a similarity ``score`` (higher = more likely the same person) and
 a label ``same`` (1 genuine, 0 impostor). A threshold ``t`` accepts the pairs
 with ``score >= t``: FPR is the fraction of impostors accepted, FNR the
 fraction of genuine pairs rejected, TPR = 1 − FNR.
 
-The ROC curve has one point per distinct score plus the point "accept
-nothing" (threshold +inf), exactly as ``sklearn.metrics.roc_curve(...,
-drop_intermediate=False)``. Tied scores move FPR and TPR together, so the
-straight segment between two points is what a random tie-break gives on
-average; ``roc_auc`` (the trapezoid rule on that curve) therefore counts ties
-as half, like the Mann-Whitney U statistic.
+The ROC curve is ``sklearn.metrics.roc_curve(same, scores,
+drop_intermediate=False)``: one point per distinct score plus the point
+"accept nothing" (threshold +inf). Tied scores move FPR and TPR together, so
+the straight segment between two points is what a random tie-break gives on
+average; ``roc_auc`` (``sklearn.metrics.auc``, the trapezoid rule on that
+curve) therefore counts ties as half, like the Mann-Whitney U statistic.
 
 EER definition (interpolated): FNR − FPR decreases strictly along the curve
 from 1 to −1; the EER is the rate where it crosses 0 on the piecewise-linear
@@ -22,6 +22,9 @@ and tie-consistent: identical genuine and impostor distributions give
 exactly 0.5 for any number of pairs, a constant score too. The returned
 threshold is the one of the curve point nearest the crossing (argmin
 |FNR − FPR|, ties to the higher threshold), a real operating point.
+The EER is ours: sklearn has none, and torchmetrics' ``BinaryEER`` averages
+FPR and FNR at the point nearest the crossing instead of interpolating (it
+differs by up to half a step).
 
 Not the retrieval metrics: those are in ``metrics.py``.
 """
@@ -33,6 +36,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from sklearn import metrics as skm
 
 from embedlab.atomic import atomic_path, write_text_atomic
 
@@ -75,30 +79,22 @@ def _checked(scores: ArrayLike, same: ArrayLike) -> tuple[np.ndarray, np.ndarray
     return s, y
 
 
-def _roc_counts(s: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(false positives, true positives, thresholds) of checked inputs: one sort, one point per distinct score."""
-    order = np.argsort(-s, kind="stable")
-    s, y = s[order], y[order]
-    # Last index of each run of equal scores: the point after accepting that whole run.
-    ends = np.append(np.flatnonzero(np.diff(s)), s.size - 1)
-    tps = np.concatenate(([0], np.cumsum(y, dtype=np.int64)[ends]))
-    fps = np.concatenate(([0], ends + 1)) - tps
-    return fps, tps, np.concatenate(([np.inf], s[ends]))
+def _roc(s: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fpr, tpr, thresholds) of checked inputs: every distinct score is a point (EER and TPR@FPR need them all)."""
+    return skm.roc_curve(y, s, drop_intermediate=False)
 
 
 def roc_curve(scores: ArrayLike, same: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(fpr, tpr, thresholds), thresholds descending from +inf (accept nothing) to the lowest score.
-
-    Same points as ``sklearn.metrics.roc_curve(same, scores, drop_intermediate=False)``.
-    """
-    fps, tps, thresholds = _roc_counts(*_checked(scores, same))
-    return fps / fps[-1], tps / tps[-1], thresholds
+    """(fpr, tpr, thresholds), thresholds descending from +inf (accept nothing) to the lowest score."""
+    return _roc(*_checked(scores, same))
 
 
-def _eer_from_counts(fps: np.ndarray, tps: np.ndarray, thresholds: np.ndarray) -> tuple[float, float]:
-    n_impostor, n_genuine = int(fps[-1]), int(tps[-1])
-    fnr = 1.0 - tps / n_genuine
-    # (FNR − FPR)·n_genuine·n_impostor in exact integers: equalities and ties are not float accidents.
+def _eer_from_roc(fpr: np.ndarray, tpr: np.ndarray, thresholds: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    n_genuine, n_impostor = int(y.sum()), int((~y).sum())
+    # Back to integer counts (rint undoes the division's < 1 ulp error) so that
+    # (FNR − FPR)·n_genuine·n_impostor is exact: equalities and ties are not float accidents.
+    fps, tps = np.rint(fpr * n_impostor).astype(np.int64), np.rint(tpr * n_genuine).astype(np.int64)
+    fnr = 1.0 - tpr
     d = (n_genuine - tps) * n_impostor - fps * n_genuine  # strictly decreasing, > 0 first, < 0 last
     i = int(np.argmax(d <= 0))  # first point at or past the crossing, i >= 1
     if d[i] == 0:
@@ -117,7 +113,8 @@ def eer(scores: ArrayLike, same: ArrayLike) -> tuple[float, float]:
     distributions, 1 when every impostor scores above every genuine pair.
     See the module docstring for the exact definition and the threshold.
     """
-    return _eer_from_counts(*_roc_counts(*_checked(scores, same)))
+    s, y = _checked(scores, same)
+    return _eer_from_roc(*_roc(s, y), y)
 
 
 def _tpr_at_fpr_from_roc(fpr: np.ndarray, tpr: np.ndarray, thresholds: np.ndarray,
@@ -136,8 +133,9 @@ def tpr_at_fpr(scores: ArrayLike, same: ArrayLike, fpr: float) -> tuple[float, f
 
 def roc_auc(scores: ArrayLike, same: ArrayLike) -> float:
     """Area under the ROC curve; a tied genuine/impostor pair counts half."""
+    # auc on the full curve rather than roc_auc_score: the same area, and the report reuses its one sort.
     fpr, tpr, _ = roc_curve(scores, same)
-    return float(np.trapezoid(tpr, fpr))
+    return skm.auc(fpr, tpr)
 
 
 def _kinds(kind: Sequence[str] | np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -169,15 +167,14 @@ def verification_report(scores: ArrayLike, same: ArrayLike,
     of that kind (skip None values when logging).
     """
     s, y = _checked(scores, same)
-    fps, tps, thresholds = _roc_counts(s, y)
-    fpr, tpr = fps / fps[-1], tps / tps[-1]
-    rate, threshold = _eer_from_counts(fps, tps, thresholds)
+    fpr, tpr, thresholds = _roc(s, y)
+    rate, threshold = _eer_from_roc(fpr, tpr, thresholds, y)
     report: dict[str, Any] = {
         "eer": rate,
         "eer_threshold": threshold,
         "tpr_at_fpr_1e-2": _tpr_at_fpr_from_roc(fpr, tpr, thresholds, 1e-2)[0],
         "tpr_at_fpr_1e-3": _tpr_at_fpr_from_roc(fpr, tpr, thresholds, 1e-3)[0],
-        "roc_auc": float(np.trapezoid(tpr, fpr)),
+        "roc_auc": skm.auc(fpr, tpr),
         "n_genuine": int(y.sum()),
         "n_impostor": int((~y).sum()),
     }
@@ -216,9 +213,8 @@ def write_roc(scores: ArrayLike, same: ArrayLike, out_dir: str | os.PathLike, lo
     if max_points < 4:
         raise ValueError(f"max_points must be >= 4, got {max_points}")
     s, y = _checked(scores, same)
-    fps, tps, thresholds = _roc_counts(s, y)
-    fpr, tpr = fps / fps[-1], tps / tps[-1]
-    rate, _ = _eer_from_counts(fps, tps, thresholds)
+    fpr, tpr, thresholds = _roc(s, y)
+    rate, _ = _eer_from_roc(fpr, tpr, thresholds, y)
     idx = _curve_indices(fpr, max_points)
     out = Path(out_dir)
     csv_path, png_path = out / "roc.csv", out / "roc.png"

@@ -32,22 +32,19 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 
 from embedlab.atomic import write_json_atomic
+from embedlab.data.classes import ClassImage, ClassSource, select_classes
+from embedlab.digests import PACKAGE, settings_digest, source_digest
 from embedlab.augment._albu import fblur, fpixel
 from embedlab.augment.context import AugContext
 from embedlab.augment.pool import OverlayPool
 from embedlab.augment.recipes import Recipe, RecipeAugmenter
-from embedlab.images import BadImageError, check_on_bad_image, list_images, load_rgb, save_jpeg_atomic
+from embedlab.images import BadImageError, check_on_bad_image, load_rgb, save_jpeg_atomic
 
 log = logging.getLogger(__name__)
 
 FINGERPRINT = "fingerprint.json"
 MANIFEST = "manifest.json"
 FACE_PREFIX = "face_"
-
-
-class ClassSource(NamedTuple):
-    name: str  # class name: the folder and file prefix
-    path: str  # its source image
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,28 +65,18 @@ class GenerateSettings:
 # --- inputs -----------------------------------------------------------------------
 
 
-def select_classes(source: str | os.PathLike, every: int = 1, classes: int = 0,
-                   faces: str | os.PathLike | None = None) -> list[ClassSource]:
+def generated_set_classes(source: str | os.PathLike, every: int = 1, classes: int = 0,
+                          faces: str | os.PathLike | None = None) -> list[ClassImage]:
     """Every ``every``-th image of ``source`` (sorted by name), at most ``classes``
     of them (0: all), then every image of ``faces`` (``face_<stem>``) when given."""
-    if every < 1 or classes < 0:
-        raise ValueError(f"every must be >= 1 and classes >= 0, got every={every}, classes={classes}")
-    chosen = list_images(source)[::every]
-    if classes:
-        chosen = chosen[:classes]
-    out = [ClassSource(p.stem, str(p)) for p in chosen]
+    sources = [ClassSource(Path(source), classes, every)]
     if faces is not None:
         if not Path(faces).is_dir():
             raise FileNotFoundError(f"face folder {faces} does not exist: recipes with `faces: true` add its images "
                                     f"as classes (set augment.faces; the demo data has faces with "
                                     f"demo_data.n_frm_faces > 0)")
-        out += [ClassSource(FACE_PREFIX + p.stem, str(p)) for p in list_images(faces)]
-    seen: dict[str, str] = {}
-    for c in out:
-        if c.name in seen:
-            raise ValueError(f"two sources make class {c.name!r}: {seen[c.name]} and {c.path} (rename one)")
-        seen[c.name] = c.path
-    return out
+        sources.append(ClassSource(Path(faces), prefix=FACE_PREFIX))
+    return select_classes(sources, unique_names=True)
 
 
 def image_seed(seed: int, recipe: str, class_name: str, index: int) -> int:
@@ -113,16 +100,6 @@ def _files_digest(paths: Sequence[str]) -> str:
     return h.hexdigest()[:16]
 
 
-def _code_digest() -> str:
-    """The augment package and the image writer: a code change makes other bytes."""
-    root = Path(__file__).resolve().parent
-    h = hashlib.sha256()
-    for path in sorted(root.glob("*.py")) + [root.parent / "images.py"]:
-        h.update(path.name.encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()[:16]
-
-
 def library_versions() -> dict[str, str]:
     """Versions of the libraries that make the pixels and the JPEG bytes."""
     from importlib.metadata import PackageNotFoundError, version
@@ -141,17 +118,15 @@ def library_versions() -> dict[str, str]:
     return dict(sorted(out.items()))
 
 
-def fingerprint_settings(recipe: Recipe, classes: Sequence[ClassSource], pool: Sequence[str],
+def fingerprint_settings(recipe: Recipe, classes: Sequence[ClassImage], pool: Sequence[str],
                          settings: GenerateSettings) -> dict[str, Any]:
     """What a set's bytes depend on (the worker count is not among them)."""
     return {"recipe": recipe.to_dict(), **dataclasses.asdict(settings),
             "classes": len(classes), "class_sources": _files_digest([c.path for c in classes]),
             "class_names": hashlib.sha256("\n".join(c.name for c in classes).encode()).hexdigest()[:16],
-            "overlay_pool": _files_digest(pool), "code": _code_digest(), "versions": library_versions()}
-
-
-def _digest(settings: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+            "overlay_pool": _files_digest(pool), "versions": library_versions(),
+            # the augment package and the image writer: a code change makes other bytes
+            "code": source_digest([*Path(__file__).resolve().parent.glob("*.py"), PACKAGE / "images.py"])}
 
 
 def prepare_out(out: Path, settings: dict[str, Any], if_stale: str = "fail", restart: bool = False) -> bool:
@@ -178,7 +153,7 @@ def prepare_out(out: Path, settings: dict[str, Any], if_stale: str = "fail", res
                 old = json.loads(record.read_text())
             except json.JSONDecodeError:
                 old = {}
-            same = old.get("fingerprint") == _digest(settings)
+            same = old.get("fingerprint") == settings_digest(settings)
             if restart or (not same and if_stale == "restart"):
                 log.info("clearing %s (%s)", out, "--restart" if restart else "made with other parameters")
                 shutil.rmtree(out)
@@ -191,7 +166,7 @@ def prepare_out(out: Path, settings: dict[str, Any], if_stale: str = "fail", res
                 resumed = True
     out.mkdir(parents=True, exist_ok=True)
     if not resumed:
-        write_json_atomic(record, {"fingerprint": _digest(settings), "settings": settings})
+        write_json_atomic(record, {"fingerprint": settings_digest(settings), "settings": settings})
     for leftover in [*out.glob(f".{MANIFEST}.*"), *out.glob(f".{FINGERPRINT}.*")]:  # temp files of a killed write
         leftover.unlink(missing_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)  # present only once the set is complete
@@ -215,7 +190,7 @@ class _Worker:
     settings: GenerateSettings
     augmenter: RecipeAugmenter
 
-    def run(self, job: ClassSource) -> ClassResult:
+    def run(self, job: ClassImage) -> ClassResult:
         folder = self.out / job.name
         names = set(os.listdir(folder)) if folder.is_dir() else set()
         for name in names:  # temp files of writes a kill interrupted (atomic_path: ".<name>.*")
@@ -252,7 +227,7 @@ def _init_worker(out: Path, recipe: Recipe, settings: GenerateSettings, pool: Ov
     _WORKER = _Worker(out, recipe, settings, RecipeAugmenter(recipe, AugContext(pool=pool)))
 
 
-def _run_class(job: ClassSource) -> ClassResult:
+def _run_class(job: ClassImage) -> ClassResult:
     assert _WORKER is not None
     return _WORKER.run(job)
 
@@ -272,7 +247,7 @@ def resolve_workers(workers: int) -> int:
 # --- the whole set ----------------------------------------------------------------------
 
 
-def generate(recipe: Recipe, classes: Sequence[ClassSource], out: str | os.PathLike,
+def generate(recipe: Recipe, classes: Sequence[ClassImage], out: str | os.PathLike,
              settings: GenerateSettings, pool_paths: Sequence[str] = (), workers: int = 0,
              restart: bool = False, if_stale: str = "fail", progress: bool = True,
              extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -351,7 +326,7 @@ def _manifest(recipe: Recipe, results: list[ClassResult], settings: GenerateSett
         "skipped_inputs": [{"path": p, "reason": reason} for p, reason in bad],
         "parameters": {**extra, **dataclasses.asdict(settings), "size": recipe.size},
         "seed": settings.seed,
-        "fingerprint": _digest(fp),
+        "fingerprint": settings_digest(fp),
         "versions": fp["versions"],
         "run": {"workers": n_workers, "resumed": resumed, "seconds": round(elapsed, 3),
                 "images_per_second": round(written / elapsed, 1) if elapsed > 0 else None},

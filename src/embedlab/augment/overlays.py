@@ -88,7 +88,7 @@ def underlay(
     image's pixel count, so the output is about as large as the input.
 
     Our reading of the original's "underlay (paste into another image at scale
-    0.04–0.1)" as an area fraction (REFERENCE.md §2); see also ``overlay``.
+    0.04–0.1)" as an area fraction (docs/originals/gem.md); see also ``overlay``.
     (The original code did the reverse: it pasted another image, shrunk to
     0.04–0.1 of its sides, onto ours; ``overlay_image`` does that.)
     """
@@ -109,7 +109,7 @@ def overlay(
     img: Image.Image, rng: np.random.Generator, ctx: AugContext, factor: Magnitude = (2.5, 3.5)
 ) -> Image.Image:
     """Our reading of the original's "image enlarged 2.5–3.5× onto another base
-    image" (REFERENCE.md §2): another picture is resized to ``factor`` times
+    image" (docs/originals/gem.md): another picture is resized to ``factor`` times
     our size (both sides) and our image, unchanged, is pasted at a random place
     on it. The output is ``factor`` times larger; after the recipe's closing
     resize our image fills 1/``factor`` of each side."""

@@ -2,7 +2,7 @@
 
 :data:`QUERY_TABLE` is the whole policy as data. Rows run in order; each row
 fires independently with its probability. Probabilities follow the ISC 2021
-drip-training code (REFERENCE.md §1); magnitudes are ours and grow with I
+drip-training code (docs/originals/drip.md); magnitudes are ours and grow with I
 (lengths are fractions of the shorter side; ranges are drawn uniformly).
 "blur/sharpen" and "overlay image / onto another image" are two rows each,
 each at 0.1·I. JPEG deliberately differs from the original, whose quality I·U(10, 50) got

@@ -1,6 +1,6 @@
 """P identities × K instances per batch, for batch-hard triplet losses.
 
-Used by the GeM trainer (32 × 4, REFERENCE.md §2) and the triplet face stage
+Used by the GeM trainer (32 × 4, docs/originals/gem.md) and the triplet face stage
 (16 × 4). Like the re-ID RandomIdentitySampler the original used, an
 identity with fewer than K images is sampled with replacement.
 
@@ -97,3 +97,28 @@ class PKSampler(Sampler[int]):
             if number % self.num_replicas == self.rank:
                 for indices in chosen:
                     yield from (int(i) for i in indices)
+
+
+class EpochIndices(Sampler[tuple[int, int]]):
+    """``(epoch, index)`` for every item, shuffled per (seed, epoch).
+
+    A dataset that seeds an item's random draws from this pair gives the same
+    data for any loader worker count (see :class:`embedlab.data.drip.QueryViews`).
+    Lightning's fit loop calls :meth:`set_epoch` at every epoch, so a resumed
+    run continues with the epoch it stopped in.
+    """
+
+    def __init__(self, n_items: int, seed: int, shuffle: bool = True) -> None:
+        self.n_items, self.seed, self.shuffle = n_items, seed, shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n_items
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n_items) if self.shuffle \
+            else range(self.n_items)
+        return ((self.epoch, int(i)) for i in order)

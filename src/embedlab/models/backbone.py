@@ -1,6 +1,6 @@
 """The descriptor model: timm backbone → GeM → bias-free linear → L2.
 
-This is the ISC 2021 drip-training descriptor (REFERENCE.md §1): the timm
+This is the ISC 2021 drip-training descriptor (docs/originals/drip.md): the timm
 classifier head is removed, features are GeM-pooled with a learnable
 exponent, projected without bias to the embedding size and L2-normalised.
 """

@@ -1,4 +1,4 @@
-"""Class centroids for ``build_w_matrix`` (REFERENCE.md §1).
+"""Class centroids for ``build_w_matrix`` (docs/originals/drip.md).
 
 Each centroid is the mean of the embeddings of the class's reference view
 and ``n_augmentations`` query augmentations, L2-normalised. Written into the
@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from embedlab.data.drip import collate_skipping_bad
+from embedlab.data.collate import collate_skipping_bad
 from embedlab.models.backbone import DescriptorModel
 from embedlab.models.eval_mode import eval_mode
 

@@ -1,4 +1,4 @@
-"""The template -> face decoder and its optional discriminator (REFERENCE.md §3).
+"""The template -> face decoder and its optional discriminator (docs/originals/decoder.md).
 
 The template (an L2-normalised embedding) enters as a 1×1 image and is
 doubled in size by ``[ConvTranspose2d k3 s2 p1 op1, BN, PReLU]`` blocks, then

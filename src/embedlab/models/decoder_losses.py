@@ -1,4 +1,4 @@
-"""Losses of the template decoder (REFERENCE.md §3).
+"""Losses of the template decoder (docs/originals/decoder.md).
 
     loss = mse_weight·MSE + laplace_weight·Laplace + perceptual_weight·perceptual
            + discr_weight·adversarial   (when a discriminator is used)

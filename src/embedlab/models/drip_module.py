@@ -1,6 +1,6 @@
 """LightningModule of a drip step: descriptor model + ArcFace head.
 
-The loss is computed on augmented query views only (REFERENCE.md §1); the
+The loss is computed on augmented query views only (docs/originals/drip.md); the
 validation loss averages the loss of the plain reference view and of a
 query view. The ArcFace kernel gets no weight decay.
 """

@@ -1,4 +1,4 @@
-"""The face encoder of the deepfake-robust face recognition stage (REFERENCE.md §4).
+"""The face encoder of the deepfake-robust face recognition stage (docs/originals/face_encoder.md).
 
 A timm Vision Transformer whose CLS token is the face embedding (the
 original: ViT-B/16 DINO, 768-d, 224 px). ``normalize_embeddings`` is part

@@ -1,4 +1,4 @@
-"""LightningModule of the GeM trainer (ISC 2021 "bag of tricks", REFERENCE.md §2).
+"""LightningModule of the GeM trainer (ISC 2021 "bag of tricks", docs/originals/gem.md).
 
 GemNet (backbone with last stride 1 → GeM → projector → BN neck) plus a
 bias-free classifier on the neck feature. Loss: ce_weight·CE (label

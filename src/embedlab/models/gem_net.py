@@ -1,4 +1,4 @@
-"""The GeM trainer's network (REFERENCE.md §2): backbone → GeM → projector → BN neck.
+"""The GeM trainer's network (docs/originals/gem.md): backbone → GeM → projector → BN neck.
 
 ISC 2021 descriptor track, 3rd place ("bag of tricks"): a ResNet-50 with the
 last stride set to 1, "Waveblock" feature masking after layer2 and layer3

@@ -1,4 +1,4 @@
-"""The GeM trainer's loss (REFERENCE.md §2): 10·CE (label smoothing 0.1) + 1·soft batch-hard triplet.
+"""The GeM trainer's loss (docs/originals/gem.md): 10·CE (label smoothing 0.1) + 1·soft batch-hard triplet.
 
 The triplet follows the re-ID "strong baseline"/fast-reid soft-margin form:
 for each anchor the farthest positive and the nearest negative in the batch,

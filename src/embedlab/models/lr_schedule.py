@@ -1,4 +1,4 @@
-"""Warm-up, flat, cosine: the GeM trainer's learning-rate factor (REFERENCE.md §2).
+"""Warm-up, flat, cosine: the GeM trainer's learning-rate factor (docs/originals/gem.md).
 
 The original: linear warm-up over epochs 0–4 from 0.01 of the base rate,
 the base rate through epoch 9, cosine decay over epochs 10–25. As a

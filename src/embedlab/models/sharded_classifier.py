@@ -1,6 +1,6 @@
 """A bias-free classifier too big for one device, split row-wise into shards.
 
-The GeM trainer (REFERENCE.md §2) classifies 8192-d features into 100k
+The GeM trainer (docs/originals/gem.md) classifies 8192-d features into 100k
 classes (800M weights). The original split the classifier into 4 chunks on 4
 GPUs and needed a class count divisible by 4; here any count works
 (``shard_sizes``: sizes differ by at most one).

@@ -1,4 +1,4 @@
-"""Triplet loss with an in-batch miner, for the deepfake-robust face encoder (REFERENCE.md §4).
+"""Triplet loss with an in-batch miner, for the deepfake-robust face encoder (docs/originals/face_encoder.md).
 
 A triplet is (anchor, positive, negative) batch indices: positive has the
 anchor's label (and is not the anchor), negative has another label. Two

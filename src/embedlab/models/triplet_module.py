@@ -1,6 +1,6 @@
 """LightningModule of the triplet stage: a face encoder trained with a triplet loss.
 
-One phase per run (REFERENCE.md §4): pre-training with all triplets of each
+One phase per run (docs/originals/face_encoder.md): pre-training with all triplets of each
 P×K batch, then fine-tuning with batch-hard triplets from the pre-trained
 weights, at a lower learning rate. Validation embeds the validation images
 once per epoch and scores the validation pairs: ``val_eer`` (lower is

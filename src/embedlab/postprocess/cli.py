@@ -11,7 +11,8 @@ HELP = "ensemble, whiten, stretch and score-normalise descriptor files (ISC layo
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``postprocess`` on ``subparsers`` (from ``ArgumentParser.add_subparsers``)."""
-    from embedlab.postprocess.pipeline import PostprocessConfig
+    from embedlab.cli_args import parse_bool
+    from embedlab.config import PostprocessConfig
 
     d = PostprocessConfig()
     p = subparsers.add_parser("postprocess", help=HELP, description=HELP, epilog=f"example:\n  {EXAMPLE}",
@@ -25,8 +26,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "(needed for whitening, stretching and score normalisation)")
     p.add_argument("--out", required=True, metavar="DIR",
                    help="writes DIR/query.h5, DIR/reference.h5, DIR/whitening.safetensors, DIR/postprocess.json")
-    p.add_argument("--whiten", action=argparse.BooleanOptionalAction, default=d.whiten,
-                   help=f"PCA whitening fitted on the training descriptors (default: {d.whiten})")
+    p.add_argument("--whiten", type=parse_bool, metavar="true|false", default=d.whiten,
+                   help=f"PCA whitening fitted on the training descriptors (default: {str(d.whiten).lower()})")
     p.add_argument("--whiten-dim", type=int, metavar="N", default=d.whiten_dim, help="dimensions kept (default: all)")
     p.add_argument("--whiten-power", type=float, metavar="P", default=d.whiten_power,
                    help=f"eigenvalue power: 0.5 full whitening, 0 plain PCA (default: {d.whiten_power})")
@@ -45,7 +46,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> dict:
     """Run :func:`postprocess_files` from parsed arguments and print its summary."""
-    from embedlab.postprocess.pipeline import PostprocessConfig, format_summary, postprocess_files
+    from embedlab.config import PostprocessConfig
+    from embedlab.postprocess.pipeline import format_summary, postprocess_files
 
     cfg = PostprocessConfig(
         whiten=args.whiten, whiten_dim=args.whiten_dim, whiten_power=args.whiten_power,

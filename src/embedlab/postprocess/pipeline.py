@@ -38,7 +38,8 @@ import numpy as np
 
 from embedlab.atomic import write_json_atomic
 from embedlab.descriptors import DescriptorFileError, write_descriptors
-from embedlab.postprocess.ensemble import check_weights, concat_blocks, read_blocks
+from embedlab.config import PostprocessConfig
+from embedlab.postprocess.ensemble import concat_blocks, read_blocks
 from embedlab.postprocess.score_normalization import normalize_scores
 from embedlab.postprocess.stretching import stretch_queries
 from embedlab.postprocess.whitening import Whitening, fit_whitening
@@ -49,41 +50,6 @@ WHITENING_FILE = "whitening.safetensors"
 SUMMARY_FILE = "postprocess.json"
 
 Blocks = np.ndarray | Sequence[np.ndarray]
-
-
-@dataclass(frozen=True)
-class PostprocessConfig:
-    """Post-processing settings; a factor of 0 turns its step off."""
-
-    whiten: bool = True
-    whiten_dim: int | None = None  # None: keep the ensemble's full dimension
-    whiten_power: float = 0.5  # 0.5 full whitening, 0 plain PCA, in between partial
-    score_norm_factor: float = 2.0
-    score_norm_n: int = 10
-    stretch_factor: float = 0.0
-    stretch_n: int = 5
-    weights: tuple[float, ...] | None = None  # one per model (default: all 1)
-    device: str = "auto"  # faiss device for the training-neighbour search
-
-    def __post_init__(self) -> None:
-        if self.whiten_dim is not None and (not self.whiten or self.whiten_dim < 1):
-            raise ValueError(f"whiten_dim={self.whiten_dim} needs whiten=True and a value >= 1")
-        if not self.whiten_power >= 0:
-            raise ValueError(f"whiten_power must be >= 0 (0.5 = full whitening), got {self.whiten_power}")
-        for name in ("score_norm_factor", "stretch_factor"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be >= 0 (0 = off), got {getattr(self, name)}")
-        for name in ("score_norm_n", "stretch_n"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
-        if self.weights is not None:
-            object.__setattr__(self, "weights", tuple(float(w) for w in check_weights(self.weights, len(self.weights))))
-
-    @property
-    def needs_train(self) -> bool:
-        return self.whiten or self.score_norm_factor > 0 or self.stretch_factor > 0
 
 
 @dataclass

@@ -15,6 +15,13 @@ product stays cosine similarity.
 
 Saved as safetensors (``mean``, ``components``, ``eigenvalues`` and the
 settings in the metadata): no pickle.
+
+Ours, not ``faiss.PCAMatrix(D, dim, eigen_power=-power)``: faiss forms the
+covariance in float32 as X^T X − n·μμ^T, which cancels on off-centre
+L2-normalised descriptors (20k × 256, same eps: smallest eigenvalues 0.3%
+off, whitened cosines by up to 4e-4). It also subsamples above 1000·D rows,
+returns unnormalised eigenvalues (its ``epsilon`` is ours × (n − 1)) and has
+neither the rank check nor deterministic signs.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Augment stage: one augmented training set per recipe (REFERENCE.md §2).
+"""Augment stage: one augmented training set per recipe (docs/originals/gem.md).
 
     embedlab augment --recipe bw                  # settings from params.yaml's augment section
     embedlab augment --recipe big --classes 100 --per-class 20 --size 256 --workers 8
@@ -17,9 +17,9 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from embedlab.augment.generator import GenerateSettings, generate, select_classes
+from embedlab.augment.generator import GenerateSettings, generate, generated_set_classes
 from embedlab.augment.recipes import Recipe, format_recipe, get_recipe, load_recipes
-from embedlab.config import AUGMENT_RUNTIME_FIELDS, AugmentConfig, Params, apply_overrides
+from embedlab.config import AugmentConfig, Params, apply_overrides
 from embedlab.images import list_images
 
 
@@ -54,14 +54,15 @@ def run_augment(params: Params, name: str, overrides: dict[str, Any] | None = No
     """
     cfg = apply_overrides(params.augment, overrides or {}, "augment")
     recipe = plan_recipe(cfg, name, params_file)
-    classes = select_classes(cfg.source, cfg.every, cfg.classes, cfg.faces if recipe.faces else None)
+    classes = generated_set_classes(cfg.source, cfg.every, cfg.classes, cfg.faces if recipe.faces else None)
     pool = overlay_sources(cfg.source)
     settings = GenerateSettings(per_class=cfg.per_class, jpeg_quality=cfg.jpeg_quality, seed=cfg.seed,
                                 on_bad_image=cfg.on_bad_image)
     folder = Path(out) if out else Path(cfg.out) / name
-    shaping = {k: v for k, v in dataclasses.asdict(cfg).items()
-               if k not in (*AUGMENT_RUNTIME_FIELDS, "base", "recipes")}
-    manifest = generate(recipe, classes, folder, settings, pool, workers=cfg.workers, restart=restart,
-                        if_stale=if_stale, progress=progress, extra={**shaping, "workers": cfg.workers})
+    # The recipe steps are in the manifest already; out is where, not what.
+    shaping = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("out", "base", "recipes")}
+    workers = params.runtime.augment_workers
+    manifest = generate(recipe, classes, folder, settings, pool, workers=workers, restart=restart,
+                        if_stale=if_stale, progress=progress, extra=shaping)
     return manifest, folder
 

@@ -1,4 +1,4 @@
-"""Decoder stage: learn to turn face templates back into faces (REFERENCE.md §3).
+"""Decoder stage: learn to turn face templates back into faces (docs/originals/decoder.md).
 
     embedlab templates                              # the training pairs (photo, template)
     embedlab decoder [--perceptual-weight 11 --laplace-weight 0 --use-discriminator false ...]
@@ -8,8 +8,8 @@
 One MLflow run per training: params, per-epoch losses and validation
 cosine, the control grid (originals beside reconstructions) every
 ``decoder.visualize_every`` steps and at the end, the checkpoints, the
-exported decoder, and the final cosine statistics. Re-runs follow
-:mod:`embedlab.stages.run_state`.
+exported decoder, and the final cosine statistics. Start, resume and
+re-evaluation follow :mod:`embedlab.stages.lifecycle`.
 """
 
 from __future__ import annotations
@@ -17,32 +17,23 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Any, ClassVar, Sequence
 
 import mlflow
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
-from embedlab import tracking
-from embedlab.atomic import write_json_atomic, write_text_atomic
-from embedlab.config import DECODER_RUNTIME_FIELDS, DecoderConfig, Params, flatten
-from embedlab.data.drip import collate_skipping_bad
+from embedlab.const import DECODER, last_checkpoint
+from embedlab.config import DecoderConfig, Params
+from embedlab.data.collate import collate_skipping_bad
 from embedlab.data.templates import TemplatePairs, TemplateSet, read_template_set
-from embedlab.devices import lightning_precision, speed_tags, torch_device, training_loader_options
-from embedlab.models.checkpoints import (
-    AtomicCheckpointIO,
-    checkpoint_epoch,
-    export_descriptor_model,
-    load_descriptor_model,
-    read_checkpoint,
-)
-from embedlab.models.compiled import compiled_trunk
+from embedlab.devices import runtime_loader_options, torch_device
+from embedlab.models.checkpoints import load_descriptor_model
 from embedlab.models.decoder import DECODER_KIND, DecoderSpec
 from embedlab.models.decoder_module import DecoderModule
 from embedlab.models.face_models import FaceModel, load_face_model
-from embedlab.stages.decoder_eval import (
+from embedlab.evaluation.decoder_cosine import (
     cosine_stats,
     decoded_cosines,
     format_stats,
@@ -50,21 +41,86 @@ from embedlab.stages.decoder_eval import (
     threshold_at_fmr,
     write_control_grid,
 )
-from embedlab.stages.run_state import (
-    OutputFolders,
-    RunState,
-    file_digest,
-    fingerprint,
-    open_run_dir,
-    scores_before,
-)
+from embedlab.stages.lifecycle import Monitor, TrainingStage, run_stage
+from embedlab.digests import file_digest
+
 
 @dataclasses.dataclass
-class DecoderRequest(OutputFolders):
+class DecoderRequest(TrainingStage):
+    """The decoder's one run: its settings (default: params.yaml's decoder section) and folders."""
+
+    cfg: DecoderConfig | None = None
     models_root: Path = Path("models")
     reports_root: Path = Path("reports")
     plots_root: Path = Path("reports/plots")
     run_name: str = "decoder"
+
+    command: ClassVar[str] = "decoder"
+    section: ClassVar[str] = "decoder"
+    export_name: ClassVar[str] = DECODER
+    monitor: ClassVar[Monitor] = Monitor("val_cosine_mean", "max")
+    history_plot: ClassVar[str] = "decoder_history"
+
+    @property
+    def mlflow_run_name(self) -> str:
+        return self.run_name
+
+    @property
+    def plot_name(self) -> str:
+        return self.run_name
+
+    def setup(self, params: Params) -> None:
+        self.cfg = self.cfg or params.decoder
+        self.sources = DecoderInputs.load(params, self.cfg)
+        self.test_pairs = TemplatePairs(self.sources.test, self.sources.root, self.cfg.output_size,
+                                        params.data.on_bad_image)
+        self.control = _control_samples(self.test_pairs, self.cfg.control_samples)
+
+    def settings(self, params: Params) -> Any:
+        return [self.cfg, params.data.on_bad_image]
+
+    def inputs(self, params: Params) -> list[Path | None]:
+        folder = Path(params.templates.out)
+        return [folder / "train.h5", folder / "test.h5", self.sources.template_model_path, Path(self.cfg.perceptor)]
+
+    def config(self, params: Params) -> DecoderConfig:
+        return self.cfg
+
+    def extra_params(self, params: Params) -> dict[str, Any]:
+        inputs = self.sources
+        return {"decoder.template_model": str(inputs.template_model_path), "decoder.template_dim": inputs.train.dim,
+                "decoder.n_train_pairs": len(inputs.train), "decoder.n_test_pairs": len(inputs.test)}
+
+    def build(self, params: Params, fresh: bool) -> DecoderModule:
+        module = build_module(self.sources, self.cfg)
+        if params.runtime.channels_last and torch.cuda.is_available():
+            module.to(memory_format=torch.channels_last)
+        return module
+
+    def loaders(self, params: Params) -> tuple[DataLoader, DataLoader]:
+        train = TemplatePairs(self.sources.train, self.sources.root, self.cfg.output_size, params.data.on_bad_image)
+        batch = self.cfg.batch_size
+        loader = DataLoader(train, batch_size=batch, shuffle=True, drop_last=len(train) > batch, collate_fn=collate_skipping_bad,
+                            **runtime_loader_options(params.runtime))
+        val = DataLoader(self.test_pairs, batch_size=params.runtime.inference_batch_size,
+                         collate_fn=collate_skipping_bad, **runtime_loader_options(params.runtime, keep_workers=False))
+        return loader, val
+
+    def callbacks(self, params: Params, run_id: str | None) -> list[pl.Callback]:
+        return [ControlGrid(self.control, self.out_dir / "control", self.cfg.visualize_every, run_id)]
+
+    def trainer_options(self, params: Params) -> dict[str, Any]:
+        return {"max_epochs": self.cfg.epochs, "log_every_n_steps": 10}
+
+    def evaluates(self, params: Params) -> tuple[bool, bool]:
+        return self.cfg.evaluate, self.cfg.evaluate and self.cfg.evaluate_before
+
+    def evaluate(self, module: DecoderModule, params: Params, folder: Path, prefix: str) -> dict:
+        return score_decoder(module, self.sources, self.cfg, params, prefix=prefix)
+
+    def finish(self, module: DecoderModule, params: Params, summary: dict) -> dict[str, Path]:
+        grid = write_control_grid(module, *self.control, self.out_dir / "control" / "final.png")
+        return {"control": grid.parent}
 
 
 @dataclasses.dataclass
@@ -115,13 +171,6 @@ def decoder_spec(inputs: DecoderInputs, cfg: DecoderConfig) -> dict:
                                           variant=cfg.variant, width=cfg.width))
 
 
-def decoder_fingerprint(params: Params, cfg: DecoderConfig, inputs: DecoderInputs) -> str:
-    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in DECODER_RUNTIME_FIELDS}
-    folder = Path(params.templates.out)
-    return fingerprint([params.seed, settings, params.data.on_bad_image],
-                       [folder / "train.h5", folder / "test.h5", inputs.template_model_path, Path(cfg.perceptor)])
-
-
 def build_module(inputs: DecoderInputs, cfg: DecoderConfig) -> DecoderModule:
     module = DecoderModule(
         decoder_spec(inputs, cfg), cfg.mse_weight, cfg.laplace_weight, cfg.perceptual_weight,
@@ -129,69 +178,20 @@ def build_module(inputs: DecoderInputs, cfg: DecoderConfig) -> DecoderModule:
     return module.attach(inputs.perceptor, inputs.template_model)
 
 
-def score_decoder(module: DecoderModule, inputs: DecoderInputs, cfg: DecoderConfig, split: str = "test",
-                  prefix: str = "") -> dict:
+def score_decoder(module: DecoderModule, inputs: DecoderInputs, cfg: DecoderConfig, params: Params,
+                  split: str = "test", prefix: str = "") -> dict:
     """Cosine statistics of ``split`` and the share above the template model's threshold."""
-    module.to(torch_device("auto"))
-    for model in (inputs.template_model, inputs.perceptor):
-        model.to(torch_device("auto"))
-    cosines = decoded_cosines(module, getattr(inputs, split), cfg.eval_batch_size)
+    device = torch_device(params.runtime.device)
+    for model in (module, inputs.template_model, inputs.perceptor):
+        model.to(device)
+    cosines = decoded_cosines(module, getattr(inputs, split), params.runtime.inference_batch_size)
     return {f"{prefix}{k}": v for k, v in cosine_stats(cosines, inputs.threshold(cfg)).items()}
 
 
-def run_decoder(params: Params, request: DecoderRequest | None = None, cfg: DecoderConfig | None = None,
+def run_decoder(params: Params, request: DecoderRequest | None = None,
                 callbacks: Sequence[pl.Callback] = ()) -> dict:
-    """Train the decoder, score it, log everything; returns its metrics.
-
-    ``callbacks`` join the Trainer's own (a sweep's pruning callback).
-    """
-    request, cfg = request or DecoderRequest(), cfg or params.decoder
-    inputs = DecoderInputs.load(params, cfg)
-    out_dir = request.out_dir
-    key = decoder_fingerprint(params, cfg, inputs)
-    state, mode = open_run_dir(out_dir, key)
-    same = state.fingerprint == key
-    last_ckpt = out_dir / "checkpoints" / "last.ckpt"
-
-    pl.seed_everything(params.seed, workers=True)
-    module = build_module(inputs, cfg)
-    test_pairs = TemplatePairs(inputs.test, inputs.root, cfg.output_size, params.data.on_bad_image)
-    control = _control_samples(test_pairs, cfg.control_samples)
-
-    with tracking.stage_run("decoder", request.run_name, params.tracking.experiment, params.tracking.uri,
-                            resume_run_id=state.mlflow_run_id if same else None, tags=speed_tags(cfg)) as run:
-        run_id = run.info.run_id
-        RunState(key, run_id, complete=False).save(out_dir / "run.json")
-        tracking.log_params({
-            # Runtime settings stay out: changing them must not clash with a resumed run's params.
-            **{f"decoder.{k}": v for k, v in flatten(cfg).items() if k not in DECODER_RUNTIME_FIELDS},
-            "decoder.template_model": str(inputs.template_model_path), "decoder.template_dim": inputs.train.dim,
-            "decoder.n_train_pairs": len(inputs.train), "decoder.n_test_pairs": len(inputs.test),
-            "seed": params.seed,
-        })
-        before = scores_before(out_dir, mode == "start" and cfg.evaluate and cfg.evaluate_before,
-                               lambda _folder: score_decoder(module, inputs, cfg, prefix="before_"))
-        if mode == "evaluate":  # a finished run of the same settings and code: its weights stand
-            module.load_state_dict(read_checkpoint(last_ckpt)["state_dict"])
-        else:
-            train_pairs = TemplatePairs(inputs.train, inputs.root, cfg.output_size, params.data.on_bad_image)
-            grids = ControlGrid(control, out_dir / "control", cfg.visualize_every, run_id)
-            _fit(module, train_pairs, test_pairs, cfg, params, out_dir, run_id,
-                 last_ckpt if mode == "resume" else None, [grids, *callbacks])
-        history = tracking.epoch_history(run_id, "val_cosine_mean")
-        summary = {"epochs": len(history), "train_loss": history[-1][1] if history else None, **(before or {})}
-        decoder_path = export_descriptor_model(module.model, out_dir / "decoder.safetensors")
-        if cfg.evaluate:
-            summary.update(score_decoder(module, inputs, cfg))
-        final_grid = write_control_grid(module, *control, out_dir / "control" / "final.png")
-        mlflow.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float)) and v is not None})
-        _write_reports(request, summary, history)
-        tracking.log_artifacts_if_present({"checkpoints": out_dir / "checkpoints", "control": final_grid.parent,
-                                           "reports": request.report_dir})
-        for path in (decoder_path, decoder_path.with_suffix(".json")):
-            mlflow.log_artifact(str(path), "model")
-        RunState(key, run_id, complete=True).save(out_dir / "run.json")
-    return summary
+    """Train the decoder, score it, log everything; returns its metrics."""
+    return run_stage(request or DecoderRequest(), params, callbacks)
 
 
 def _control_samples(pairs: TemplatePairs, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -217,40 +217,6 @@ class ControlGrid(pl.Callback):
             mlflow.MlflowClient().log_artifact(self.run_id, str(path), "control")
 
 
-def _fit(module: DecoderModule, train: TemplatePairs, test: TemplatePairs, cfg: DecoderConfig, params: Params,
-         out_dir: Path, run_id: str, resume_from: Path | None, callbacks: Sequence[pl.Callback]) -> None:
-    # Checkpoints hold no RNG state: a resumed run reseeds by the epochs done (see the drip stage).
-    done = checkpoint_epoch(resume_from) + 1 if resume_from else 0
-    pl.seed_everything(params.seed + done, workers=True)
-    cuda = torch.cuda.is_available()
-    module.train()  # Lightning 2.x keeps the mode it finds: train, whatever happened to the module before
-    if cfg.channels_last and cuda:
-        module.to(memory_format=torch.channels_last)
-    loader = DataLoader(train, batch_size=cfg.batch_size, shuffle=True, drop_last=len(train) > cfg.batch_size,
-                        collate_fn=collate_skipping_bad, **training_loader_options(cfg))
-    val_loader = DataLoader(test, batch_size=cfg.eval_batch_size, collate_fn=collate_skipping_bad,
-                            **training_loader_options(cfg, keep_workers=False))
-    trainer = pl.Trainer(
-        max_epochs=cfg.epochs, accelerator="auto", devices=1, precision=lightning_precision(cfg.precision),
-        default_root_dir=str(out_dir), plugins=[AtomicCheckpointIO()],
-        logger=tracking.epoch_logger(run_id),
-        callbacks=[ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="best", monitor="val_cosine_mean",
-                                   mode="max"),
-                   ModelCheckpoint(dirpath=out_dir / "checkpoints", filename="last"), *callbacks],
-        log_every_n_steps=10, enable_model_summary=False, num_sanity_val_steps=0,
-    )
-    with compiled_trunk(module.model, cfg.compile):
-        trainer.fit(module, train_dataloaders=loader, val_dataloaders=val_loader,
-                    ckpt_path=str(resume_from) if resume_from else None)
-
-
-def _write_reports(request: DecoderRequest, summary: dict, history: list) -> None:
-    write_json_atomic(request.report_dir / "metrics.json", summary)
-    rows = "".join(f"{e},{t},{v}\n" for e, t, v in history)
-    write_text_atomic(request.plots_root / "decoder_history" / f"{request.run_name}.csv",
-                      "epoch,train_loss,val_cosine_mean\n" + rows)
-
-
 def validate_decoder(params: Params, split: str = "test", checkpoint: str | Path | None = None) -> str:
     """The original validate.py's report for a trained decoder: a .ckpt or the exported
     decoder.safetensors (default: the stage's last checkpoint)."""
@@ -258,7 +224,7 @@ def validate_decoder(params: Params, split: str = "test", checkpoint: str | Path
         raise ValueError(f"validate-decoder: --set must be train or test, got {split!r}")
     cfg = params.decoder
     inputs = DecoderInputs.load(params, cfg)
-    path = Path(checkpoint) if checkpoint else DecoderRequest().out_dir / "checkpoints" / "last.ckpt"
+    path = Path(checkpoint) if checkpoint else last_checkpoint(DecoderRequest().out_dir)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no decoder checkpoint; run `embedlab decoder` first")
     decoder = load_descriptor_model(path)  # builds by the spec's kind, from a .ckpt or .safetensors
@@ -270,5 +236,5 @@ def validate_decoder(params: Params, split: str = "test", checkpoint: str | Path
                          f"the templates in {params.templates.out} are {inputs.train.dim}-d")
     module = DecoderModule(dataclasses.asdict(decoder.spec)).attach(inputs.perceptor, inputs.template_model)
     module.model = decoder
-    stats = score_decoder(module, inputs, cfg, split)
+    stats = score_decoder(module, inputs, cfg, params, split)
     return format_stats(stats, split, None if cfg.threshold is not None else cfg.fmr)

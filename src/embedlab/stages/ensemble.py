@@ -18,14 +18,15 @@ from pathlib import Path
 import mlflow
 
 from embedlab import tracking
+from embedlab.const import DISC_HEADLINE, METRICS_JSON
 from embedlab.atomic import write_json_atomic
 from embedlab.config import Params
 from embedlab.data.disc import DiscLayout
 from embedlab.descriptors import read_descriptors
 from embedlab.images import list_images
 from embedlab.postprocess import PostprocessConfig, postprocess_files
-from embedlab.stages.disc_eval import HEADLINE, postprocess_settings
-from embedlab.stages.evaluate import evaluate_disc
+from embedlab.evaluation.disc_model import postprocess_settings
+from embedlab.evaluation.disc_search import evaluate_disc
 
 
 def member_descriptors(member: str, models_root: Path = Path("models")) -> dict[str, Path]:
@@ -55,7 +56,7 @@ def run_ensemble(params: Params, members: list[str] | None = None, out_dir: Path
                                                 folder / "descriptors", cfg)
         metrics = evaluate_disc(query, reference, layout.ground_truth_csv, folder, k=params.evaluate.k,
                                 all_query_ids=ids["query"], all_reference_ids=ids["reference"])
-        return {f"{tag}{k}": metrics[k] for k in HEADLINE}
+        return {f"{tag}{k}": metrics[k] for k in DISC_HEADLINE}
 
     n_train = len(read_descriptors(sets["train"][0])[0])
     dim = sum(read_descriptors(f)[1].shape[1] for f in sets["query"])
@@ -68,6 +69,6 @@ def run_ensemble(params: Params, members: list[str] | None = None, out_dir: Path
         summary = {"step": "ensemble: " + " + ".join(members), "members": members,
                    **score(plain, out_dir / "concat", ""), **score(post, out_dir / "post", "post_")}
         mlflow.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
-        write_json_atomic(report_dir / "metrics.json", summary)
-        mlflow.log_artifact(str(report_dir / "metrics.json"), "reports")
+        write_json_atomic(report_dir / METRICS_JSON, summary)
+        mlflow.log_artifact(str(report_dir / METRICS_JSON), "reports")
     return summary

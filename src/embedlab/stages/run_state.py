@@ -11,13 +11,12 @@ that shape the model, the data (DVC hash), the code and the parent checkpoint.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Callable
 
-import embedlab
+from embedlab.const import EVAL_BEFORE, EVAL_BEFORE_JSON, RUN_STATE, last_checkpoint
 from embedlab.atomic import write_json_atomic
 
 
@@ -61,39 +60,6 @@ class RunState:
         write_json_atomic(path, dataclasses.asdict(self))
 
 
-def code_digest() -> str:
-    """Digest of the embedlab package source: a code change is a new model."""
-    h = hashlib.sha256()
-    root = Path(embedlab.__file__).parent
-    for path in sorted(root.rglob("*.py")):
-        h.update(str(path.relative_to(root)).encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()[:16]
-
-
-def fingerprint(settings: Any, files: Iterable[Path | None] = ()) -> str:
-    """sha256 of JSON-able ``settings``, the code, and the bytes of ``files``."""
-    h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
-    h.update(code_digest().encode())
-    for path in files:
-        if path is not None:
-            _hash_file(h, path)
-    return h.hexdigest()[:16]
-
-
-def _hash_file(h, path: str | Path) -> None:
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-
-
-def file_digest(path: str | Path) -> str:
-    """sha256 of a file's bytes (16 hex digits), e.g. to tell whether a model file changed."""
-    h = hashlib.sha256()
-    _hash_file(h, path)
-    return h.hexdigest()[:16]
-
-
 def open_run_dir(out_dir: Path, key: str) -> tuple[RunState, str]:
     """The stage's state in ``out_dir`` and what this run does: "start", "resume" or "evaluate".
 
@@ -101,14 +67,14 @@ def open_run_dir(out_dir: Path, key: str) -> tuple[RunState, str]:
     into this run. "resume" needs ``checkpoints/last.ckpt``; "evaluate" means
     the same settings already finished (the weights stand, only scores are redone).
     """
-    state = RunState.load(out_dir / "run.json")
+    state = RunState.load(out_dir / RUN_STATE)
     same = state.fingerprint == key
     if not same and out_dir.exists():
         shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if same and state.complete:
         return state, "evaluate"
-    if same and (out_dir / "checkpoints" / "last.ckpt").is_file():
+    if same and last_checkpoint(out_dir).is_file():
         return state, "resume"
     return state, "start"
 
@@ -116,11 +82,11 @@ def open_run_dir(out_dir: Path, key: str) -> tuple[RunState, str]:
 def scores_before(out_dir: Path, compute: bool, score: Callable[[Path], dict]) -> dict | None:
     """The starting model's scores (the tables' "before"): ``score(out_dir / "eval_before")``,
     computed once and kept in ``eval_before.json``, so a resumed or re-evaluated run reuses them."""
-    saved = out_dir / "eval_before.json"
+    saved = out_dir / EVAL_BEFORE_JSON
     if saved.is_file():
         return json.loads(saved.read_text())
     if not compute:
         return None
-    before = score(out_dir / "eval_before")
+    before = score(out_dir / EVAL_BEFORE)
     write_json_atomic(saved, before)
     return before

@@ -18,23 +18,23 @@ import torch
 from torch.utils.data import DataLoader
 
 from embedlab.atomic import write_json_atomic
-from embedlab.config import Params
-from embedlab.data.drip import collate_skipping_bad
+from embedlab.config import Params, RuntimeConfig
+from embedlab.data.collate import collate_skipping_bad
 from embedlab.data.faces import natural_key, split_persons, read_face_meta
 from embedlab.data.templates import PhotoFiles, TemplateSet, check_templates, write_template_set
-from embedlab.devices import torch_device
+from embedlab.devices import runtime_loader_options, torch_device
 from embedlab.models.face_models import FaceModel, load_face_model
-from embedlab.stages.run_state import file_digest
+from embedlab.digests import file_digest
 
 
 @torch.no_grad()
-def embed_photos(model: FaceModel, paths: list[Path], batch_size: int, num_workers: int = 0,
+def embed_photos(model: FaceModel, paths: list[Path], runtime: RuntimeConfig,
                  on_bad_image: str = "fail") -> tuple[list[int], np.ndarray]:
     """(indices of the photos read, their templates): skipped unreadable photos are left out."""
-    device = torch_device("auto")
+    device = torch_device(runtime.device)
     model.to(device)
-    loader = DataLoader(PhotoFiles(paths, model.input_size, on_bad_image), batch_size=batch_size,
-                        num_workers=num_workers, collate_fn=collate_skipping_bad, pin_memory=device.type == "cuda")
+    loader = DataLoader(PhotoFiles(paths, model.input_size, on_bad_image), batch_size=runtime.inference_batch_size,
+                        collate_fn=collate_skipping_bad, **runtime_loader_options(runtime, keep_workers=False))
     kept, vectors = [], []
     for batch in loader:
         if batch is None:
@@ -57,8 +57,8 @@ def build_templates(params: Params) -> dict:
     test_persons = split_persons(persons, cfg.test_fraction, params.seed)
 
     model = load_face_model(cfg.model, "template")
-    kept, templates = embed_photos(model, [faces_root / path for path, _ in rows], cfg.batch_size,
-                                   cfg.num_workers, params.data.on_bad_image)
+    kept, templates = embed_photos(model, [faces_root / path for path, _ in rows], params.runtime,
+                                   params.data.on_bad_image)
     check_templates(templates, cfg.model)  # a model that emits NaN is caught here, not in training
     out = Path(cfg.out)
     counts = {}

@@ -16,7 +16,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("stage", help="drip_stage, gem_stage, triplet_stage, ... (a section of sweep in params.yaml)")
     p.add_argument("--params", default="params.yaml", help="parameter file (default: params.yaml)")
-    p.add_argument("--n-trials", type=int, help="the study's total trials, over all workers and restarts "
+    p.add_argument("--n-trials", type=lambda t: None if t == "" else int(t), help="the study's total trials, over all workers and restarts "
                    "(default: sweep.n_trials)")
     p.add_argument("--study", default=None, help="study name; the same name and storage resume a sweep "
                    "(default: <stage>-<step/recipe/phase>)")

@@ -18,7 +18,7 @@ import optuna
 
 from embedlab.config import ConfigError, Params, _build, _coerce
 
-ParamPath = tuple[str, ...]  # a setting's place in params.yaml, e.g. ("drip", "schedule", "s1", "lr")
+ParamPath = tuple[str, ...]  # a setting's place in params.yaml, e.g. ("drip_schedule", "s1", "epochs")
 
 
 @dataclasses.dataclass(frozen=True)

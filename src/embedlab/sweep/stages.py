@@ -15,10 +15,6 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from embedlab.config import (
-    DECODER_RUNTIME_FIELDS,
-    DRIP_RUNTIME_FIELDS,
-    GEM_RUNTIME_FIELDS,
-    TRIPLET_RUNTIME_FIELDS,
     ConfigError,
     DecoderConfig,
     DripConfig,
@@ -92,23 +88,23 @@ def _scoring(section: str, params: Params, epochs_path: ParamPath) -> dict[Param
     return fixed
 
 
-# --- drip: one step of drip.schedule, from that step's parent --------------------------------------
+# --- drip: one step of drip_schedule, from that step's parent --------------------------------------
 
 def _drip_step(params: Params) -> tuple[str, DripStep]:
     name = params.sweep.drip_stage.step
-    if name not in params.drip.schedule:
-        raise ConfigError(f"sweep.drip_stage.step: {name!r} is not a step of drip.schedule; "
-                          f"steps: {list(params.drip.schedule)}")
-    return name, params.drip.schedule[name]
+    if name not in params.drip_schedule:
+        raise ConfigError(f"sweep.drip_stage.step: {name!r} is not a step of drip_schedule; "
+                          f"steps: {list(params.drip_schedule)}")
+    return name, params.drip_schedule[name]
 
 
 def _drip_knobs(params: Params) -> dict[str, Knob]:
-    """drip.<setting>, except where the step sets its own value (then drip.schedule.<step>.<setting>)."""
+    """drip.<setting>, except where the step sets its own value (then drip_schedule.<step>.<setting>)."""
     name, step = _drip_step(params)
-    knobs = {k: Knob(("drip", k), a) for k, a in scalar_fields(DripConfig, DRIP_RUNTIME_FIELDS + _FIXED).items()}
+    knobs = {k: Knob(("drip", k), a) for k, a in scalar_fields(DripConfig, _FIXED).items()}
     for key, annotation in scalar_fields(DripStep, ("init_from", "epochs")).items():
         if key not in knobs or getattr(step, key) is not None:
-            knobs[key] = Knob(("drip", "schedule", name, key), annotation)
+            knobs[key] = Knob(("drip_schedule", name, key), annotation)
     return knobs
 
 
@@ -142,7 +138,7 @@ def _drip_run(params: Params, folders: TrialFolders, callbacks: Sequence[Any]) -
 register(SweepStage(
     "drip_stage", metric="uAP", direction="maximize", epoch_metric="val_loss", epoch_direction="minimize",
     section=lambda p: p.sweep.drip_stage, target=lambda p: _drip_step(p)[0], knobs=_drip_knobs,
-    fixed=lambda p: _scoring("drip", p, ("drip", "schedule", _drip_step(p)[0], "epochs")),
+    fixed=lambda p: _scoring("drip", p, ("drip_schedule", _drip_step(p)[0], "epochs")),
     check=_drip_check, run=_drip_run,
 ))
 
@@ -174,9 +170,8 @@ def _gem_run(params: Params, folders: TrialFolders, callbacks: Sequence[Any]) ->
 register(SweepStage(
     # No validation set: the pruner follows the epoch's training loss.
     "gem_stage", metric="uAP", direction="maximize", epoch_metric="train_loss_epoch", epoch_direction="minimize",
-    section=lambda p: p.sweep.gem_stage, target=lambda p: p.sweep.gem_stage.recipe or p.gem.recipe,
-    knobs=lambda p: {k: Knob(("gem", k), a) for k, a in
-                     scalar_fields(GemConfig, GEM_RUNTIME_FIELDS + _FIXED + ("recipe",)).items()},
+    section=lambda p: p.sweep.gem_stage, target=lambda p: p.sweep.gem_stage.recipe or p.pipeline.gem[0],
+    knobs=lambda p: {k: Knob(("gem", k), a) for k, a in scalar_fields(GemConfig, _FIXED).items()},
     fixed=lambda p: _scoring("gem", p, ("gem", "epochs")), check=_gem_check, run=_gem_run,
 ))
 
@@ -197,18 +192,17 @@ def _triplet_phase(params: Params) -> str:
 
 
 def _triplet_knobs(params: Params) -> dict[str, Knob]:
-    """triplet.<setting>, and the swept phase's miner / lr as triplet.<phase>.<setting>."""
+    """triplet.<setting>, and the swept phase's miner / lr as triplet_phases.<phase>.<setting>."""
     phase = _triplet_phase(params)
-    knobs = {k: Knob(("triplet", k), a)
-             for k, a in scalar_fields(TripletConfig, TRIPLET_RUNTIME_FIELDS + _FACE_DATA).items()}
-    knobs.update({k: Knob(("triplet", phase, k), a)
+    knobs = {k: Knob(("triplet", k), a) for k, a in scalar_fields(TripletConfig, _FACE_DATA).items()}
+    knobs.update({k: Knob(("triplet_phases", phase, k), a)
                   for k, a in scalar_fields(TripletPhase, ("init_from", "epochs")).items()})
     return knobs
 
 
 def _triplet_fixed(params: Params) -> dict[ParamPath, Any]:
     epochs = params.sweep.triplet_stage.epochs
-    return {("triplet", _triplet_phase(params), "epochs"): epochs} if epochs else {}
+    return {("triplet_phases", _triplet_phase(params), "epochs"): epochs} if epochs else {}
 
 
 def _triplet_request(params: Params, folders: TrialFolders | None = None):
@@ -257,7 +251,6 @@ def _decoder_run(params: Params, folders: TrialFolders, callbacks: Sequence[Any]
 register(SweepStage(
     "decoder_stage", metric="cosine_mean", direction="maximize", epoch_metric="val_cosine_mean",
     epoch_direction="maximize", section=lambda p: p.sweep.decoder_stage, target=lambda p: "decoder",
-    knobs=lambda p: {k: Knob(("decoder", k), a) for k, a in
-                     scalar_fields(DecoderConfig, DECODER_RUNTIME_FIELDS + _FIXED).items()},
+    knobs=lambda p: {k: Knob(("decoder", k), a) for k, a in scalar_fields(DecoderConfig, _FIXED).items()},
     fixed=lambda p: _scoring("decoder", p, ("decoder", "epochs")), check=_decoder_check, run=_decoder_run,
 ))

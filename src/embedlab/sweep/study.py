@@ -106,6 +106,8 @@ def open_study(storage: optuna.storages.RDBStorage, name: str, stage_name: str, 
     return study
 
 
+# Our budget, not optuna.study.MaxTrialsCallback: that one only stops a worker after a trial ends (N workers
+# overshoot n_trials) and counts by state alone (a killed FAIL would count like a trial's own error).
 def counts(trial: FrozenTrial) -> bool:
     """Whether the trial used up one of the study's ``n_trials``."""
     if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
@@ -142,6 +144,9 @@ def _alive(pid: int) -> bool:
     return True
 
 
+# Our recovery, not optuna.storages.RetryHeartbeatStaleTrialCallback (ex-RetryFailedTrialCallback): it only sees
+# trials failed by a stale heartbeat (GRACE_PERIOD later, not a dead local pid at once), and its retry copies the
+# dead trial's user attrs (worker, MLflow run id) and is added with its params set, not enqueued as fixed_params.
 def recover_killed(study: optuna.Study) -> list[FrozenTrial]:
     """Fail the trials whose worker died and queue their parameters again once; returns them.
 

@@ -30,7 +30,8 @@ from tqdm import tqdm
 from embedlab.data.decode import decode_resize, normalize_uint8, pil_to_uint8, read_encoded, resolve_decode
 from embedlab.data.transforms import resize_square
 from embedlab.descriptors import write_descriptors
-from embedlab.devices import autocast_dtype, loader_options, torch_device
+from embedlab.config import RuntimeConfig
+from embedlab.devices import autocast_dtype, runtime_loader_options, torch_device
 from embedlab.images import list_images, load_or_skip
 from embedlab.models.checkpoints import load_descriptor_model
 from embedlab.models.eval_mode import eval_mode
@@ -129,41 +130,29 @@ class Embeddings:
 
 
 @torch.no_grad()
-def embed_paths(
-    model: torch.nn.Module,
-    paths: Sequence[Path],
-    img_size: int | None = None,
-    batch_size: int = 64,
-    num_workers: int | str = 0,
-    on_bad_image: str = "fail",
-    device: str = "auto",
-    progress: bool = True,
-    *,
-    precision: str = "auto",
-    channels_last: bool | None = None,
-    compile: bool = False,
-    decode: str = "auto",
-    pin_memory: bool | str = "auto",
-    prefetch_factor: int | None = None,
-) -> Embeddings:
-    """Descriptors of ``paths`` (names are file stems, e.g. Q00000).
+def embed_paths(model: torch.nn.Module, paths: Sequence[Path], img_size: int | None = None,
+                on_bad_image: str = "fail", runtime: RuntimeConfig | None = None,
+                progress: bool = True) -> Embeddings:
+    """Descriptors of ``paths`` (names are file stems, e.g. Q00000), run as ``runtime`` says.
 
-    ``precision``: auto | fp32 | bf16 | fp16 (autocast; auto: bf16/fp16 on a
-    GPU, fp32 on the CPU). ``channels_last``: None leaves the model as it is.
-    ``compile``: ``torch.compile`` the model (a one-off compile, then faster
-    batches; the last batch is padded so no second graph is compiled).
-    ``decode``: auto | cpu | gpu, see :mod:`embedlab.data.decode`. The loader
-    is iterated once, so its workers are never kept alive between passes.
+    ``runtime`` (params.yaml's section; default: its defaults): device,
+    precision (autocast; auto: bf16/fp16 on a GPU, fp32 on the CPU),
+    channels_last, compile (a one-off compile, then faster batches; the last
+    batch is padded so no second graph is compiled), decode (see
+    :mod:`embedlab.data.decode`), loader workers and ``inference_batch_size``.
+    The loader is iterated once, so its workers are never kept alive between passes.
     """
+    runtime = runtime or RuntimeConfig()
+    batch_size, compile, device = runtime.inference_batch_size, runtime.compile, runtime.device
     dev = torch_device(device)
     size = img_size or model.spec.img_size
-    dtype = autocast_dtype(precision, dev)
-    decode_dev = resolve_decode(decode, dev)
-    options = loader_options(num_workers, pin_memory, prefetch_factor, dev, keep_workers=False)
+    dtype = autocast_dtype(runtime.precision, dev)
+    decode_dev = resolve_decode(runtime.decode, dev)
+    options = runtime_loader_options(runtime, keep_workers=False)
     workers = options["num_workers"]
     was_channels_last = getattr(model, "channels_last", None)
-    if channels_last is not None and hasattr(model, "use_channels_last"):
-        model.use_channels_last(channels_last)
+    if was_channels_last is not None:
+        model.use_channels_last(runtime.channels_last)
     model.to(dev)
     forward = torch.compile(model, dynamic=False) if compile else model
     loader = DataLoader(
@@ -199,7 +188,7 @@ def embed_paths(
             if pending:
                 chunks.append(torch.cat(pending).cpu().numpy())
     finally:
-        if channels_last is not None and was_channels_last is not None:
+        if was_channels_last is not None:
             model.use_channels_last(was_channels_last)
     seconds = time.perf_counter() - start
     dim = model.descriptor_dim
@@ -209,39 +198,12 @@ def embed_paths(
     return Embeddings(names, np.ascontiguousarray(vectors, dtype=np.float32), skipped, kept_all, seconds, settings)
 
 
-def embed_options(cfg) -> dict:
-    """embed_paths' speed settings from params.yaml's ``embed`` section (an EmbedConfig)."""
-    return {
-        "batch_size": cfg.batch_size, "num_workers": cfg.num_workers, "precision": cfg.precision,
-        "channels_last": cfg.channels_last, "compile": cfg.compile, "decode": cfg.decode, "pin_memory": cfg.pin_memory,
-        "prefetch_factor": cfg.prefetch_factor,
-    }
-
-
-def embed_folder(
-    checkpoint: str | Path,
-    images: str | Path,
-    out: str | Path,
-    img_size: int | None = None,
-    batch_size: int = 64,
-    num_workers: int | str = 0,
-    on_bad_image: str = "fail",
-    device: str = "auto",
-    channels_last: bool = True,
-    *,
-    precision: str = "auto",
-    compile: bool = False,
-    decode: str = "auto",
-    pin_memory: bool | str = "auto",
-    prefetch_factor: int | None = None,
-    progress: bool = True,
-) -> dict:
+def embed_folder(checkpoint: str | Path, images: str | Path, out: str | Path, img_size: int | None = None,
+                 on_bad_image: str = "fail", runtime: RuntimeConfig | None = None, progress: bool = True) -> dict:
     """Embed every image of ``images`` with ``checkpoint`` and write ``out`` (h5)."""
     start = time.perf_counter()
-    model = load_descriptor_model(checkpoint).use_channels_last(channels_last)
-    result = embed_paths(model, list_images(images), img_size, batch_size, num_workers, on_bad_image, device,
-                         progress, precision=precision, compile=compile, decode=decode, pin_memory=pin_memory,
-                         prefetch_factor=prefetch_factor)
+    model = load_descriptor_model(checkpoint)
+    result = embed_paths(model, list_images(images), img_size, on_bad_image, runtime, progress)
     write_descriptors(out, result.names, result.vectors)
     for path in result.skipped:
         log.warning("skipped unreadable image %s", path)

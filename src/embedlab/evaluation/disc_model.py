@@ -10,16 +10,15 @@ from pathlib import Path
 
 import torch
 
+from embedlab.const import DISC_HEADLINE
 from embedlab.config import Params
 from embedlab.data.disc import DiscLayout
 from embedlab.descriptors import write_descriptors
 from embedlab.images import list_images
 from embedlab.postprocess import PostprocessConfig, postprocess_files
-from embedlab.stages.embed import embed_options, embed_paths
-from embedlab.stages.evaluate import evaluate_disc
+from embedlab.evaluation.embed import embed_paths
+from embedlab.evaluation.disc_search import evaluate_disc
 
-# The headline numbers copied into stage summaries and the results table.
-HEADLINE = ("uAP", "recall_at_p90", "threshold_at_p90", "recall_at_rank1", "recall_at_rank10")
 
 
 def evaluate_descriptor_model(model: torch.nn.Module, params: Params, out_dir: Path, prefix: str = "") -> dict:
@@ -38,10 +37,7 @@ def evaluate_descriptor_model(model: torch.nn.Module, params: Params, out_dir: P
         sets["train"] = list_images(layout.training_dir)[:n_train]
     files, embedded, skipped = {}, {}, 0
     for subset, paths in sets.items():
-        # Training images follow the training data's setting (a stage that skipped one while
-        # training must not fail on it here); queries and references follow embed's.
-        on_bad_image = params.data.on_bad_image if subset == "train" else params.embed.on_bad_image
-        result = embed_paths(model, paths, on_bad_image=on_bad_image, **embed_options(params.embed))
+        result = embed_paths(model, paths, on_bad_image=params.data.on_bad_image, runtime=params.runtime)
         files[subset] = out_dir / "descriptors" / f"{subset}.h5"
         embedded[subset] = len(result.names)
         skipped += len(result.skipped)
@@ -51,7 +47,7 @@ def evaluate_descriptor_model(model: torch.nn.Module, params: Params, out_dir: P
     def score(query: Path, reference: Path, folder: Path, tag: str) -> dict:
         metrics = evaluate_disc(query, reference, layout.ground_truth_csv, folder, k=params.evaluate.k,
                                 all_query_ids=ids["query"], all_reference_ids=ids["reference"])
-        return {f"{prefix}{tag}{k}": metrics[k] for k in HEADLINE}
+        return {f"{prefix}{tag}{k}": metrics[k] for k in DISC_HEADLINE}
 
     summary = {**score(files["query"], files["reference"], out_dir, ""), f"{prefix}skipped_images": skipped}
     if n_train > 0:
@@ -63,9 +59,9 @@ def evaluate_descriptor_model(model: torch.nn.Module, params: Params, out_dir: P
 
 
 def postprocess_settings(params: Params, n_train: int, dim: int) -> PostprocessConfig:
-    """evaluate.postprocess as a PostprocessConfig; an unset whitening size fits the training set."""
-    settings = dataclasses.asdict(params.evaluate.postprocess)
-    if settings["whiten"] and settings["whiten_dim"] is None:
+    """evaluate.postprocess; an unset whitening size fits the training set."""
+    settings = params.evaluate.postprocess
+    if settings.whiten and settings.whiten_dim is None:
         # PCA needs more samples than dimensions: a small demo training set caps the size.
-        settings["whiten_dim"] = max(1, min(dim, n_train - 1))
-    return PostprocessConfig(**settings)
+        settings = dataclasses.replace(settings, whiten_dim=max(1, min(dim, n_train - 1)))
+    return settings

@@ -1,0 +1,235 @@
+"""One lifecycle for every training stage: start, resume or re-evaluate, train, score, report.
+
+A stage declares only its own parts by subclassing :class:`TrainingStage`
+(its settings, module, loaders, evaluation, export name, reports);
+:func:`run_stage` does the rest, the same way for all of them:
+
+1. fingerprint the run (seed, data version, the stage's model-shaping
+   settings, its input files, the code) and open its output folder
+   (:mod:`embedlab.stages.run_state`): the same fingerprint resumes an
+   unfinished run or re-evaluates a finished one, any other starts afresh;
+2. open the stage's MLflow run (the resumed one, ``mlflow run``'s, or a new
+   one) and log its params; runtime settings are tags, never params;
+3. score the starting model once ("before"), train with Lightning (from
+   ``last.ckpt`` when resuming), or load the finished weights;
+4. export the model, score it, log metrics, write the DVC reports, log the
+   artifacts, and mark the run complete.
+
+A DDP worker started by Lightning (rank > 0) only trains: rank 0 logs.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from pathlib import Path
+from typing import Any, Sequence
+
+import mlflow
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader
+
+from embedlab import tracking
+from embedlab.const import BEFORE, CHECKPOINTS, EVAL, RUN_STATE, last_checkpoint
+from embedlab.config import Params, flatten
+from embedlab.devices import lightning_precision, speed_tags, torch_device
+from embedlab.models.checkpoints import (
+    AtomicCheckpointIO,
+    checkpoint_epoch,
+    export_descriptor_model,
+    read_checkpoint,
+)
+from embedlab.models.compiled import compiled_trunk
+from embedlab.stages.reports import write_stage_reports
+from embedlab.digests import fingerprint
+from embedlab.stages.run_state import OutputFolders, RunState, open_run_dir, scores_before
+
+
+@dataclasses.dataclass
+class Monitor:
+    """The validation metric of a stage: ``best.ckpt`` and the history's third column."""
+
+    metric: str
+    mode: str = "min"  # min | max
+
+
+class TrainingStage(OutputFolders, abc.ABC):
+    """The parts of one training stage; see the module docstring for what the lifecycle does with them.
+
+    Subclasses are dataclasses holding what one run trains (the step, recipe or
+    phase) and where it writes (``models_root``, ``reports_root``, ``plots_root``).
+    """
+
+    command: str  # the CLI command and MLflow tag embedlab.stage: drip, gem, triplet, decoder
+    section: str  # its params.yaml section: its settings are logged as <section>.<key>
+    export_name: str  # the exported model's file name in the run's folder
+    monitor: Monitor | None = None  # None: no validation; ``last.ckpt`` only
+    history_plot: str = "history"  # folder of the per-epoch plot CSVs under plots_root
+    ddp: bool = False  # trains on runtime.devices DDP ranks (else on one device)
+    plots_root: Path
+
+    # --- what the run is ---------------------------------------------------------------------
+    @property
+    def mlflow_run_name(self) -> str:
+        return f"{self.command}/{self.run_name}"
+
+    @property
+    def plot_name(self) -> str:
+        """The run's file name in the plot folders (shared with other stages' runs)."""
+        return f"{self.command}_{self.run_name}"
+
+    def tags(self) -> dict[str, str]:
+        return {}
+
+    @abc.abstractmethod
+    def settings(self, params: Params) -> Any:
+        """The model-shaping settings (JSON-able): their change starts a new run."""
+
+    def inputs(self, params: Params) -> list[Path | None]:
+        """Files whose bytes shape the model (a parent checkpoint, a data manifest)."""
+        return []
+
+    @abc.abstractmethod
+    def config(self, params: Params) -> Any:
+        """The stage's section as this run uses it (logged as ``<section>.<key>`` params)."""
+
+    def extra_params(self, params: Params) -> dict[str, Any]:
+        """Params beside the section's: counts, the step's name, the parent checkpoint."""
+        return {}
+
+    # --- its parts -----------------------------------------------------------------------------
+    def setup(self, params: Params) -> None:
+        """Check that the run can start and read its inputs; writes nothing (the folder may be cleared next)."""
+
+    @abc.abstractmethod
+    def build(self, params: Params, fresh: bool) -> pl.LightningModule:
+        """The module; ``fresh``: a new run (load pretrained weights), else a checkpoint follows."""
+
+    def prepare(self, module: pl.LightningModule, params: Params) -> None:
+        """A fresh run's starting point beyond ``build`` (parent weights, W matrix)."""
+
+    @abc.abstractmethod
+    def loaders(self, params: Params) -> tuple[DataLoader, DataLoader | None]:
+        """Training and validation loaders (None: no validation)."""
+
+    def callbacks(self, params: Params, run_id: str | None) -> list[pl.Callback]:
+        return []
+
+    @abc.abstractmethod
+    def trainer_options(self, params: Params) -> dict[str, Any]:
+        """pl.Trainer arguments of this stage (max_epochs at least)."""
+
+    def evaluates(self, params: Params) -> tuple[bool, bool]:
+        """(score the trained model, score the starting model too)."""
+        return True, True
+
+    @abc.abstractmethod
+    def evaluate(self, module: pl.LightningModule, params: Params, folder: Path, prefix: str) -> dict:
+        """Scores of ``module`` (keys prefixed by ``prefix``); files under ``folder``."""
+
+    def describe(self, history: list[tuple[int, float, float]]) -> dict[str, Any]:
+        """The summary's first fields (the step, class count ...)."""
+        return {}
+
+    def finish(self, module: pl.LightningModule, params: Params, summary: dict) -> dict[str, Path]:
+        """Work after scoring (pictures); returns extra artifacts {artifact path: file or folder}."""
+        return {}
+
+    def curves(self) -> dict[str, tuple[Path, str]]:
+        """Plot CSVs to publish: {plot kind: (the evaluation's CSV, its header when absent)}."""
+        return {}
+
+
+def run_stage(stage: TrainingStage, params: Params, callbacks: Sequence[pl.Callback] = ()) -> dict:
+    """Train, score and log one run of ``stage``; returns its summary ({} on DDP ranks > 0).
+
+    ``callbacks`` join the Trainer's own (a sweep's pruning callback).
+    """
+    stage.setup(params)
+    out_dir = stage.out_dir
+    key = stage_fingerprint(stage, params)
+    state, mode = open_run_dir(out_dir, key)
+    last_ckpt = last_checkpoint(out_dir)
+    resume_from = last_ckpt if mode == "resume" else None
+    pl.seed_everything(params.seed, workers=True)
+    module = stage.build(params, fresh=mode == "start")
+    if tracking.launched_rank() > 0:  # a DDP worker Lightning started: it trains, rank 0 logs
+        if mode != "evaluate":
+            _fit(stage, module, params, None, resume_from, callbacks)
+        return {}
+    evaluate_after, evaluate_before = stage.evaluates(params)
+    with tracking.stage_run(stage.command, stage.mlflow_run_name, params.tracking.experiment, params.tracking.uri,
+                            resume_run_id=state.mlflow_run_id if state.fingerprint == key else None,
+                            tags={**stage.tags(), **speed_tags(params.runtime)}) as run:
+        run_id = run.info.run_id
+        RunState(key, run_id, complete=False).save(out_dir / RUN_STATE)
+        tracking.log_params({**{f"{stage.section}.{k}": v for k, v in flatten(stage.config(params)).items()},
+                             **stage.extra_params(params), "seed": params.seed})
+        if mode == "start":
+            stage.prepare(module, params)
+        before = scores_before(out_dir, mode == "start" and evaluate_before,
+                               lambda folder: stage.evaluate(module, params, folder, BEFORE))
+        if mode == "evaluate":  # a finished run of the same settings and code: its weights stand
+            checkpoint = read_checkpoint(last_ckpt)
+            module.on_load_checkpoint(checkpoint)  # e.g. a whole sharded classifier -> this module's shards
+            module.load_state_dict(checkpoint["state_dict"])
+        else:
+            _fit(stage, module, params, run_id, resume_from, callbacks)
+        history_metric = stage.monitor.metric if stage.monitor else "val_loss"
+        history = tracking.epoch_history(run_id, history_metric)
+        summary = {**stage.describe(history), "epochs": len(history),
+                   "train_loss": history[-1][1] if history else None, **(before or {})}
+        model_path = export_descriptor_model(module.model, out_dir / stage.export_name)
+        if evaluate_after:
+            summary.update(stage.evaluate(module, params, out_dir / EVAL, ""))
+        extra_artifacts = stage.finish(module, params, summary)
+        # The monitored metric has its per-epoch history already: a final copy would read as one more epoch.
+        mlflow.log_metrics({k: v for k, v in summary.items()
+                            if isinstance(v, (int, float)) and v is not None and k != history_metric})
+        write_stage_reports(stage.report_dir, summary, stage.plots_root, stage.plot_name,
+                            (stage.history_plot, history_metric, history), stage.curves(),
+                            pictures=[out_dir / EVAL / "pr_curve.png"])
+        tracking.log_artifacts_if_present({CHECKPOINTS: out_dir / CHECKPOINTS, EVAL: out_dir / EVAL,
+                                           "reports": stage.report_dir, **extra_artifacts})
+        for path in (model_path, model_path.with_suffix(".json")):
+            mlflow.log_artifact(str(path), "model")
+        RunState(key, run_id, complete=True).save(out_dir / RUN_STATE)
+    return summary
+
+
+def stage_fingerprint(stage: TrainingStage, params: Params) -> str:
+    """What must match for a re-run to resume or re-evaluate: seed, data version, the stage's
+    model-shaping settings and input files, the code. The runtime section is not part of it."""
+    return fingerprint([params.seed, tracking.dvc_data_hash(), stage.settings(params)], stage.inputs(params))
+
+
+def _fit(stage: TrainingStage, module: pl.LightningModule, params: Params, run_id: str | None,
+         resume_from: Path | None, callbacks: Sequence[pl.Callback]) -> None:
+    # Checkpoints hold no RNG state: a resumed run reseeds by the epochs done, or its
+    # remaining epochs would replay the first epochs' random draws (dropout, sampling).
+    done = checkpoint_epoch(resume_from) + 1 if resume_from else 0
+    pl.seed_everything(params.seed + done, workers=True)
+    module.train()  # Lightning 2.x keeps the mode it finds: train, whatever happened to the module before
+    runtime = params.runtime
+    devices = runtime.devices if stage.ddp else 1
+    train, val = stage.loaders(params)
+    checkpoints = stage.out_dir / CHECKPOINTS
+    monitor = stage.monitor
+    trainer = pl.Trainer(
+        accelerator="cpu" if runtime.device == "cpu" else "auto", devices=devices,
+        strategy="ddp" if devices > 1 else "auto", precision=lightning_precision(runtime.precision, torch_device(runtime.device)),
+        default_root_dir=str(stage.out_dir), plugins=[AtomicCheckpointIO()], logger=tracking.epoch_logger(run_id),
+        callbacks=[
+            # Two callbacks: Lightning 2.6 writes save_last only when the monitored
+            # checkpoint improved, but the next step and a resume need the latest weights.
+            *([ModelCheckpoint(dirpath=checkpoints, filename="best", monitor=monitor.metric, mode=monitor.mode)]
+              if monitor else []),
+            ModelCheckpoint(dirpath=checkpoints, filename="last"),
+            *stage.callbacks(params, run_id), *callbacks,
+        ],
+        enable_model_summary=False, num_sanity_val_steps=0, **stage.trainer_options(params),
+    )
+    with compiled_trunk(module.model, runtime.compile):
+        trainer.fit(module, train_dataloaders=train, val_dataloaders=val,
+                    ckpt_path=str(resume_from) if resume_from else None)
