@@ -334,7 +334,10 @@ class TripletPhase:
 
 @dataclasses.dataclass
 class TripletConfig:
-    """The deepfake-robust face encoder (docs/originals/face_encoder.md): ViT CLS embedding, triplet loss; its phases: TripletPhase."""
+    """The deepfake-robust face encoder (docs/originals/face_encoder.md): ViT CLS embedding, triplet loss.
+
+    Its two phases are params.yaml's ``triplet_phases`` (:class:`TripletPhase`).
+    """
 
     data_out: str = "data/faces"  # `embedlab face-data` writes the CSVs here
     fake_classes: str = "per_person"  # per_person | per_image: how deepfakes become classes

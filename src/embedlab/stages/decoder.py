@@ -100,7 +100,8 @@ class DecoderRequest(TrainingStage):
     def loaders(self, params: Params) -> tuple[DataLoader, DataLoader]:
         train = TemplatePairs(self.sources.train, self.sources.root, self.cfg.output_size, params.data.on_bad_image)
         batch = self.cfg.batch_size
-        loader = DataLoader(train, batch_size=batch, shuffle=True, drop_last=len(train) > batch, collate_fn=collate_skipping_bad,
+        loader = DataLoader(train, batch_size=batch, shuffle=True, drop_last=len(train) > batch,
+                            collate_fn=collate_skipping_bad,
                             **runtime_loader_options(params.runtime))
         val = DataLoader(self.test_pairs, batch_size=params.runtime.inference_batch_size,
                          collate_fn=collate_skipping_bad, **runtime_loader_options(params.runtime, keep_workers=False))

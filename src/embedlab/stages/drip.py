@@ -25,7 +25,15 @@ from pytorch_lightning.callbacks import LearningRateMonitor
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
-from embedlab.const import DESCRIPTOR_MODEL, EVAL, PR_CURVE_CSV, PR_CURVE_HEADER, SKIPPED_IMAGES, W_MATRIX, last_checkpoint
+from embedlab.const import (
+    DESCRIPTOR_MODEL,
+    EVAL,
+    PR_CURVE_CSV,
+    PR_CURVE_HEADER,
+    SKIPPED_IMAGES,
+    W_MATRIX,
+    last_checkpoint,
+)
 from embedlab.atomic import atomic_path
 from embedlab.augment import OverlayPool, QueryAugmenter
 from embedlab.config import DripConfig, DripStep, Params

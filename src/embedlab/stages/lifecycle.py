@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -44,6 +45,8 @@ from embedlab.models.compiled import compiled_trunk
 from embedlab.stages.reports import write_stage_reports
 from embedlab.digests import fingerprint
 from embedlab.stages.run_state import OutputFolders, RunState, open_run_dir, scores_before
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -213,12 +216,16 @@ def _fit(stage: TrainingStage, module: pl.LightningModule, params: Params, run_i
     module.train()  # Lightning 2.x keeps the mode it finds: train, whatever happened to the module before
     runtime = params.runtime
     devices = runtime.devices if stage.ddp else 1
+    if devices < runtime.devices:
+        log.warning("%s trains on one device: runtime.devices=%d applies to the GeM stage only so far",
+                    stage.command, runtime.devices)
     train, val = stage.loaders(params)
     checkpoints = stage.out_dir / CHECKPOINTS
     monitor = stage.monitor
     trainer = pl.Trainer(
         accelerator="cpu" if runtime.device == "cpu" else "auto", devices=devices,
-        strategy="ddp" if devices > 1 else "auto", precision=lightning_precision(runtime.precision, torch_device(runtime.device)),
+        strategy="ddp" if devices > 1 else "auto",
+        precision=lightning_precision(runtime.precision, torch_device(runtime.device)),
         default_root_dir=str(stage.out_dir), plugins=[AtomicCheckpointIO()], logger=tracking.epoch_logger(run_id),
         callbacks=[
             # Two callbacks: Lightning 2.6 writes save_last only when the monitored

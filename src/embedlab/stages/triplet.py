@@ -87,7 +87,8 @@ class TripletRequest(TrainingStage):
         cfg = params.triplet
         valid_pairs = [(int(a), int(b), int(p.same)) for a, b, p in
                        zip(self.valid_images.index_a, self.valid_images.index_b, self.data.valid_pairs)]
-        return TripletModule(_spec(cfg), self.phase_settings.miner, cfg.margin, self.phase_settings.lr, cfg.weight_decay,
+        phase = self.phase_settings
+        return TripletModule(_spec(cfg), phase.miner, cfg.margin, phase.lr, cfg.weight_decay,
                              pretrained=cfg.pretrained if fresh and self.init_checkpoint is None else None,
                              valid_pairs=valid_pairs)
 
@@ -100,7 +101,8 @@ class TripletRequest(TrainingStage):
         train = FaceImages([(r.path, r.label) for r in self.data.train], cfg.img_size, root=self.data.root,
                            on_bad_image=params.data.on_bad_image)
         valid = DataLoader(self.valid_images, batch_size=params.runtime.inference_batch_size,
-                           collate_fn=collate_skipping_bad, **runtime_loader_options(params.runtime, keep_workers=False))
+                           collate_fn=collate_skipping_bad,
+                           **runtime_loader_options(params.runtime, keep_workers=False))
         return train_loader(train, cfg, params), valid
 
     def trainer_options(self, params: Params) -> dict[str, Any]:
