@@ -46,7 +46,7 @@ from ratios import print_ratio_table, workers_arg  # noqa: E402
 import pytorch_lightning as pl  # noqa: E402
 
 from embedlab.config import PRECISIONS, TripletConfig, load_params  # noqa: E402
-from embedlab.devices import available_cpus, lightning_precision, runtime_loader_options, torch_device  # noqa: E402
+from embedlab.devices import lightning_precision, runtime_loader_options, torch_device  # noqa: E402
 from embedlab.models.compiled import compiled_trunk  # noqa: E402
 from embedlab.stages.lifecycle import _fit  # noqa: E402
 
@@ -281,6 +281,12 @@ def _workers(params) -> int:
     return runtime_loader_options(params.runtime)["num_workers"]  # as the stage's loaders resolve them
 
 
+def _prefetch_depth(params) -> int:
+    """Batches the stage's loader holds ready before the first is asked for (workers × prefetch factor)."""
+    options = runtime_loader_options(params.runtime)
+    return options["num_workers"] * (options.get("prefetch_factor") or 2) if options["num_workers"] else 0
+
+
 def _mlflow_run(tmp: Path) -> str:
     """A throw-away MLflow run for the stage's logger (the real logging path, into a temporary store)."""
     import mlflow
@@ -305,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classes", type=int, default=50000)
     parser.add_argument("--precision", choices=PRECISIONS, default="auto", help="runtime.precision")
     parser.add_argument("--compile", action="store_true", help="torch.compile the backbone (stage and bare)")
-    parser.add_argument("--workers", type=workers_arg, default=min(16, available_cpus()),
+    parser.add_argument("--workers", type=workers_arg, default="auto",
                         help="runtime.num_workers: N or auto")
     parser.add_argument("--distinct", type=int, default=512, help="distinct source photos (cycled over the classes)")
     parser.add_argument("--steps", type=int, default=30)
@@ -345,6 +351,9 @@ def main(argv: list[str] | None = None) -> int:
                                              **speed)
     if args.tiny:
         args.classes, args.distinct, args.steps, args.warmup = 64, 32, 5, 2  # drip: 144 classes
+    # The loader's workers fill their prefetch queue while the model and the Trainer are set up: time
+    # only after the warm-up has drained it, or the window counts batches made before it opened.
+    args.warmup = max(args.warmup, _prefetch_depth(params) + 1)
 
     with tempfile.TemporaryDirectory(prefix="train_bench_") as tmp:
         tmp = Path(tmp)

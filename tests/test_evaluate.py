@@ -67,10 +67,11 @@ def test_knn_search_clips_k_and_sorts():
 
 def test_knn_search_cuda_without_gpu_is_a_clear_error():
     import faiss
+    import torch
 
-    if faiss.get_num_gpus() > 0:
+    if faiss.get_num_gpus() > 0 or torch.cuda.is_available():
         pytest.skip("machine has a GPU")
-    with pytest.raises(RuntimeError, match="no GPU"):
+    with pytest.raises(RuntimeError, match="no GPU to search on"):
         knn_search(np.ones((1, 4)), np.ones((2, 4)), k=1, device="cuda")
 
 
@@ -143,3 +144,17 @@ def test_evaluate_disc_rejects_gt_ids_missing_from_descriptors(tmp_path):
     with pytest.raises(GroundTruthError, match="R999999"):
         evaluate_disc(q, r, gt, tmp_path / "eval")
     assert not (tmp_path / "eval" / "metrics.json").exists()
+
+
+def test_torch_search_finds_the_same_neighbours_as_faiss_across_reference_blocks():
+    # The GPU path of a machine without faiss-gpu, run here on the CPU: blocks of 37 references
+    # and batches of 5 queries must merge into faiss's exact top-k.
+    from embedlab.retrieval import torch_knn_search
+
+    rng = np.random.default_rng(3)
+    ref = rng.standard_normal((200, 16)).astype(np.float32)
+    qry = rng.standard_normal((23, 16)).astype(np.float32)
+    want_s, want_i = knn_search(qry, ref, k=10, device="cpu")
+    got_s, got_i = torch_knn_search(qry, ref, 10, "cpu", batch_size=5, reference_block=37)
+    np.testing.assert_array_equal(got_i, want_i)
+    np.testing.assert_allclose(got_s, want_s, rtol=1e-5, atol=1e-5)

@@ -1,10 +1,14 @@
-"""Nearest-neighbour search with faiss (exact inner product, CPU or GPU).
+"""Exact inner-product nearest-neighbour search: faiss on the CPU, faiss-gpu or torch on a CUDA GPU.
 
 Descriptors are expected L2-normalised, so inner product = cosine similarity.
+On a CUDA machine without faiss-gpu (the faiss-gpu wheels need CUDA 12
+libraries; many machines carry only torch's), the search runs as blocked
+matrix products and top-k in torch on the GPU: the same exact results.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import NamedTuple, Sequence
 
 import numpy as np
@@ -27,22 +31,38 @@ def _faiss():
     return faiss
 
 
+def _faiss_gpus() -> int:
+    faiss = _faiss()
+    return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+
+
+def _torch_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def resolve_device(device: str = "auto") -> str:
     """Return "cuda" or "cpu" for ``device`` in {"auto", "cuda", "cpu"}."""
     if device not in ("auto", "cuda", "cpu"):
         raise ValueError(f"device must be 'auto', 'cuda' or 'cpu', got {device!r}")
     if device == "cpu":
         return "cpu"
-    faiss = _faiss()
-    n_gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
-    if n_gpus > 0:
+    if _faiss_gpus() > 0 or _torch_cuda():
         return "cuda"
     if device == "cuda":
         raise RuntimeError(
-            "device='cuda' but faiss sees no GPU (faiss.get_num_gpus() == 0): "
-            "install faiss-gpu on a machine with a CUDA GPU, or use device='cpu' / 'auto'"
+            "device='cuda' but there is no GPU to search on (faiss.get_num_gpus() == 0 and "
+            "torch.cuda.is_available() is False): use device='cpu' / 'auto' or a CUDA machine"
         )
     return "cpu"
+
+
+def search_backend(device: str = "auto") -> str:
+    """Which code searches on ``device``: "faiss-cpu", "faiss-gpu" or "torch-cuda"."""
+    if resolve_device(device) == "cpu":
+        return "faiss-cpu"
+    return "faiss-gpu" if _faiss_gpus() > 0 else "torch-cuda"
 
 
 def _as_matrix(x: np.ndarray, what: str) -> np.ndarray:
@@ -82,10 +102,13 @@ def knn_search(
     if q.shape[0] == 0:
         return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
 
+    backend = search_backend(device)
+    if backend == "torch-cuda":
+        return torch_knn_search(q, r, k, "cuda", batch_size, progress)
     faiss = _faiss()
     index = faiss.IndexFlatIP(r.shape[1])
     index.add(r)
-    if resolve_device(device) == "cuda":
+    if backend == "faiss-gpu":
         if k <= _GPU_MAX_K:
             resources = faiss.StandardGpuResources()
             index = faiss.index_cpu_to_gpu(resources, 0, index)
@@ -104,6 +127,61 @@ def knn_search(
         stop = min(start + batch_size, q.shape[0])
         scores[start:stop], indices[start:stop] = index.search(q[start:stop], k)
     return scores, indices
+
+
+def torch_knn_search(
+    q: np.ndarray,
+    r: np.ndarray,
+    k: int,
+    device: str,
+    batch_size: int = 16384,
+    progress: bool = False,
+    reference_block: int = 1 << 18,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`knn_search` in torch (float32, no TF32): blocked ``q @ r.T`` and top-k.
+
+    GPU memory is bounded by the reference set plus one ``batch_size`` ×
+    ``reference_block`` score block (4 GiB at the defaults), whatever the sizes.
+    Ties are broken as torch.topk breaks them, which may differ from faiss.
+    """
+    import torch
+
+    dev = torch.device(device)
+    # TF32 would round the scores to 10 mantissa bits: not an exact search.
+    with _no_tf32(torch):
+        ref = torch.from_numpy(r).to(dev)
+        scores = np.empty((q.shape[0], k), np.float32)
+        indices = np.empty((q.shape[0], k), np.int64)
+        starts = range(0, q.shape[0], batch_size)
+        if progress:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc="knn search", unit="batch")
+        for start in starts:
+            query = torch.from_numpy(q[start:start + batch_size]).to(dev)
+            best_s, best_i = None, None
+            for first in range(0, ref.shape[0], reference_block):
+                block = query @ ref[first:first + reference_block].T
+                s, i = block.topk(min(k, block.shape[1]), dim=1)
+                i += first
+                if best_s is None:
+                    best_s, best_i = s, i
+                else:
+                    s, pick = torch.cat([best_s, s], 1).topk(k, dim=1)
+                    best_s, best_i = s, torch.cat([best_i, i], 1).gather(1, pick)
+            scores[start:start + len(query)] = best_s.cpu().numpy()
+            indices[start:start + len(query)] = best_i.cpu().numpy()
+    return scores, indices
+
+
+@contextmanager
+def _no_tf32(torch):
+    matmul = torch.backends.cuda.matmul
+    saved, matmul.allow_tf32 = matmul.allow_tf32, False
+    try:
+        yield
+    finally:
+        matmul.allow_tf32 = saved
 
 
 def predictions_from_knn(
