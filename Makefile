@@ -21,7 +21,12 @@ MLFLOW_HOST ?= 127.0.0.1
 MLFLOW_PORT ?= 5000
 MLFLOW_WORKERS ?= 2
 
-.PHONY: install demo data test test-fast mlflow-ui mlflow-server clean
+# `make dvc-remote DVC_REMOTE=/mnt/shared/embedlab-dvc` (or ssh://host/path with dvc-ssh, s3://bucket/path
+# with dvc-s3): the team's default DVC remote, written to .dvc/config (commit it). Then `dvc push` after
+# `dvc repro`, and `dvc pull` in a fresh clone: data and trained models, nothing retrained.
+DVC_REMOTE ?=
+
+.PHONY: install demo data test test-fast mlflow-ui mlflow-server dvc-remote clean
 
 install: $(STAMP)
 
@@ -65,6 +70,10 @@ mlflow-server: install
 	mkdir -p $(MLFLOW_ARTIFACTS)
 	exec mlflow server --backend-store-uri $(MLFLOW_BACKEND_URI) --artifacts-destination $(MLFLOW_ARTIFACTS) \
 	  --host $(MLFLOW_HOST) --port $(MLFLOW_PORT) --workers $(MLFLOW_WORKERS)
+
+dvc-remote: install
+	@test -n "$(DVC_REMOTE)" || { echo "usage: make dvc-remote DVC_REMOTE=/path | ssh://host/path | s3://bucket/path"; exit 2; }
+	dvc remote add --default --force storage $(DVC_REMOTE)
 
 clean:
 	rm -rf models/drip reports mlruns mlflow.db .dvc-site-cache mlartifacts mlflow-server.db test-artifacts

@@ -16,7 +16,8 @@ from embedlab.models.decoder import DecoderSpec, Discriminator, TemplateDecoder,
 from embedlab.models.decoder_losses import laplace_loss, perceptual_loss
 from embedlab.models.face_encoder import FaceEncoder, FaceEncoderSpec
 from embedlab.models.face_models import FaceModelError, export_onnx_face_model, load_face_model
-from embedlab.evaluation.decoder_cosine import cosine_stats, format_stats, impostor_scores, threshold_at_fmr
+from embedlab.evaluation.decoder_cosine import (cosine_stats, format_stats, impostor_pair_count, impostor_threshold,
+                                                threshold_at_fmr)
 
 
 def test_original_decoder_shape_size_and_image_range():
@@ -119,6 +120,25 @@ def test_template_files_round_trip_and_bad_templates_name_the_file(tmp_path):
         read_template_set(tmp_path, "nan")
 
 
+def test_template_threshold_from_blocks_equals_the_one_from_every_score_and_samples_what_the_fmr_needs():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((300, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    persons = [f"p{i // 3}" for i in range(300)]  # 100 persons, 3 templates each
+    ts = TemplateSet([f"{i}.jpg" for i in range(300)], persons, x)
+    i, j = np.triu_indices(300, k=1)
+    every = (x[i] * x[j]).sum(1)[np.asarray(persons)[i] != np.asarray(persons)[j]]
+    assert impostor_pair_count(persons) == len(every) == 44_550
+
+    threshold, used = impostor_threshold(ts, 0.01)
+    assert used == len(every) and threshold == pytest.approx(threshold_at_fmr(every, 0.01), abs=1e-6)
+    # An FMR that needs more pairs than min_pairs: min_pairs is raised to 100 / fmr, drawn at random.
+    threshold, used = impostor_threshold(ts, 0.005, min_pairs=1000)
+    assert used == 20_000 and abs(threshold - threshold_at_fmr(every, 0.005)) < 0.05
+    with pytest.raises(ValueError, match=r"fmr 1e-05 needs at least 100,000 impostor pairs; .* give 44,550"):
+        impostor_threshold(ts, 1e-5)
+
+
 def test_threshold_is_the_impostor_score_at_the_false_match_rate():
     impostors = np.linspace(0.0, 0.999, 1000)  # 1000 impostor pairs
     t = threshold_at_fmr(impostors, 0.01)
@@ -127,7 +147,7 @@ def test_threshold_is_the_impostor_score_at_the_false_match_rate():
         threshold_at_fmr(impostors, 1e-6)
     # Same-person pairs are not impostors.
     ts = TemplateSet(["a", "b", "c"], ["p", "p", "q"], _templates(3))
-    assert len(impostor_scores(ts)) == 2
+    assert impostor_pair_count(ts.persons) == 2
     stats = cosine_stats(np.array([0.5, 0.7, 0.9, 0.95]), threshold=0.8)
     assert stats["above_threshold"] == 0.5 and stats["cosine_median"] == pytest.approx(0.8)
     report = format_stats(stats, "test", 0.01)

@@ -44,7 +44,7 @@ def tiny_repo(tmp_path: Path, tiny_demo: Path, tiny_faces: Path) -> Path:
 def test_dvc_repro_is_incremental_and_tracks_metrics_and_plots(tiny_repo: Path, tmp_path: Path):
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     first = run(["dvc", "repro"], tiny_repo, **env)
-    for stage in ("drip@s2", "augment@big", "gem@big", "ensemble", "face_data", "triplet_pretrain",
+    for stage in ("code_deps", "drip@s2", "augment@big", "gem@big", "ensemble", "face_data", "triplet_pretrain",
                   "triplet_finetune", "templates", "decoder"):
         assert f"Running stage '{stage}'" in first.stdout
     metrics = json.loads((tiny_repo / "reports/drip/s2/metrics.json").read_text())
@@ -77,6 +77,24 @@ def test_dvc_repro_is_incremental_and_tracks_metrics_and_plots(tiny_repo: Path, 
     (tiny_repo / "params.yaml").write_text(yaml.safe_dump(faster))
     assert "up to date" in run(["dvc", "status"], tiny_repo).stdout
     (tiny_repo / "params.yaml").write_text(tiny_params_text)
+
+    # Editing a module no training stage runs (the report printer) reruns the code listing alone.
+    # (PYTHONPATH: the stages run this repo's copy of the package, as a project's own checkout does.)
+    code_env = {**env, "PYTHONPATH": str(tiny_repo / "src")}
+    report_py = tiny_repo / "src/embedlab/report.py"
+    report_py.write_text(report_py.read_text() + "\n# an edit\n")
+    edited = run(["dvc", "repro"], tiny_repo, **code_env)
+    assert "Running stage 'code_deps'" in edited.stdout and edited.stdout.count("Running stage") == 1
+    # A module the GeM trainer runs and the drip steps do not: its listing changes, and GeM's alone.
+    gem_module = tiny_repo / "src/embedlab/models/gem_module.py"
+    gem_module.write_text(gem_module.read_text() + "\n# an edit\n")
+    run(["dvc", "repro", "code_deps"], tiny_repo, **code_env)
+    stale = run(["dvc", "status"], tiny_repo).stdout
+    assert "gem@big:" in stale and "reports/code/gem.txt" in stale
+    assert "drip@s1:" not in stale and "triplet_pretrain:" not in stale and "decoder:" not in stale
+    gem_module.write_text(gem_module.read_text().removesuffix("\n# an edit\n"))
+    run(["dvc", "repro", "code_deps"], tiny_repo, **code_env)
+    assert "up to date" in run(["dvc", "status"], tiny_repo).stdout
 
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], tiny_repo).stdout)
     workspace = next(iter(shown.values()))["data"]  # the workspace (keyed "" by DVC 3.67)
@@ -152,3 +170,26 @@ def test_a_changed_recipe_reruns_its_set_and_model_only(tiny_repo: Path, tmp_pat
     import numpy as np
     sample = np.asarray(Image.open(tiny_repo / images[5]).convert("RGB")).astype(int)
     assert np.abs(sample[..., 0] - sample[..., 1]).max() <= 3  # the regenerated set is grayscale
+
+
+def test_a_fresh_clone_pulls_data_and_results_from_the_dvc_remote_and_reruns_nothing(tiny_repo: Path,
+                                                                                      tmp_path: Path):
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    run(["dvc", "repro", "drip_init", "face_data"], tiny_repo, **env)
+    # What `make dvc-remote DVC_REMOTE=...` runs: the team's default remote, in .dvc/config (committed).
+    run(["dvc", "remote", "add", "--default", "--force", "storage", str(tmp_path / "remote")], tiny_repo)
+    run(["dvc", "push"], tiny_repo)
+    run(["git", "add", "-A"], tiny_repo)
+    run(["git", "commit", "-qm", "results, and the remote"], tiny_repo)
+
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(tiny_repo), str(clone)], tmp_path)
+    run(["dvc", "config", "--local", "core.site_cache_dir", str(tmp_path / "clone_site_cache")], clone)
+    assert not (clone / "data/raw").exists() and not (clone / "models/drip/pretrained").exists()
+    run(["dvc", "pull", "data.dvc", "drip_init", "face_data"], clone)  # what ran (a whole pipeline: `dvc pull`)
+    assert (clone / "models/drip/pretrained").is_dir()
+    assert sorted(p.name for p in (clone / "data/raw/disc").iterdir()) == sorted(
+        p.name for p in (tiny_repo / "data/raw/disc").iterdir())
+    assert "up to date" in run(["dvc", "status", "drip_init", "face_data"], clone).stdout
+    again = run(["dvc", "repro", "drip_init", "face_data"], clone, **env)
+    assert "Running stage" not in again.stdout

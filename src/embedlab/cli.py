@@ -217,6 +217,13 @@ def cmd_report(args) -> None:
     print(results_report(_params(args), markdown=args.markdown))
 
 
+def cmd_code_deps(args) -> None:
+    from embedlab.code_deps import write_code_deps
+
+    for path in write_code_deps(Path(args.out)):
+        print(path.read_text().splitlines()[0], "->", path)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Every command; a flag that is not given takes params.yaml's value (its help names the setting)."""
     parser = argparse.ArgumentParser(prog="embedlab", description=__doc__)
@@ -367,6 +374,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("ensemble", cmd_ensemble, "score the concatenated descriptors of trained models, before and after "
                 "post-processing", "embedlab ensemble --members drip/s3 gem/big")
     p.add_argument("--members", nargs="+", help="<stage>/<name> of trained models (default: evaluate.ensemble)")
+    p = command("code-deps", cmd_code_deps, "write each DVC stage's code files and digests (what dvc.yaml's "
+                "stages depend on instead of the whole package)", "embedlab code-deps --out reports/code",
+                params=False)
+    p.add_argument("--out", default="reports/code", help="folder for <stage>.txt (default: reports/code)")
     p = command("report", cmd_report, "print the results table of the training stages", "embedlab report --markdown")
     p.add_argument("--markdown", action="store_true", help="GitHub-markdown tables (what the README shows)")
     return parser

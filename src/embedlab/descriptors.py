@@ -10,13 +10,18 @@ from __future__ import annotations
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
 from embedlab.atomic import atomic_path
 
 SEED_SUBSETS = ("query", "reference")
+SLICE_BYTES = 64 << 20  # vectors read at a time: 65,536 rows of 256-d, 2,048 of 8192-d
+
+
+def rows_per_slice(dim: int) -> int:
+    return max(1, SLICE_BYTES // (4 * max(dim, 1)))
 
 
 class DescriptorFileError(ValueError):
@@ -33,6 +38,10 @@ def _decode_names(raw: np.ndarray) -> list[str]:
     return [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in raw.tolist()]
 
 
+def _non_finite_rows(vectors: np.ndarray) -> int:
+    return int(np.count_nonzero(~np.isfinite(vectors).all(axis=1))) if vectors.size else 0
+
+
 def _validate(path: str | os.PathLike, names: list[str], vectors: np.ndarray) -> None:
     if vectors.ndim != 2:
         raise DescriptorFileError(path, f"vectors must be 2-D (N x D), got shape {vectors.shape}")
@@ -40,7 +49,7 @@ def _validate(path: str | os.PathLike, names: list[str], vectors: np.ndarray) ->
         raise DescriptorFileError(path, f"vectors must be real numbers, got dtype {vectors.dtype}")
     if len(names) != vectors.shape[0]:
         raise DescriptorFileError(path, f"{len(names)} image names for {vectors.shape[0]} vectors")
-    bad_rows = np.count_nonzero(~np.isfinite(vectors).all(axis=1)) if vectors.size else 0
+    bad_rows = _non_finite_rows(vectors)
     if bad_rows:
         raise DescriptorFileError(path, f"{bad_rows} of {vectors.shape[0]} vectors contain NaN or infinite values")
     if len(set(names)) != len(names):
@@ -75,14 +84,115 @@ def write_descriptors(path: str | os.PathLike, names: Sequence[str], vectors: np
             f.create_dataset("image_names", data=encoded)
 
 
-def _dataset(path: Path, f, key: str) -> np.ndarray:
+def _dataset(path: Path, f, key: str):
     import h5py
 
     if key not in f or not isinstance(f[key], h5py.Dataset):
         raise DescriptorFileError(
             path, f"missing dataset {key!r} (found: {', '.join(sorted(f.keys())) or 'nothing'})"
         )
-    return f[key][()]
+    return f[key]
+
+
+def _layout_keys(path: Path, f, subset: str | None) -> tuple[str, str]:
+    """(vectors key, names key) of the file's layout, checked against ``subset``."""
+    if "vectors" in f or "image_names" in f:
+        if subset is not None:
+            raise DescriptorFileError(
+                path, f"ISC layout (one image set) but subset={subset!r} was given; pass subset=None"
+            )
+        return "vectors", "image_names"
+    if any(k in f for k in (*SEED_SUBSETS, "query_ids", "reference_ids")):
+        if subset not in SEED_SUBSETS:
+            raise DescriptorFileError(
+                path, f"seed layout holds two sets: choose subset='query' or 'reference' (got {subset!r})"
+            )
+        return subset, f"{subset}_ids"
+    found = ", ".join(sorted(f.keys())) or "nothing"
+    raise DescriptorFileError(
+        path,
+        "missing datasets: expected 'vectors' + 'image_names' (ISC layout) or "
+        f"'query'/'reference' + '*_ids' (seed layout); found: {found}",
+    )
+
+
+class DescriptorReader:
+    """A descriptor file's names and shape, its vectors read whole or in row slices.
+
+    Opening reads and checks the names only; :meth:`slices` holds one slice of
+    vectors in memory at a time, so a 1M-reference file can go into a search
+    index without a second full copy beside it. Every vector is checked
+    (finite numbers) as it is read; problems raise DescriptorFileError naming the file.
+    """
+
+    def __init__(self, path: str | os.PathLike, subset: str | None = None) -> None:
+        import h5py
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise DescriptorFileError(self.path, "file not found")
+        if not h5py.is_hdf5(self.path):
+            raise DescriptorFileError(self.path, "not an HDF5 file")
+        with self._open() as f:
+            self._vectors_key, names_key = _layout_keys(self.path, f, subset)
+            vectors = _dataset(self.path, f, self._vectors_key)
+            raw_names = np.asarray(_dataset(self.path, f, names_key)[()])
+            self.shape = tuple(vectors.shape)
+            dtype = vectors.dtype
+        if raw_names.ndim != 1:
+            raise DescriptorFileError(self.path, f"image names must be 1-D, got shape {raw_names.shape}")
+        self.names = _decode_names(raw_names)
+        if len(self.shape) != 2:
+            raise DescriptorFileError(self.path, f"vectors must be 2-D (N x D), got shape {self.shape}")
+        if dtype.kind not in "fiu":
+            raise DescriptorFileError(self.path, f"vectors must be real numbers, got dtype {dtype}")
+        # The shape and names are checked now (a zero-width stand-in for the vectors); the values as they are read.
+        _validate(self.path, self.names, np.zeros((self.shape[0], 0), np.float32))
+
+    def _open(self):
+        import h5py
+
+        try:
+            return h5py.File(self.path, "r")
+        except OSError as err:  # corrupt or truncated HDF5
+            raise DescriptorFileError(self.path, f"cannot read HDF5 file ({err})") from err
+
+    @property
+    def dim(self) -> int:
+        return int(self.shape[1])
+
+    def __len__(self) -> int:
+        return int(self.shape[0])
+
+    def slices(self, rows: int | None = None, check: bool = True) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row, float32 C-contiguous vectors) for consecutive slices of ``rows`` rows (default: 64 MiB).
+
+        ``check``: refuse a slice with NaN or infinite values (off: the caller counts them)."""
+        rows = rows or rows_per_slice(self.dim)
+        with self._open() as f:
+            data = f[self._vectors_key]
+            for start in range(0, len(self), rows):
+                try:
+                    part = np.ascontiguousarray(data[start:start + rows], dtype=np.float32)
+                except OSError as err:
+                    raise DescriptorFileError(self.path, f"cannot read vectors {start}-{start + rows - 1} "
+                                                         f"({err})") from err
+                bad = _non_finite_rows(part) if check else 0
+                if bad:
+                    raise DescriptorFileError(self.path, f"{bad} vectors among rows {start}-{start + len(part) - 1} "
+                                                         "contain NaN or infinite values")
+                yield start, part
+
+    def read(self) -> np.ndarray:
+        """All vectors, float32 C-contiguous (one array, filled slice by slice)."""
+        out = np.empty((len(self), self.dim), np.float32)
+        bad = 0
+        for start, part in self.slices(check=False):
+            out[start:start + len(part)] = part
+            bad += _non_finite_rows(part)
+        if bad:
+            raise DescriptorFileError(self.path, f"{bad} of {len(self)} vectors contain NaN or infinite values")
+        return out
 
 
 def read_descriptors(path: str | os.PathLike, subset: str | None = None) -> tuple[list[str], np.ndarray]:
@@ -92,41 +202,5 @@ def read_descriptors(path: str | os.PathLike, subset: str | None = None) -> tupl
     the seed layout. Vectors come back float32, C-contiguous. Raises
     DescriptorFileError (naming the file) on any problem.
     """
-    import h5py
-
-    path = Path(path)
-    if not path.is_file():
-        raise DescriptorFileError(path, "file not found")
-    if not h5py.is_hdf5(path):
-        raise DescriptorFileError(path, "not an HDF5 file")
-    try:
-        with h5py.File(path, "r") as f:
-            if "vectors" in f or "image_names" in f:
-                if subset is not None:
-                    raise DescriptorFileError(
-                        path, f"ISC layout (one image set) but subset={subset!r} was given; pass subset=None"
-                    )
-                vectors, raw_names = _dataset(path, f, "vectors"), _dataset(path, f, "image_names")
-            elif any(k in f for k in (*SEED_SUBSETS, "query_ids", "reference_ids")):
-                if subset not in SEED_SUBSETS:
-                    raise DescriptorFileError(
-                        path, f"seed layout holds two sets: choose subset='query' or 'reference' (got {subset!r})"
-                    )
-                vectors, raw_names = _dataset(path, f, subset), _dataset(path, f, f"{subset}_ids")
-            else:
-                found = ", ".join(sorted(f.keys())) or "nothing"
-                raise DescriptorFileError(
-                    path,
-                    "missing datasets: expected 'vectors' + 'image_names' (ISC layout) or "
-                    f"'query'/'reference' + '*_ids' (seed layout); found: {found}",
-                )
-    except OSError as err:  # corrupt or truncated HDF5
-        raise DescriptorFileError(path, f"cannot read HDF5 file ({err})") from err
-
-    raw_names = np.asarray(raw_names)
-    if raw_names.ndim != 1:
-        raise DescriptorFileError(path, f"image names must be 1-D, got shape {raw_names.shape}")
-    names = _decode_names(raw_names)
-    vectors = np.asarray(vectors)
-    _validate(path, names, vectors)
-    return names, np.ascontiguousarray(vectors, dtype=np.float32)
+    reader = DescriptorReader(path, subset)
+    return reader.names, reader.read()

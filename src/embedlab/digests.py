@@ -47,10 +47,11 @@ def source_digest(files: Iterable[Path] | None = None) -> str:
     return h.hexdigest()[:16]
 
 
-def fingerprint(settings: Any, files: Iterable[Path | None] = ()) -> str:
-    """Digest of ``settings``, the package source and the bytes of ``files`` (None entries skipped)."""
+def fingerprint(settings: Any, files: Iterable[Path | None] = (), code: Iterable[Path] | None = None) -> str:
+    """Digest of ``settings``, the source ``code`` (default: the whole package) and the bytes of ``files``
+    (None entries skipped)."""
     h = hashlib.sha256(settings_digest(settings).encode())
-    h.update(source_digest().encode())
+    h.update(source_digest(code).encode())
     for path in files:
         if path is not None:
             _update_with_file(h, path)

@@ -9,9 +9,11 @@ matrix products and top-k in torch on the GPU: the same exact results.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import NamedTuple, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
+
+from embedlab.descriptors import DescriptorReader, rows_per_slice
 
 # faiss GPU flat search supports at most this k (GpuIndexFlat limit).
 _GPU_MAX_K = 2048
@@ -73,9 +75,32 @@ def _as_matrix(x: np.ndarray, what: str) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
+class _Rows:
+    """Reference rows: an N x D array, or a :class:`~embedlab.descriptors.DescriptorReader` read slice by slice."""
+
+    def __init__(self, reference) -> None:
+        if hasattr(reference, "slices"):
+            self.source, self.shape = reference, (len(reference), reference.dim)
+        else:
+            self.source = _as_matrix(reference, "reference")
+            self.shape = self.source.shape
+
+    def slices(self) -> Iterator[tuple[int, np.ndarray]]:
+        rows = rows_per_slice(self.shape[1])
+        if isinstance(self.source, np.ndarray):
+            for start in range(0, self.shape[0], rows):
+                yield start, self.source[start:start + rows]
+        else:
+            yield from self.source.slices(rows)
+
+    @property
+    def n_slices(self) -> int:
+        return -(-self.shape[0] // rows_per_slice(self.shape[1]))
+
+
 def knn_search(
     query: np.ndarray,
-    reference: np.ndarray,
+    reference: np.ndarray | DescriptorReader,
     k: int,
     device: str = "auto",
     batch_size: int = 16384,
@@ -88,10 +113,12 @@ def knn_search(
     index -1; with an exact index and k clipped to the reference count this
     only happens for non-finite vectors, and :func:`predictions_from_knn`
     drops such entries. Queries are searched in batches of ``batch_size``
-    (bounded memory, and a progress bar when ``progress``).
+    (bounded memory, and a progress bar when ``progress``). A
+    DescriptorReader as ``reference`` goes into the index slice by slice, so
+    memory holds the index and one slice, not a second copy of the references.
     """
     q = _as_matrix(query, "query")
-    r = _as_matrix(reference, "reference")
+    r = _Rows(reference)
     if q.shape[1] != r.shape[1]:
         raise ValueError(f"query dim {q.shape[1]} != reference dim {r.shape[1]}")
     if k < 1:
@@ -105,16 +132,17 @@ def knn_search(
     backend = search_backend(device)
     if backend == "torch-cuda":
         return torch_knn_search(q, r, k, "cuda", batch_size, progress)
+    if backend == "faiss-cpu":
+        return _blocked_cpu_search(q, r, k, progress)
     faiss = _faiss()
-    index = faiss.IndexFlatIP(r.shape[1])
-    index.add(r)
-    if backend == "faiss-gpu":
-        if k <= _GPU_MAX_K:
-            resources = faiss.StandardGpuResources()
-            index = faiss.index_cpu_to_gpu(resources, 0, index)
-        elif device == "cuda":
+    if k > _GPU_MAX_K:
+        if device == "cuda":
             raise ValueError(f"k={k} exceeds the faiss GPU limit of {_GPU_MAX_K}; use device='cpu'")
-        # device="auto" with a huge k: stay on CPU rather than fail.
+        return _blocked_cpu_search(q, r, k, progress)  # device="auto" with a huge k: the CPU rather than fail
+    index = faiss.IndexFlatIP(r.shape[1])
+    for _, part in r.slices():
+        index.add(part)
+    index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
 
     scores = np.empty((q.shape[0], k), np.float32)
     indices = np.empty((q.shape[0], k), np.int64)
@@ -129,9 +157,33 @@ def knn_search(
     return scores, indices
 
 
+def _blocked_cpu_search(q: np.ndarray, r: _Rows, k: int, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """faiss's exact kNN of all queries against one slice of references at a time, merged into a running top-k.
+
+    Memory holds one reference slice and the queries' top-k, never the whole
+    reference set (an index would hold a copy of it, and more while it grows).
+    """
+    faiss = _faiss()
+    scores = np.full((q.shape[0], k), -np.inf, np.float32)
+    indices = np.full((q.shape[0], k), -1, np.int64)
+    slices = r.slices()
+    if progress:
+        from tqdm.auto import tqdm
+
+        slices = tqdm(slices, desc="knn search", unit="slice", total=r.n_slices)
+    for first, part in slices:
+        s, i = faiss.knn(q, part, min(k, len(part)), metric=faiss.METRIC_INNER_PRODUCT)
+        i = np.where(i >= 0, i + first, -1)
+        both_s, both_i = np.concatenate([scores, s], 1), np.concatenate([indices, i], 1)
+        # Stable: among equal scores the earlier reference stays first, as one index over all would order them.
+        order = np.argsort(-both_s, axis=1, kind="stable")[:, :k]
+        scores, indices = np.take_along_axis(both_s, order, 1), np.take_along_axis(both_i, order, 1)
+    return scores, indices
+
+
 def torch_knn_search(
     q: np.ndarray,
-    r: np.ndarray,
+    r: np.ndarray | DescriptorReader | _Rows,
     k: int,
     device: str,
     batch_size: int = 16384,
@@ -147,9 +199,12 @@ def torch_knn_search(
     import torch
 
     dev = torch.device(device)
+    rows = r if isinstance(r, _Rows) else _Rows(r)
     # TF32 would round the scores to 10 mantissa bits: not an exact search.
     with _no_tf32(torch):
-        ref = torch.from_numpy(r).to(dev)
+        ref = torch.empty(rows.shape, dtype=torch.float32, device=dev)
+        for first, part in rows.slices():
+            ref[first:first + len(part)] = torch.from_numpy(part).to(dev)
         scores = np.empty((q.shape[0], k), np.float32)
         indices = np.empty((q.shape[0], k), np.int64)
         starts = range(0, q.shape[0], batch_size)

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from embedlab.data.path_table import path_table
 from embedlab.data.transforms import resize_square, to_tensor
 from embedlab.images import check_on_bad_image, load_or_skip
 
@@ -34,7 +35,7 @@ class ClassImages:
     """
 
     def __init__(self, paths: Sequence[Path], aug_size: int, on_bad_image: str, bad_log: Path | None = None) -> None:
-        self.paths = list(paths)
+        self.paths = path_table(paths)  # worker memory flat in the number of classes
         self.aug_size = aug_size
         self.on_bad_image = check_on_bad_image(on_bad_image)
         self.bad_log = bad_log

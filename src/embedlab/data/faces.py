@@ -44,6 +44,7 @@ from torch.utils.data import Dataset
 
 from embedlab.atomic import write_csv_atomic, write_json_atomic
 from embedlab.data.labelled import LabelledImages
+from embedlab.data.path_table import PathTable
 from embedlab.data.transforms import resize_square, to_tensor
 from embedlab.images import check_on_bad_image, list_images, load_or_skip
 
@@ -377,7 +378,7 @@ class PairImages(Dataset):
             for path, out in zip(ends, (ia, ib)):
                 path = base / path if base is not None else Path(path)
                 out.append(index.setdefault(path, len(index)))
-        self.paths = list(index)
+        self.paths = PathTable(index)
         self.index_a, self.index_b = np.asarray(ia, dtype=np.int64), np.asarray(ib, dtype=np.int64)
         self.img_size = img_size
         self.on_bad_image = check_on_bad_image(on_bad_image)

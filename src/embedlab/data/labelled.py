@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from embedlab.data.path_table import PathTable
 from embedlab.data.transforms import resize_square, to_tensor
 from embedlab.images import check_on_bad_image, load_or_skip
 
@@ -27,8 +29,9 @@ class LabelledImages(Dataset):
                  augment: Callable[[Image.Image], Image.Image] | None = None) -> None:
         pairs = [(r[0], r[1]) if isinstance(r, (tuple, list)) else (r.path, r.label) for r in rows]
         base = Path(root) if root is not None else None
-        self.paths = [base / p if base is not None else Path(p) for p, _ in pairs]
-        self.labels = [int(label) for _, label in pairs]
+        # Arrays, not lists of objects: worker memory stays flat in the data size (data/path_table.py).
+        self.paths = PathTable(base / p if base is not None else Path(p) for p, _ in pairs)
+        self.labels = np.fromiter((int(label) for _, label in pairs), np.int64, len(pairs))
         self.img_size = img_size
         self.on_bad_image = check_on_bad_image(on_bad_image)
         self.bad_log, self.augment = bad_log, augment
@@ -42,4 +45,4 @@ class LabelledImages(Dataset):
             return None
         if self.augment is not None:
             img = self.augment(img).convert("RGB")
-        return to_tensor(resize_square(img, self.img_size)), self.labels[index]
+        return to_tensor(resize_square(img, self.img_size)), int(self.labels[index])

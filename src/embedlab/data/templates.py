@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from embedlab.atomic import write_csv_atomic
+from embedlab.data.path_table import path_table
 from embedlab.data.transforms import resize_square
 from embedlab.descriptors import read_descriptors, write_descriptors
 from embedlab.images import load_or_skip
@@ -98,7 +99,7 @@ class PhotoFiles(Dataset):
     """(photo in [0, 1] at ``size``, index) for embedding photos with a face model."""
 
     def __init__(self, paths: list[Path], size: int, on_bad_image: str = "fail") -> None:
-        self.paths, self.size, self.on_bad_image = paths, size, on_bad_image
+        self.paths, self.size, self.on_bad_image = path_table(paths), size, on_bad_image
 
     def __len__(self) -> int:
         return len(self.paths)

@@ -13,10 +13,9 @@ import torch
 from embedlab.const import DISC_HEADLINE
 from embedlab.config import Params
 from embedlab.data.disc import DiscLayout
-from embedlab.descriptors import write_descriptors
 from embedlab.images import list_images
 from embedlab.postprocess import PostprocessConfig, postprocess_files
-from embedlab.evaluation.embed import embed_paths
+from embedlab.evaluation.embed import embed_to_file
 from embedlab.evaluation.disc_search import evaluate_disc
 
 
@@ -37,11 +36,11 @@ def evaluate_descriptor_model(model: torch.nn.Module, params: Params, out_dir: P
         sets["train"] = list_images(layout.training_dir)[:n_train]
     files, embedded, skipped = {}, {}, 0
     for subset, paths in sets.items():
-        result = embed_paths(model, paths, on_bad_image=params.data.on_bad_image, runtime=params.runtime)
         files[subset] = out_dir / "descriptors" / f"{subset}.h5"
-        embedded[subset] = len(result.names)
+        result = embed_to_file(model, paths, files[subset], on_bad_image=params.data.on_bad_image,
+                               runtime=params.runtime)
+        embedded[subset] = result.settings["vectors"]
         skipped += len(result.skipped)
-        write_descriptors(files[subset], result.names, result.vectors)
     ids = {subset: [p.stem for p in sets[subset]] for subset in ("query", "reference")}
 
     def score(query: Path, reference: Path, folder: Path, tag: str) -> dict:

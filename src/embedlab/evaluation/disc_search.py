@@ -11,7 +11,7 @@ import numpy as np
 
 from embedlab.atomic import atomic_path, write_json_atomic, write_text_atomic
 from embedlab.data.disc import GroundTruthError, read_ground_truth
-from embedlab.descriptors import DescriptorFileError, read_descriptors
+from embedlab.descriptors import DescriptorFileError, DescriptorReader, read_descriptors
 from embedlab.metrics import (
     label_predictions,
     micro_average_precision,
@@ -90,18 +90,20 @@ def evaluate_disc(
     """
     out = Path(out_dir)
     q_names, q_vecs = read_descriptors(query_h5, query_subset)
-    r_names, r_vecs = read_descriptors(reference_h5, reference_subset)
-    if q_vecs.shape[1] != r_vecs.shape[1]:
+    # The references go into the search index slice by slice: no second full copy in memory.
+    references = DescriptorReader(reference_h5, reference_subset)
+    r_names = references.names
+    if q_vecs.shape[1] != references.dim:
         raise DescriptorFileError(
             query_h5,
-            f"descriptor dimension {q_vecs.shape[1]} differs from {r_vecs.shape[1]} in {reference_h5}",
+            f"descriptor dimension {q_vecs.shape[1]} differs from {references.dim} in {reference_h5}",
         )
     gt = read_ground_truth(ground_truth_csv, query_ids=all_query_ids or q_names,
                            reference_ids=all_reference_ids or r_names)
     if not gt:
         raise GroundTruthError(f"{ground_truth_csv}: no ground-truth pairs, metrics would be undefined")
 
-    scores, indices = knn_search(q_vecs, r_vecs, k, device=device, progress=len(q_names) > 50_000)
+    scores, indices = knn_search(q_vecs, references, k, device=device, progress=len(q_names) > 50_000)
     preds = predictions_from_knn(q_names, r_names, scores, indices)
     is_match = label_predictions(preds.query_ids, preds.reference_ids, gt)
 

@@ -20,7 +20,7 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -28,8 +28,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from embedlab.data.decode import decode_resize, normalize_uint8, pil_to_uint8, read_encoded, resolve_decode
+from embedlab.data.path_table import path_table
 from embedlab.data.transforms import resize_square
-from embedlab.descriptors import write_descriptors
+from embedlab.descriptor_chunks import Chunk, ChunkedDescriptors, check_names, images_digest, weights_digest
 from embedlab.config import RuntimeConfig
 from embedlab.devices import autocast_dtype, runtime_loader_options, torch_device
 from embedlab.images import list_images, load_or_skip
@@ -46,7 +47,7 @@ class ImageFiles(Dataset):
     (JPEG bytes for the batched decoder, when ``encoded``) or ``None`` (skipped)."""
 
     def __init__(self, paths: Sequence[Path], img_size: int, on_bad_image: str, encoded: bool = False) -> None:
-        self.paths, self.img_size, self.on_bad_image = list(paths), img_size, on_bad_image
+        self.paths, self.img_size, self.on_bad_image = path_table(paths), img_size, on_bad_image
         self.encoded = encoded
 
     def __len__(self) -> int:
@@ -129,92 +130,151 @@ class Embeddings:
     settings: dict = dataclasses.field(default_factory=dict)  # precision, decode, workers as resolved
 
 
+@dataclasses.dataclass
+class _Plan:
+    """How an embedding runs: the runtime section resolved for this machine and model."""
+
+    dev: torch.device
+    size: int
+    dtype: torch.dtype | None
+    decode_dev: torch.device | None
+    options: dict
+    batch_size: int
+    compile: bool
+    channels_last: bool
+
+    @classmethod
+    def of(cls, model: torch.nn.Module, img_size: int | None, runtime: RuntimeConfig) -> "_Plan":
+        dev = torch_device(runtime.device)
+        return cls(dev, img_size or model.spec.img_size, autocast_dtype(runtime.precision, dev),
+                   resolve_decode(runtime.decode, dev), runtime_loader_options(runtime, keep_workers=False),
+                   runtime.inference_batch_size, runtime.compile, runtime.channels_last)
+
+    @property
+    def precision(self) -> str:
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+
+    def settings(self) -> dict:
+        return {"device": str(self.dev), "precision": self.precision,
+                "decode": "cpu" if self.decode_dev is None else "gpu",
+                "num_workers": self.options["num_workers"], "compile": self.compile}
+
+
 @torch.no_grad()
+def _embedding_chunks(model: torch.nn.Module, paths: Sequence[Path], plan: _Plan, on_bad_image: str,
+                      progress: bool, start: int = 0) -> Iterator[Chunk]:
+    """Descriptors of ``paths[start:]`` in chunks of ``_FLUSH_EVERY`` batches of consecutive inputs.
+
+    The loader is iterated once, so its workers are never kept alive between passes.
+    """
+    was_channels_last = getattr(model, "channels_last", None)
+    if was_channels_last is not None:
+        model.use_channels_last(plan.channels_last)
+    model.to(plan.dev)
+    forward = torch.compile(model, dynamic=False) if plan.compile else model
+    batch_size, todo = plan.batch_size, path_table(paths)[start:]
+    loader = DataLoader(ImageFiles(todo, plan.size, on_bad_image, encoded=plan.decode_dev is not None),
+                        batch_size=batch_size, collate_fn=_collate, **plan.options)
+    pending: list[torch.Tensor] = []
+    kept: list[int] = []
+    skipped: list[int] = []
+    chunk_start = start
+    try:
+        with eval_mode(model):
+            bar = tqdm(loader, desc="embed", unit="batch", disable=not progress, leave=False,
+                       initial=start // batch_size, total=-(-len(paths) // batch_size))
+            for number, batch in enumerate(bar):
+                images, kept_here, bad = _device_images(batch, todo, plan.size, on_bad_image, plan.dev,
+                                                        plan.decode_dev)
+                skipped.extend(start + i for i in bad)
+                if images is not None:
+                    n = images.shape[0]
+                    if plan.compile and n < batch_size:  # one graph for every batch: pad the short last one
+                        images = torch.cat([images, images.new_zeros((batch_size - n, *images.shape[1:]))])
+                    with torch.autocast(plan.dev.type, dtype=plan.dtype or torch.float32,
+                                        enabled=plan.dtype is not None):
+                        vectors = forward(images)
+                    pending.append(vectors[:n].float())
+                    kept.extend(start + i for i in kept_here)
+                stop = min(start + (number + 1) * batch_size, len(paths))
+                if (number + 1) % _FLUSH_EVERY == 0 or stop == len(paths):
+                    vectors = (torch.cat(pending).cpu().numpy() if pending
+                               else np.zeros((0, model.descriptor_dim), np.float32))
+                    yield Chunk(chunk_start, stop, [Path(paths[i]).stem for i in kept], vectors, skipped, kept)
+                    pending, kept, skipped, chunk_start = [], [], [], stop
+    finally:
+        if was_channels_last is not None:
+            model.use_channels_last(was_channels_last)
+
+
 def embed_paths(model: torch.nn.Module, paths: Sequence[Path], img_size: int | None = None,
                 on_bad_image: str = "fail", runtime: RuntimeConfig | None = None,
                 progress: bool = True) -> Embeddings:
-    """Descriptors of ``paths`` (names are file stems, e.g. Q00000), run as ``runtime`` says.
+    """Descriptors of ``paths`` in memory (names are file stems, e.g. Q00000), run as ``runtime`` says.
 
     ``runtime`` (params.yaml's section; default: its defaults): device,
     precision (autocast; auto: bf16/fp16 on a GPU, fp32 on the CPU),
     channels_last, compile (a one-off compile, then faster batches; the last
     batch is padded so no second graph is compiled), decode (see
     :mod:`embedlab.data.decode`), loader workers and ``inference_batch_size``.
-    The loader is iterated once, so its workers are never kept alive between passes.
+    For sets too large to hold, :func:`embed_to_file` writes chunk by chunk.
     """
-    runtime = runtime or RuntimeConfig()
-    batch_size, compile, device = runtime.inference_batch_size, runtime.compile, runtime.device
-    dev = torch_device(device)
-    size = img_size or model.spec.img_size
-    dtype = autocast_dtype(runtime.precision, dev)
-    decode_dev = resolve_decode(runtime.decode, dev)
-    options = runtime_loader_options(runtime, keep_workers=False)
-    workers = options["num_workers"]
-    was_channels_last = getattr(model, "channels_last", None)
-    if was_channels_last is not None:
-        model.use_channels_last(runtime.channels_last)
-    model.to(dev)
-    forward = torch.compile(model, dynamic=False) if compile else model
-    loader = DataLoader(
-        ImageFiles(paths, size, on_bad_image, encoded=decode_dev is not None),
-        batch_size=batch_size,
-        collate_fn=_collate,
-        **options,
-    )
-    names: list[str] = []
-    kept_all: list[int] = []
-    chunks: list[np.ndarray] = []
-    pending: list[torch.Tensor] = []
-    skipped: list[Path] = []
+    plan = _Plan.of(model, img_size, runtime or RuntimeConfig())
     start = time.perf_counter()
-    try:
-        with eval_mode(model):
-            for batch in tqdm(loader, desc="embed", unit="batch", disable=not progress, leave=False):
-                images, kept, bad = _device_images(batch, paths, size, on_bad_image, dev, decode_dev)
-                skipped.extend(Path(paths[i]) for i in bad)
-                if images is None:
-                    continue
-                n = images.shape[0]
-                if compile and n < batch_size:  # one graph for every batch: pad the short last one
-                    images = torch.cat([images, images.new_zeros((batch_size - n, *images.shape[1:]))])
-                with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                    vectors = forward(images)
-                pending.append(vectors[:n].float())
-                if len(pending) >= _FLUSH_EVERY:
-                    chunks.append(torch.cat(pending).cpu().numpy())
-                    pending = []
-                names.extend(Path(paths[i]).stem for i in kept)
-                kept_all.extend(kept)
-            if pending:
-                chunks.append(torch.cat(pending).cpu().numpy())
-    finally:
-        if was_channels_last is not None:
-            model.use_channels_last(was_channels_last)
+    chunks = list(_embedding_chunks(model, paths, plan, on_bad_image, progress))
     seconds = time.perf_counter() - start
-    dim = model.descriptor_dim
-    vectors = np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float32)
-    settings = {"device": str(dev), "precision": {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype],
-                "decode": "cpu" if decode_dev is None else "gpu", "num_workers": workers, "compile": compile}
-    return Embeddings(names, np.ascontiguousarray(vectors, dtype=np.float32), skipped, kept_all, seconds, settings)
+    vectors = (np.concatenate([c.vectors for c in chunks]) if chunks
+               else np.zeros((0, model.descriptor_dim), np.float32))
+    return Embeddings([n for c in chunks for n in c.names], np.ascontiguousarray(vectors, dtype=np.float32),
+                      [Path(paths[i]) for c in chunks for i in c.skipped], [i for c in chunks for i in c.kept],
+                      seconds, plan.settings())
+
+
+def embed_to_file(model: torch.nn.Module, paths: Sequence[Path], out: str | Path, img_size: int | None = None,
+                  on_bad_image: str = "fail", runtime: RuntimeConfig | None = None,
+                  progress: bool = True) -> Embeddings:
+    """Embed ``paths`` into the h5 ``out`` chunk by chunk (:mod:`embedlab.descriptor_chunks`).
+
+    Memory holds one chunk of descriptors, whatever the number of images; a run
+    killed part-way resumes after its last complete chunk when rerun with the
+    same images, weights, image size and precision. The returned Embeddings
+    hold the names, skipped paths and settings, not the vectors (read ``out``).
+    """
+    out = Path(out)
+    paths = list(paths)
+    check_names(out, paths)
+    plan = _Plan.of(model, img_size, runtime or RuntimeConfig())
+    parts = ChunkedDescriptors(out, {"images": images_digest(paths), "count": len(paths),
+                                     "weights": weights_digest(model), "img_size": plan.size,
+                                     "precision": plan.precision})
+    start, resumed_after = time.perf_counter(), parts.resume()
+    for chunk in _embedding_chunks(model, paths, plan, on_bad_image, progress, resumed_after):
+        parts.write(chunk)
+    seconds = time.perf_counter() - start
+    rows, skipped = parts.finish(len(paths), model.descriptor_dim)
+    return Embeddings([], np.zeros((0, model.descriptor_dim), np.float32), [Path(paths[i]) for i in skipped],
+                      [], seconds, {**plan.settings(), "vectors": rows, "resumed_after": resumed_after})
 
 
 def embed_folder(checkpoint: str | Path, images: str | Path, out: str | Path, img_size: int | None = None,
                  on_bad_image: str = "fail", runtime: RuntimeConfig | None = None, progress: bool = True) -> dict:
-    """Embed every image of ``images`` with ``checkpoint`` and write ``out`` (h5)."""
+    """Embed every image of ``images`` with ``checkpoint`` and write ``out`` (h5), resumably."""
     start = time.perf_counter()
     model = load_descriptor_model(checkpoint)
-    result = embed_paths(model, list_images(images), img_size, on_bad_image, runtime, progress)
-    write_descriptors(out, result.names, result.vectors)
+    paths = list_images(images)
+    result = embed_to_file(model, paths, out, img_size, on_bad_image, runtime, progress)
     for path in result.skipped:
         log.warning("skipped unreadable image %s", path)
     seconds = time.perf_counter() - start
+    settings = dict(result.settings)
+    rows = settings.pop("vectors")
     return {
         "out": str(out),
-        "images": len(result.names),
+        "images": rows,
         "skipped": len(result.skipped),
-        "dim": int(result.vectors.shape[1]),
-        **result.settings,
+        "dim": int(model.descriptor_dim),
+        **settings,  # resumed_after: images a killed earlier run had embedded already
         "seconds": round(seconds, 3),  # the whole call: model loading, embedding, writing the h5
         "embed_seconds": round(result.seconds, 3),  # the loader + model loop alone
-        "images_per_s": round(len(result.names) / max(seconds, 1e-9), 1),
+        "images_per_s": round((len(paths) - settings["resumed_after"]) / max(seconds, 1e-9), 1),
     }

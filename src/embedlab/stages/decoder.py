@@ -37,8 +37,7 @@ from embedlab.evaluation.decoder_cosine import (
     cosine_stats,
     decoded_cosines,
     format_stats,
-    impostor_scores,
-    threshold_at_fmr,
+    impostor_threshold,
     write_control_grid,
 )
 from embedlab.stages.lifecycle import Monitor, TrainingStage, run_stage
@@ -141,7 +140,7 @@ class DecoderInputs:
         if cfg.threshold is not None:
             return cfg.threshold
         if cfg.fmr not in self._thresholds:
-            self._thresholds[cfg.fmr] = threshold_at_fmr(impostor_scores(self.train), cfg.fmr)
+            self._thresholds[cfg.fmr] = impostor_threshold(self.train, cfg.fmr)[0]
         return self._thresholds[cfg.fmr]
 
     @classmethod

@@ -43,6 +43,7 @@ from embedlab.models.checkpoints import (
 )
 from embedlab.models.compiled import compiled_trunk
 from embedlab.stages.reports import write_stage_reports
+from embedlab.code_deps import stage_code
 from embedlab.digests import fingerprint
 from embedlab.stages.run_state import OutputFolders, RunState, open_run_dir, scores_before
 
@@ -203,8 +204,11 @@ def run_stage(stage: TrainingStage, params: Params, callbacks: Sequence[pl.Callb
 
 def stage_fingerprint(stage: TrainingStage, params: Params) -> str:
     """What must match for a re-run to resume or re-evaluate: seed, data version, the stage's
-    model-shaping settings and input files, the code. The runtime section is not part of it."""
-    return fingerprint([params.seed, tracking.dvc_data_hash(), stage.settings(params)], stage.inputs(params))
+    model-shaping settings and input files, the code it runs (code_deps: the files DVC depends on
+    too). The runtime section is not part of it."""
+    module = next(c.__module__ for c in type(stage).__mro__ if c.__module__.startswith("embedlab.stages."))
+    return fingerprint([params.seed, tracking.dvc_data_hash(), stage.settings(params)], stage.inputs(params),
+                       code=stage_code(module))
 
 
 def _fit(stage: TrainingStage, module: pl.LightningModule, params: Params, run_id: str | None,

@@ -1,0 +1,69 @@
+"""File paths for DataLoader datasets in two numpy arrays, so that worker memory does not grow with the data.
+
+A list of a million ``Path`` objects costs its workers about 365 MB each:
+every access touches an object's reference count, fork's copy-on-write
+then copies the page holding it, and in time each worker holds its own
+copy of the whole list. A :class:`PathTable` keeps the paths as one UTF-8
+byte buffer and one offset array. The items are not Python objects, nothing
+writes to those pages, and the workers share them with the parent.
+``benchmarks/path_memory.py`` measures both side by side.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable, Sequence, overload
+
+import numpy as np
+
+
+class PathTable(Sequence[Path]):
+    """An immutable sequence of paths; ``table[i]`` is a fresh ``Path``."""
+
+    def __init__(self, paths: Iterable[str | os.PathLike]) -> None:
+        encoded = [os.fsencode(p) for p in paths]
+        self._offsets = np.zeros(len(encoded) + 1, np.int64)
+        np.cumsum(np.fromiter((len(e) for e in encoded), np.int64, len(encoded)), out=self._offsets[1:])
+        self._bytes = np.frombuffer(b"".join(encoded), np.uint8)
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    @overload
+    def __getitem__(self, index: int) -> Path: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> "PathTable": ...
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            start, stop, step = index.indices(len(self))
+            if step != 1:
+                return PathTable(self[i] for i in range(start, stop, step))
+            part = PathTable(())  # a contiguous run: views of the same buffers, no copy
+            stop = max(start, stop)
+            part._offsets = self._offsets[start:stop + 1] - self._offsets[start]
+            part._bytes = self._bytes[self._offsets[start]:self._offsets[stop]]
+            return part
+        n = len(self)
+        i = int(index) + n if index < 0 else int(index)
+        if not 0 <= i < n:
+            raise IndexError(f"path index {index} out of range for {n} paths")
+        return Path(os.fsdecode(self._bytes[self._offsets[i]:self._offsets[i + 1]].tobytes()))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, PathTable):
+            return np.array_equal(self._offsets, other._offsets) and np.array_equal(self._bytes, other._bytes)
+        return isinstance(other, Sequence) and len(other) == len(self) and all(
+            Path(a) == b for a, b in zip(other, self))
+
+    __hash__ = None  # mutable-looking equality; tables are compared, not hashed
+
+    def __repr__(self) -> str:
+        return f"PathTable({len(self)} paths)"
+
+
+def path_table(paths: Sequence[str | os.PathLike] | PathTable) -> PathTable:
+    """``paths`` as a PathTable (a table is used as it is: no copy)."""
+    return paths if isinstance(paths, PathTable) else PathTable(paths)
