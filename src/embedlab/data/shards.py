@@ -1,0 +1,205 @@
+"""A sharded image store: tar shards of about 10k images and one index, read by index in any order.
+
+::
+
+    <root>/store.json            {"format": "embedlab-shards/1", "count": N, "shards": [...]}
+    <root>/index.npz             keys (bytes), shard (int32), offset (int64), size (int64): one row per image
+    <root>/shard-000000.tar      plain POSIX tar, members "<key><suffix>" in index order
+    <root>/shard-000000.keys.npy the shard's own part of the index (the writer resumes from these)
+
+Millions of images become hundreds of files, so DVC hashes and links
+hundreds of files per set, not millions. A shard is an ordinary tar
+(``tar tf``/``tar xf`` read it; webdataset reads it as a stream). The index
+gives each image's byte range, so an image is one ``pread`` whatever the
+access order (P×K sampling, DDP samplers). Before returning an image, the
+reader checks the tar header in front of it against the index.
+
+Writing is resumable: a shard is written under a temporary name and renamed
+when complete, with its index part beside it. A rerun skips the complete
+shards and rewrites the partial one. The shards depend only on the order
+of the items, so the same items give the same bytes whatever produced them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from embedlab.atomic import atomic_path, write_json_atomic
+
+FORMAT = "embedlab-shards/1"
+SHARD_SIZE = 10_000
+_BLOCK = 512  # tar's header and padding unit
+
+
+class StoreError(ValueError):
+    """A store that is missing, incomplete or does not match its index; the message names the file."""
+
+
+def _shard_name(number: int) -> str:
+    return f"shard-{number:06d}.tar"
+
+
+def _tar_member(key: str, data: bytes) -> tarfile.TarInfo:
+    # Fixed metadata: the bytes of a shard depend on its items only (not on time, user or machine).
+    info = tarfile.TarInfo(key)
+    info.size, info.mtime, info.mode, info.uname, info.gname = len(data), 0, 0o644, "", ""
+    return info
+
+
+class ShardWriter:
+    """Writes ``(key, bytes)`` items, in the order given, into a store at ``root``.
+
+    ``resume()`` tells how many items the complete shards of an earlier run
+    already hold; the caller skips those and passes the rest to ``write``.
+    """
+
+    def __init__(self, root: str | Path, suffix: str = ".jpg", shard_size: int = SHARD_SIZE) -> None:
+        self.root, self.suffix, self.shard_size = Path(root), suffix, shard_size
+
+    def _complete_shards(self) -> list[int]:
+        numbers = []
+        while (self.root / _shard_name(len(numbers))).is_file() and self._keys_file(len(numbers)).is_file():
+            numbers.append(len(numbers))
+        return numbers
+
+    def _keys_file(self, number: int) -> Path:
+        return self.root / f"shard-{number:06d}.keys.npy"
+
+    def resume(self) -> int:
+        """Items already written in complete shards (0 for a new store); partial shards are discarded."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        for stray in self.root.glob(".shard-*"):  # a shard being written when the run was killed
+            stray.unlink()
+        return sum(len(np.load(self._keys_file(n))) for n in self._complete_shards())
+
+    def write(self, items: Iterable[tuple[str, bytes]]) -> dict:
+        """Append ``items`` after what :meth:`resume` found, then write the index; returns store.json."""
+        number = len(self._complete_shards())
+        batch: list[tuple[str, bytes]] = []
+        for item in items:
+            batch.append(item)
+            if len(batch) == self.shard_size:
+                self._write_shard(number, batch)
+                number, batch = number + 1, []
+        if batch:
+            self._write_shard(number, batch)
+        return self._write_index()
+
+    def _write_shard(self, number: int, items: list[tuple[str, bytes]]) -> None:
+        keys = []
+        with atomic_path(self.root / _shard_name(number)) as tmp:
+            with open(tmp, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+                for key, data in items:
+                    if not key or "/" in key or not key.isascii() or len(key + self.suffix) > 100:
+                        raise StoreError(f"{self.root}: image key {key!r} must be a short ASCII name without '/'")
+                    tar.addfile(_tar_member(key + self.suffix, data), io.BytesIO(data))
+                    keys.append(key)
+        # Written after the shard's rename: its presence marks the shard complete. Offsets and sizes come
+        # from the tar headers when the index is written.
+        np.save(self._keys_file(number), np.array([k.encode() for k in keys], dtype=bytes), allow_pickle=False)
+
+    def _write_index(self) -> dict:
+        shards = self._complete_shards()
+        keys, shard, offset, size = [], [], [], []
+        for number in shards:
+            with tarfile.open(self.root / _shard_name(number)) as tar:
+                members = tar.getmembers()
+            expected = np.load(self._keys_file(number))
+            names = [m.name.removesuffix(self.suffix).encode() for m in members]
+            if names != expected.tolist():
+                raise StoreError(f"{self.root / _shard_name(number)}: its members do not match "
+                                 f"{self._keys_file(number).name}")
+            keys.extend(names)
+            shard.extend([number] * len(members))
+            offset.extend(m.offset_data for m in members)
+            size.extend(m.size for m in members)
+        key_array = np.array(keys, dtype=bytes) if keys else np.zeros(0, "S1")
+        if len(np.unique(key_array)) != len(key_array):
+            raise StoreError(f"{self.root}: the same image key appears twice")
+        with atomic_path(self.root / "index.npz") as tmp, open(tmp, "wb") as f:
+            np.savez(f, keys=key_array, shard=np.array(shard, np.int32), offset=np.array(offset, np.int64),
+                     size=np.array(size, np.int64))
+        manifest = {"format": FORMAT, "count": len(key_array), "suffix": self.suffix,
+                    "shards": [_shard_name(n) for n in shards]}
+        write_json_atomic(self.root / "store.json", manifest)
+        return manifest
+
+
+def write_store(root: str | Path, items: Iterable[tuple[str, bytes]], suffix: str = ".jpg",
+                shard_size: int = SHARD_SIZE) -> dict:
+    """Write (or finish) a store from ``items``, skipping those an earlier, killed run already wrote."""
+    writer = ShardWriter(root, suffix, shard_size)
+    done = writer.resume()
+    remaining = iter(items)
+    for _ in range(done):
+        next(remaining)
+    return writer.write(remaining)
+
+
+class ImageStore:
+    """Read-only access to a store: ``store[i]`` is the bytes of image ``i``; ``store.keys[i]`` its key.
+
+    Memory: the index arrays (about 40 bytes per image), shared by forked
+    DataLoader workers. Each process opens the shards it reads on first use.
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        manifest_path = self.root / "store.json"
+        if not manifest_path.is_file():
+            raise StoreError(f"{manifest_path}: not found (is {self.root} an image store?)")
+        try:
+            self.manifest = json.loads(manifest_path.read_text())
+            with np.load(self.root / "index.npz") as index:
+                self.keys, self._shard = index["keys"], index["shard"]
+                self._offset, self._size = index["offset"], index["size"]
+        except (OSError, ValueError, KeyError) as err:
+            raise StoreError(f"{self.root}: unreadable store.json or index.npz ({err})") from err
+        if self.manifest.get("format") != FORMAT or self.manifest.get("count") != len(self.keys):
+            raise StoreError(f"{manifest_path}: format {self.manifest.get('format')!r} with "
+                             f"{self.manifest.get('count')} images, index.npz has {len(self.keys)}")
+        self.suffix = self.manifest["suffix"]
+        self._files: dict[int, int] = {}
+        self._pid = os.getpid()
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def key(self, index: int) -> str:
+        return self.keys[index].decode()
+
+    def _fd(self, shard: int) -> int:
+        if self._pid != os.getpid():  # a forked worker: its own descriptors
+            self._files, self._pid = {}, os.getpid()
+        if shard not in self._files:
+            path = self.root / self.manifest["shards"][shard]
+            try:
+                self._files[shard] = os.open(path, os.O_RDONLY)
+            except OSError as err:
+                raise StoreError(f"{path}: cannot open shard ({err.strerror})") from err
+        return self._files[shard]
+
+    def __getitem__(self, index: int) -> bytes:
+        shard, offset, size = int(self._shard[index]), int(self._offset[index]), int(self._size[index])
+        header_and_data = os.pread(self._fd(shard), _BLOCK + size, offset - _BLOCK)
+        path = self.root / self.manifest["shards"][shard]
+        if len(header_and_data) != _BLOCK + size:
+            raise StoreError(f"{path}: truncated, image {index} ({self.key(index)}) ends past the end of the file")
+        name = header_and_data[:100].rstrip(b"\0").decode("ascii", "replace")
+        if name != self.key(index) + self.suffix:
+            raise StoreError(f"{path}: the index says image {index} is {self.key(index)}{self.suffix} "
+                             f"at byte {offset}, the shard holds {name!r} there")
+        return header_and_data[_BLOCK:]
+
+    def __iter__(self) -> Iterator[bytes]:
+        return (self[i] for i in range(len(self)))
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_files": {}}  # descriptors do not cross processes

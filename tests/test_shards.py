@@ -1,0 +1,101 @@
+"""The sharded image store: random access by index, resumable writing, and clear errors on damaged shards."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from torch.utils.data import DataLoader
+
+from embedlab.data.shards import ImageStore, StoreError, write_store
+
+
+def _photos(tiny_demo: Path) -> list[Path]:
+    return sorted((tiny_demo / "disc" / "reference").glob("*.jpg")) + sorted((tiny_demo / "disc" / "query").glob("*.jpg"))
+
+
+def _items(paths):
+    return ((p.stem, p.read_bytes()) for p in paths)
+
+
+class _Lengths:
+    def __init__(self, store: ImageStore) -> None:
+        self.store = store
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def __getitem__(self, i: int) -> tuple[int, int]:
+        return i, len(self.store[i])
+
+
+def test_images_come_back_byte_for_byte_by_index_in_any_order_and_through_workers(tmp_path, tiny_demo):
+    photos = _photos(tiny_demo)
+    manifest = write_store(tmp_path / "store", _items(photos), shard_size=16)
+    assert manifest["count"] == len(photos) and len(manifest["shards"]) == -(-len(photos) // 16)
+    store = ImageStore(tmp_path / "store")
+    for i in np.random.default_rng(0).permutation(len(photos)):
+        assert store.key(i) == photos[i].stem and store[i] == photos[i].read_bytes()
+    # Forked DataLoader workers open their own shard files.
+    sizes = {int(i): int(n) for batch in DataLoader(_Lengths(store), batch_size=7, num_workers=2)
+             for i, n in zip(*batch)}
+    assert sizes == {i: p.stat().st_size for i, p in enumerate(photos)}
+    # A shard is a plain tar: standard tools list it.
+    listed = subprocess.run(["tar", "tf", str(tmp_path / "store" / manifest["shards"][1])], capture_output=True,
+                            text=True, check=True).stdout.split()
+    assert listed == [p.stem + ".jpg" for p in photos[16:32]]
+
+
+_KILLED_WRITER = r"""
+import os, signal, sys
+from pathlib import Path
+from embedlab.data.shards import write_store
+paths = [Path(p) for p in sys.argv[2:]]
+def items():
+    for n, p in enumerate(paths):
+        if n == 40:  # in the middle of the third shard
+            os.kill(os.getpid(), signal.SIGKILL)
+        yield p.stem, p.read_bytes()
+write_store(sys.argv[1], items(), shard_size=16)
+"""
+
+
+def test_a_killed_writer_run_again_completes_without_a_partial_shard_and_the_same_bytes(tmp_path, tiny_demo):
+    photos = _photos(tiny_demo)[:60]
+    killed = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(tmp_path / "killed"), *map(str, photos)])
+    assert killed.returncode == -9
+    left = sorted(p.name for p in (tmp_path / "killed").iterdir())
+    assert "store.json" not in left and "shard-000001.tar" in left and "shard-000002.tar" not in left
+
+    write_store(tmp_path / "killed", _items(photos), shard_size=16)
+    write_store(tmp_path / "whole", _items(photos), shard_size=16)
+    assert sorted(p.name for p in (tmp_path / "killed").iterdir()) == sorted(
+        p.name for p in (tmp_path / "whole").iterdir())  # the partial shard's temporary file is gone
+    for shard in sorted((tmp_path / "whole").glob("shard-*.tar")):
+        assert (tmp_path / "killed" / shard.name).read_bytes() == shard.read_bytes()
+    store = ImageStore(tmp_path / "killed")
+    assert [store[i] for i in range(len(store))] == [p.read_bytes() for p in photos]
+
+
+def test_damaged_stores_are_refused_naming_the_file(tmp_path, tiny_demo):
+    photos = _photos(tiny_demo)[:40]
+    write_store(tmp_path / "s", _items(photos), shard_size=16)
+    with pytest.raises(StoreError, match=r"store\.json: not found"):
+        ImageStore(tmp_path)
+    shard = tmp_path / "s" / "shard-000001.tar"
+    data = shard.read_bytes()
+    shard.write_bytes(data[:len(data) // 2])  # truncated: the last images end past the end of the file
+    store = ImageStore(tmp_path / "s")
+    with pytest.raises(StoreError, match=r"shard-000001\.tar: truncated, image 31"):
+        store[31]
+    # Shards swapped: the index no longer matches what the shard holds.
+    shard.write_bytes((tmp_path / "s" / "shard-000000.tar").read_bytes())
+    with pytest.raises(StoreError, match=r"shard-000001\.tar: the index says image 16 is .* the shard holds"):
+        ImageStore(tmp_path / "s")[16]
+    with pytest.raises(StoreError, match="appears twice"):
+        write_store(tmp_path / "dup", [("a", b"1"), ("a", b"2")])
+    with pytest.raises(StoreError, match="short ASCII name"):
+        write_store(tmp_path / "bad", [("a/b", b"1")])
