@@ -217,6 +217,16 @@ def cmd_report(args) -> None:
     print(results_report(_params(args), markdown=args.markdown))
 
 
+def cmd_import(args) -> None:
+    from embedlab.data.disc21_import import import_disc21
+
+    params = _params(args)
+    out = args.out or params.data.disc
+    print(json.dumps(import_disc21(args.src, out, queries=args.queries,
+                                   on_bad_image=args.on_bad_image or params.data.on_bad_image,
+                                   link="copy" if args.copy else "hardlink"), indent=2))
+
+
 def cmd_code_deps(args) -> None:
     from embedlab.code_deps import write_code_deps
 
@@ -374,6 +384,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("ensemble", cmd_ensemble, "score the concatenated descriptors of trained models, before and after "
                 "post-processing", "embedlab ensemble --members drip/s3 gem/big")
     p.add_argument("--members", nargs="+", help="<stage>/<name> of trained models (default: evaluate.ensemble)")
+    p = command("import", cmd_import, "check a published data set as downloaded and link it into the project's "
+                "layout (disc21: the train / references / queries folders and the ground-truth CSV)",
+                "embedlab import disc21 ~/downloads/disc21 --out data/raw/disc")
+    p.add_argument("kind", choices=("disc21",), help="the published data set")
+    p.add_argument("src", help="the download's folder, as unpacked")
+    p.add_argument("--out", type=o_str, help="the project's layout (default: data.disc)")
+    p.add_argument("--queries", choices=("dev", "final"), default="dev",
+                   help="which query set and ground truth: dev (default) or final")
+    p.add_argument("--on-bad-image", type=o_str, help="fail | skip (default: data.on_bad_image)")
+    p.add_argument("--copy", action="store_true", help="copy the images instead of hard-linking them")
     p = command("code-deps", cmd_code_deps, "write each DVC stage's code files and digests (what dvc.yaml's "
                 "stages depend on instead of the whole package)", "embedlab code-deps --out reports/code",
                 params=False)

@@ -147,6 +147,24 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
         raise BadImageError(path, f"cannot convert colour mode {img.mode!r} to RGB ({exc})") from exc
 
 
+def decode_problem(path: str | os.PathLike) -> str | None:
+    """None when ``path`` decodes, else why not. JPEGs are decoded at 1/8 scale: fast, and it still reads
+    the whole file, so truncation shows (a check of many files; training decodes with :func:`load_rgb`)."""
+    _ensure_truncation_is_an_error()
+    try:
+        with Image.open(path) as img:
+            if img.format == "JPEG":
+                img.draft("RGB", (max(img.width // 8, 1), max(img.height // 8, 1)))
+                img.load()
+                return None
+        load_rgb(path)
+        return None
+    except BadImageError as err:
+        return err.reason or str(err)
+    except Exception as err:  # whatever Pillow raises for a broken file
+        return f"{type(err).__name__}: {err}"
+
+
 def check_on_bad_image(on_bad_image: str) -> str:
     """Validate an ``on_bad_image`` setting; return it."""
     if on_bad_image not in ON_BAD_IMAGE:

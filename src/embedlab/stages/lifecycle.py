@@ -182,7 +182,10 @@ def run_stage(stage: TrainingStage, params: Params, callbacks: Sequence[pl.Callb
             _fit(stage, module, params, run_id, resume_from, callbacks)
         history_metric = stage.monitor.metric if stage.monitor else "val_loss"
         history = tracking.epoch_history(run_id, history_metric)
-        summary = {**stage.describe(history), "epochs": len(history),
+        # Epochs trained: the checkpoint's count. Lightning writes the checkpoint before it logs the epoch's
+        # metrics, so a kill between the two leaves the logged history one epoch short.
+        epochs = checkpoint_epoch(last_ckpt) + 1 if last_ckpt.is_file() else len(history)
+        summary = {**stage.describe(history), "epochs": epochs,
                    "train_loss": history[-1][1] if history else None, **(before or {})}
         model_path = export_descriptor_model(module.model, out_dir / stage.export_name)
         if evaluate_after:

@@ -1,0 +1,149 @@
+"""``embedlab import disc21``: the published DISC21 download, as it unpacks, into the project's DISC layout.
+
+The download's folder and file names differ between its distributions, and
+none is the project's ``training/ reference/ query/ ground_truth.csv``
+(:mod:`embedlab.data.disc`). The importer finds each part under the names
+the distributions use (:data:`PARTS`), checks it, and links the images into
+the project's layout. Links cost no space, and the download stays as it was.
+
+What is checked:
+- ids: T000000, R000000 and Q00000 names, each once (``T000001.jpg`` beside
+  ``T000001.png`` is refused);
+- every image decodes (:func:`embedlab.images.decode_problem`): JPEGs at
+  1/8 scale, which still reads the whole file, so truncation shows. This
+  runs on every core. A bad image fails the import naming it, or with
+  ``on_bad_image: skip`` is left out and counted, with its ground-truth pairs;
+- the ground truth: its header, and its query and reference ids among the
+  images. An empty reference id marks a distractor query with no match.
+
+Nothing is written until every check has passed. The layout is built in a
+temporary folder beside ``out`` and renamed into place, and an existing,
+non-empty ``out`` is refused.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from embedlab.data.disc import GT_COLUMNS, DiscLayout, read_ground_truth
+from embedlab.images import check_on_bad_image, decode_problem, is_image_file
+
+# Each part of the layout, the names it has in the distributions (first found wins), its id pattern.
+PARTS = {
+    "training": (("train", "training", "training_images", "images/train", "images/training"), r"T\d{6}"),
+    "reference": (("references", "reference", "reference_images", "images/references", "images/reference"),
+                  r"R\d{6}"),
+    "query": (("dev_queries", "queries", "query", "query_images", "images/queries", "images/dev_queries"),
+              r"Q\d{5}"),
+}
+FINAL_QUERIES = ("final_queries", "images/final_queries")
+GROUND_TRUTH = ("public_ground_truth.csv", "dev_ground_truth.csv", "ground_truth.csv", "gt.csv",
+                "list_files/public_ground_truth.csv")
+FINAL_GROUND_TRUTH = ("final_ground_truth.csv", "list_files/final_ground_truth.csv")
+
+
+class Disc21ImportError(ValueError):
+    """The download is incomplete or inconsistent; the message names the file or folder."""
+
+
+@dataclass
+class Found:
+    folder: Path
+    images: list[Path]
+
+
+def _first(src: Path, names: tuple[str, ...], what: str, is_dir: bool = True) -> Path:
+    for name in names:
+        path = src / name
+        if path.is_dir() if is_dir else path.is_file():
+            return path
+    raise Disc21ImportError(f"{src}: no {what} found (looked for {', '.join(names)})")
+
+
+def _images(folder: Path, pattern: str) -> list[Path]:
+    images = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and is_image_file(p))
+    if not images:
+        raise Disc21ImportError(f"{folder}: no images")
+    by_id: dict[str, Path] = {}
+    for path in images:
+        if not re.fullmatch(pattern, path.stem):
+            raise Disc21ImportError(f"{path}: not a DISC21 id (expected names like {pattern})")
+        if path.stem in by_id:
+            raise Disc21ImportError(f"{folder}: image id {path.stem} appears twice ({by_id[path.stem].name}, "
+                                    f"{path.name})")
+        by_id[path.stem] = path
+    return images
+
+
+def _bad_images(paths: list[Path], workers: int) -> dict[Path, str]:
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        problems = pool.map(decode_problem, paths, chunksize=256)
+        return {path: problem for path, problem in zip(paths, problems) if problem is not None}
+
+
+def import_disc21(src: str | Path, out: str | Path, queries: str = "dev", on_bad_image: str = "fail",
+                  link: str = "hardlink", workers: int | None = None) -> dict:
+    """Check the download at ``src`` and write the project's DISC layout at ``out``; returns a summary."""
+    src, out = Path(src), Path(out)
+    check_on_bad_image(on_bad_image)
+    if not src.is_dir():
+        raise Disc21ImportError(f"{src}: not a folder")
+    if out.exists() and any(out.iterdir()):
+        raise Disc21ImportError(f"{out}: exists and is not empty; import into a new folder")
+    folders = {part: _first(src, names, f"{part} images") for part, (names, _) in PARTS.items()}
+    gt_names = GROUND_TRUTH
+    if queries == "final":
+        folders["query"], gt_names = _first(src, FINAL_QUERIES, "final query images"), FINAL_GROUND_TRUTH
+    ground_truth = _first(src, gt_names, "ground-truth CSV", is_dir=False)
+    found = {part: _images(folder, PARTS[part][1]) for part, folder in folders.items()}
+
+    every = [p for images in found.values() for p in images]
+    bad = _bad_images(every, workers or os.cpu_count() or 1)
+    if bad and on_bad_image == "fail":
+        path, problem = next(iter(sorted(bad.items())))
+        raise Disc21ImportError(f"{path}: unreadable image ({problem}); {len(bad)} unreadable in all "
+                                "(on_bad_image: skip leaves them out)")
+    kept = {part: [p for p in images if p not in bad] for part, images in found.items()}
+    pairs = read_ground_truth(ground_truth, query_ids=[p.stem for p in found["query"]],
+                              reference_ids=[p.stem for p in found["reference"]])
+    # A skipped image is not part of the imported set: its pairs go with it (and are counted).
+    gone = {p.stem for p in bad}
+    kept_pairs = [(q, r) for q, r in pairs if q not in gone and r not in gone]
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        layout = DiscLayout(staging)
+        for part, target in (("training", layout.training_dir), ("reference", layout.reference_dir),
+                             ("query", layout.query_dir)):
+            target.mkdir()
+            for path in kept[part]:
+                _place(path, target / path.name, link)
+        rows = [",".join(GT_COLUMNS)] + [f"{q},{r}" for q, r in kept_pairs]
+        layout.ground_truth_csv.write_text("\n".join(rows) + "\n")
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return {"out": str(out), **{part: len(images) for part, images in kept.items()},
+            "ground_truth_pairs": len(kept_pairs), "skipped": len(bad),
+            "pairs_of_skipped_images": len(pairs) - len(kept_pairs),
+            "sources": {part: str(folder) for part, folder in folders.items()} | {"ground_truth": str(ground_truth)}}
+
+
+def _place(source: Path, target: Path, link: str) -> None:
+    if link == "hardlink":
+        try:
+            os.link(source, target)
+            return
+        except OSError:  # another filesystem: copy
+            pass
+    shutil.copy2(source, target)
