@@ -173,9 +173,15 @@ def epoch_logger(run_id: str | None):
 
 
 def metric_values(run_id: str, name: str) -> list[float]:
-    """A metric's values in step order, from MLflow: complete across a resumed run."""
-    history = MlflowClient().get_metric_history(run_id, name)
-    return [m.value for m in sorted(history, key=lambda m: m.step)]
+    """A metric's values in step order, from MLflow: complete across a resumed run.
+
+    One value per step, the last logged: an epoch whose metrics were logged but whose checkpoint a kill
+    prevented runs again on resume and logs the same steps a second time."""
+    latest: dict[int, tuple[int, float]] = {}
+    for m in MlflowClient().get_metric_history(run_id, name):
+        if m.step not in latest or m.timestamp >= latest[m.step][0]:
+            latest[m.step] = (m.timestamp, m.value)
+    return [latest[step][1] for step in sorted(latest)]
 
 
 def epoch_history(run_id: str, val_metric: str) -> list[tuple[int, float, float]]:
