@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from embedlab.atomic import atomic_path, write_json_atomic
-from embedlab.descriptors import DescriptorFileError
+from embedlab.descriptors import DescriptorFileError, non_finite_rows
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ class ChunkedDescriptors:
 
     def write(self, chunk: Chunk) -> None:
         vectors = np.ascontiguousarray(chunk.vectors, dtype=np.float32)
-        bad = np.count_nonzero(~np.isfinite(vectors).all(axis=1)) if vectors.size else 0
+        bad = non_finite_rows(vectors)
         if bad:
             raise DescriptorFileError(self.out, f"{bad} vectors of images {chunk.start}-{chunk.stop - 1} contain NaN "
                                                 "or infinite values (the model's output): nothing written")

@@ -38,7 +38,8 @@ def _decode_names(raw: np.ndarray) -> list[str]:
     return [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in raw.tolist()]
 
 
-def _non_finite_rows(vectors: np.ndarray) -> int:
+def non_finite_rows(vectors: np.ndarray) -> int:
+    """Rows of ``vectors`` holding NaN or infinite values."""
     return int(np.count_nonzero(~np.isfinite(vectors).all(axis=1))) if vectors.size else 0
 
 
@@ -49,7 +50,7 @@ def _validate(path: str | os.PathLike, names: list[str], vectors: np.ndarray) ->
         raise DescriptorFileError(path, f"vectors must be real numbers, got dtype {vectors.dtype}")
     if len(names) != vectors.shape[0]:
         raise DescriptorFileError(path, f"{len(names)} image names for {vectors.shape[0]} vectors")
-    bad_rows = _non_finite_rows(vectors)
+    bad_rows = non_finite_rows(vectors)
     if bad_rows:
         raise DescriptorFileError(path, f"{bad_rows} of {vectors.shape[0]} vectors contain NaN or infinite values")
     if len(set(names)) != len(names):
@@ -177,7 +178,7 @@ class DescriptorReader:
                 except OSError as err:
                     raise DescriptorFileError(self.path, f"cannot read vectors {start}-{start + rows - 1} "
                                                          f"({err})") from err
-                bad = _non_finite_rows(part) if check else 0
+                bad = non_finite_rows(part) if check else 0
                 if bad:
                     raise DescriptorFileError(self.path, f"{bad} vectors among rows {start}-{start + len(part) - 1} "
                                                          "contain NaN or infinite values")
@@ -189,7 +190,7 @@ class DescriptorReader:
         bad = 0
         for start, part in self.slices(check=False):
             out[start:start + len(part)] = part
-            bad += _non_finite_rows(part)
+            bad += non_finite_rows(part)
         if bad:
             raise DescriptorFileError(self.path, f"{bad} of {len(self)} vectors contain NaN or infinite values")
         return out

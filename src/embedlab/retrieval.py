@@ -9,7 +9,7 @@ matrix products and top-k in torch on the GPU: the same exact results.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator, NamedTuple, Sequence
+from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
@@ -143,18 +143,26 @@ def knn_search(
     for _, part in r.slices():
         index.add(part)
     index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+    return _search_in_batches(q, k, batch_size, progress, lambda batch: index.search(batch, k))
 
+
+def _search_in_batches(q: np.ndarray, k: int, batch_size: int, progress: bool,
+                       search: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """``search`` (a batch of queries -> its scores and indices) over ``q`` in batches of ``batch_size``."""
     scores = np.empty((q.shape[0], k), np.float32)
     indices = np.empty((q.shape[0], k), np.int64)
-    starts = range(0, q.shape[0], batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        starts = tqdm(starts, desc="knn search", unit="batch")
-    for start in starts:
+    for start in _progress(range(0, q.shape[0], batch_size), progress, "batch"):
         stop = min(start + batch_size, q.shape[0])
-        scores[start:stop], indices[start:stop] = index.search(q[start:stop], k)
+        scores[start:stop], indices[start:stop] = search(q[start:stop])
     return scores, indices
+
+
+def _progress(items: Iterable, progress: bool, unit: str, total: int | None = None) -> Iterable:
+    if not progress:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc="knn search", unit=unit, total=total)
 
 
 def _blocked_cpu_search(q: np.ndarray, r: _Rows, k: int, progress: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -166,12 +174,7 @@ def _blocked_cpu_search(q: np.ndarray, r: _Rows, k: int, progress: bool) -> tupl
     faiss = _faiss()
     scores = np.full((q.shape[0], k), -np.inf, np.float32)
     indices = np.full((q.shape[0], k), -1, np.int64)
-    slices = r.slices()
-    if progress:
-        from tqdm.auto import tqdm
-
-        slices = tqdm(slices, desc="knn search", unit="slice", total=r.n_slices)
-    for first, part in slices:
+    for first, part in _progress(r.slices(), progress, "slice", r.n_slices):
         s, i = faiss.knn(q, part, min(k, len(part)), metric=faiss.METRIC_INNER_PRODUCT)
         i = np.where(i >= 0, i + first, -1)
         both_s, both_i = np.concatenate([scores, s], 1), np.concatenate([indices, i], 1)
@@ -205,15 +208,9 @@ def torch_knn_search(
         ref = torch.empty(rows.shape, dtype=torch.float32, device=dev)
         for first, part in rows.slices():
             ref[first:first + len(part)] = torch.from_numpy(part).to(dev)
-        scores = np.empty((q.shape[0], k), np.float32)
-        indices = np.empty((q.shape[0], k), np.int64)
-        starts = range(0, q.shape[0], batch_size)
-        if progress:
-            from tqdm.auto import tqdm
 
-            starts = tqdm(starts, desc="knn search", unit="batch")
-        for start in starts:
-            query = torch.from_numpy(q[start:start + batch_size]).to(dev)
+        def search(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            query = torch.from_numpy(batch).to(dev)
             best_s, best_i = None, None
             for first in range(0, ref.shape[0], reference_block):
                 block = query @ ref[first:first + reference_block].T
@@ -224,9 +221,9 @@ def torch_knn_search(
                 else:
                     s, pick = torch.cat([best_s, s], 1).topk(k, dim=1)
                     best_s, best_i = s, torch.cat([best_i, i], 1).gather(1, pick)
-            scores[start:start + len(query)] = best_s.cpu().numpy()
-            indices[start:start + len(query)] = best_i.cpu().numpy()
-    return scores, indices
+            return best_s.cpu().numpy(), best_i.cpu().numpy()
+
+        return _search_in_batches(q, k, batch_size, progress, search)
 
 
 @contextmanager

@@ -27,7 +27,7 @@ import json
 import os
 import tarfile
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import numpy as np
 
@@ -197,9 +197,6 @@ class ImageStore:
             raise StoreError(f"{path}: the index says image {index} is {self.key(index)}{self.suffix} "
                              f"at byte {offset}, the shard holds {name!r} there")
         return header_and_data[_BLOCK:]
-
-    def __iter__(self) -> Iterator[bytes]:
-        return (self[i] for i in range(len(self)))
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_files": {}}  # descriptors do not cross processes
