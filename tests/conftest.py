@@ -27,7 +27,7 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 TINY_DEMO = DemoDataConfig(seed=1, n_training=32, n_reference=24, n_matched_queries=12, n_distractor_queries=6,
-                           n_imagenet=8, n_frm_faces=0, image_size=64, jpeg_quality=90)
+                           n_imagenet=8, n_frm_faces=4, image_size=64, jpeg_quality=90)
 
 TINY_FACES = FaceDemoConfig(seed=1, n_persons=16, images_per_person=3, fakes_per_person=2, n_test_persons=4,
                             n_test_pairs=24, image_size=32)

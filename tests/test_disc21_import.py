@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from embedlab.data.disc21_import import Disc21ImportError, import_disc21
+from embedlab.images import list_images, read_image_bytes
 
 from conftest import PROJECT, run
 
@@ -27,19 +28,33 @@ def _published(tiny_demo: Path, root: Path) -> Path:
     return root
 
 
+def _same_images(imported: Path, built: Path) -> None:
+    """The same image names with the same bytes, whether ``imported`` holds files or a store."""
+    names = [p.name for p in list_images(built)]
+    assert [p.name for p in list_images(imported)] == names, imported
+    assert all(read_image_bytes(imported / n) == (built / n).read_bytes() for n in names), imported
+
+
 def test_the_published_layout_imports_as_the_demo_builder_writes_it(tmp_path, tiny_demo):
     src = _published(tiny_demo, tmp_path / "download")
     result = run(["embedlab", "import", "disc21", str(src), "--out", str(tmp_path / "disc"),
                   "--params", str(PROJECT / "params.yaml")], tmp_path)
     assert '"skipped": 0' in result.stdout
-    # The demo builder's README.txt and manifest.csv say how its images were made: not part of the layout.
-    compared = filecmp.dircmp(tmp_path / "disc", tiny_demo / "disc", ignore=["README.txt", "manifest.csv"])
+    disc = tmp_path / "disc"
+    assert (disc / "ground_truth.csv").read_text() == (tiny_demo / "disc" / "ground_truth.csv").read_text()
+    for part in ("training", "reference", "query"):
+        _same_images(disc / part, tiny_demo / "disc" / part)
+        # Each part is a store: a few files for DVC to track, not one per image.
+        assert (disc / part / "store.json").is_file() and not list((disc / part).glob("*.jpg"))
+
+    # --images hardlink: loose files, hard links of the download's (no second copy on disk).
+    import_disc21(src, tmp_path / "linked", images="hardlink", workers=1)
+    compared = filecmp.dircmp(tmp_path / "linked", tiny_demo / "disc", ignore=["README.txt", "manifest.csv"])
     assert not compared.left_only and not compared.right_only and not compared.diff_files
     for part in ("training", "reference", "query"):
         sub = compared.subdirs[part]
         assert not sub.left_only and not sub.right_only and not sub.diff_files, part
-    # The images are hard links of the download's: no second copy on disk.
-    one = next((tmp_path / "disc" / "training").iterdir())
+    one = next((tmp_path / "linked" / "training").iterdir())
     assert one.stat().st_ino == (src / "images" / "train" / one.name).stat().st_ino
 
 
@@ -53,7 +68,7 @@ def test_a_bad_download_is_refused_naming_the_file_and_nothing_is_written(tmp_pa
     assert not out.exists() and not list(tmp_path.glob(".disc.*"))
 
     summary = import_disc21(src, out, on_bad_image="skip", workers=2)
-    assert summary["skipped"] == 1 and not (out / "reference" / truncated.name).exists()
+    assert summary["skipped"] == 1 and truncated.name not in {p.name for p in list_images(out / "reference")}
     assert truncated.stem not in (out / "ground_truth.csv").read_text()  # its pairs leave with it
     with pytest.raises(Disc21ImportError, match="exists and is not empty"):
         import_disc21(src, out)

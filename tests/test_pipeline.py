@@ -25,6 +25,10 @@ def tiny_repo(tmp_path: Path, tiny_demo: Path, tiny_faces: Path) -> Path:
                     ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(tiny_demo, repo / "data" / "raw")
     shutil.copytree(tiny_faces, repo / "data" / "raw" / "faces")
+    # The DISC parts and the class folders as image stores (as `embedlab import disc21` writes them):
+    # every stage reads them through the same paths.
+    run(["embedlab", "pack", *(f"data/raw/{part}" for part in ("disc/training", "disc/reference", "disc/query",
+                                                                "imagenet", "frm_faces"))], repo)
     (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params()))
     (repo / ".gitignore").write_text("mlflow.db\nmlruns/\n__pycache__/\n")
     run(["git", "init", "-q"], repo)
@@ -94,6 +98,15 @@ def test_dvc_repro_is_incremental_and_tracks_metrics_and_plots(tiny_repo: Path, 
     assert "drip@s1:" not in stale and "triplet_pretrain:" not in stale and "decoder:" not in stale
     gem_module.write_text(gem_module.read_text().removesuffix("\n# an edit\n"))
     run(["dvc", "repro", "code_deps"], tiny_repo, **code_env)
+    assert "up to date" in run(["dvc", "status"], tiny_repo).stdout
+
+    # Each stage depends on the parts of data/raw it reads: a new face photo makes the face stages stale alone.
+    extra = tiny_repo / "data/raw/faces/train/extra.jpg"
+    shutil.copy(next((tiny_repo / "data/raw/faces/train").rglob("*.jpg")), extra)
+    stale = run(["dvc", "status"], tiny_repo).stdout
+    assert all(f"{stage}:" in stale for stage in ("face_data", "triplet_pretrain", "templates", "decoder"))
+    assert "drip@s1:" not in stale and "augment@big:" not in stale and "gem@big:" not in stale, stale
+    extra.unlink()
     assert "up to date" in run(["dvc", "status"], tiny_repo).stdout
 
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], tiny_repo).stdout)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,8 @@ import pytest
 from torch.utils.data import DataLoader
 
 from embedlab.data.shards import ImageStore, StoreError, write_store
+
+from conftest import run
 
 
 def _photos(tiny_demo: Path) -> list[Path]:
@@ -99,3 +102,54 @@ def test_damaged_stores_are_refused_naming_the_file(tmp_path, tiny_demo):
         write_store(tmp_path / "dup", [("a", b"1"), ("a", b"2")])
     with pytest.raises(StoreError, match="short ASCII name"):
         write_store(tmp_path / "bad", [("a/b", b"1")])
+
+
+def test_a_store_folder_lists_and_loads_like_the_folder_it_was_written_from(tmp_path, tiny_demo):
+    from embedlab.images import BadImageError, list_images, load_rgb
+
+    source = tiny_demo / "disc" / "reference"
+    photos = list_images(source)
+    # Written in reverse order: lookups by name do not rely on the writer's order.
+    write_store(tmp_path / "reference", _items(photos[::-1]), shard_size=16)
+    listed = list_images(tmp_path / "reference")
+    assert [p.name for p in listed] == [p.name for p in photos]
+    assert all(p.parent == tmp_path / "reference" for p in listed)
+    for stored, original in zip(listed[::7], photos[::7]):
+        assert np.array_equal(np.asarray(load_rgb(stored)), np.asarray(load_rgb(original)))
+    with pytest.raises(BadImageError, match=r"R999999\.jpg: no image 'R999999\.jpg' in the store"):
+        load_rgb(tmp_path / "reference" / "R999999.jpg")
+    # A store written again in the same process is read again, not served from the open copy.
+    write_store(tmp_path / "again", _items(photos[:3]))
+    assert len(list_images(tmp_path / "again")) == 3
+    (tmp_path / "again" / "store.json").unlink()
+    write_store(tmp_path / "again", _items(photos[:3] + photos[5:6]))
+    assert [p.name for p in list_images(tmp_path / "again")] == [p.name for p in photos[:3] + photos[5:6]]
+
+
+def test_pack_turns_a_folder_into_a_store_in_place_and_a_killed_swap_finishes(tmp_path, tiny_demo):
+    from embedlab.data.shards import pack_folder
+    from embedlab.images import list_images, read_image_bytes
+
+    folder = tmp_path / "imagenet"
+    shutil.copytree(tiny_demo / "imagenet", folder)
+    originals = {p.name: p.read_bytes() for p in list_images(folder)}
+    run(["embedlab", "pack", str(folder)], tmp_path)
+    assert sorted(p.name for p in folder.iterdir()) == ["index.npz", "shard-000000.keys.npy", "shard-000000.tar",
+                                                         "store.json"]
+    assert {p.name: read_image_bytes(p) for p in list_images(folder)} == originals
+    assert pack_folder(folder)["count"] == len(originals)  # packing a store again changes nothing
+
+    # Killed between the two renames: the loose files wait beside the finished store; a rerun swaps.
+    other = tmp_path / "other"
+    shutil.copytree(tiny_demo / "imagenet", other)
+    pack_folder(other)
+    other.rename(tmp_path / ".other.packing")
+    shutil.copytree(tiny_demo / "imagenet", tmp_path / ".other.loose")
+    pack_folder(other)
+    assert {p.name: read_image_bytes(p) for p in list_images(other)} == originals
+    assert not (tmp_path / ".other.loose").exists() and not (tmp_path / ".other.packing").exists()
+
+    (tmp_path / "mixed").mkdir()
+    (tmp_path / "mixed" / "notes.txt").write_text("not an image")
+    with pytest.raises(StoreError, match=r"mixed: holds 1 entries that are not images \(notes\.txt\)"):
+        pack_folder(tmp_path / "mixed")

@@ -200,6 +200,17 @@ def cmd_evaluate_disc(args) -> None:
     print(format_metrics(metrics))
 
 
+def cmd_drip_cache(args) -> None:
+    from embedlab.data.drip import class_folders
+    from embedlab.data.image_cache import build_drip_cache
+
+    params = _params(args)
+    if not params.data.drip_cache:
+        raise ConfigError(f"{args.params}: data.drip_cache is null (drip decodes the originals): nothing to build")
+    print(json.dumps(build_drip_cache(class_folders(params.data), params.data.drip_cache, params.drip.aug_size,
+                                      params.data.on_bad_image), indent=2))
+
+
 def cmd_init_weights(args) -> None:
     from embedlab.stages.init_weights import write_initial_weights
 
@@ -224,7 +235,15 @@ def cmd_import(args) -> None:
     out = args.out or params.data.disc
     print(json.dumps(import_disc21(args.src, out, queries=args.queries,
                                    on_bad_image=args.on_bad_image or params.data.on_bad_image,
-                                   link="copy" if args.copy else "hardlink"), indent=2))
+                                   images=args.images), indent=2))
+
+
+def cmd_pack(args) -> None:
+    from embedlab.data.shards import pack_folder
+
+    for folder in args.folders:
+        manifest = pack_folder(folder)
+        print(f"{folder}: {manifest['count']} images in {len(manifest['shards'])} shards")
 
 
 def cmd_code_deps(args) -> None:
@@ -350,6 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="a triplet .ckpt or an exported encoder .safetensors")
     p.add_argument("--out", required=True, help="the .onnx file to write")
 
+    command("drip-cache", cmd_drip_cache, "decode and resize drip's class images once, to drip.aug_size, into "
+            "image stores under data.drip_cache (what drip reads)", "embedlab drip-cache")
     command("init-weights", cmd_init_weights, "write the backbone weights the first drip step starts from",
             "embedlab init-weights")
 
@@ -384,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("ensemble", cmd_ensemble, "score the concatenated descriptors of trained models, before and after "
                 "post-processing", "embedlab ensemble --members drip/s3 gem/big")
     p.add_argument("--members", nargs="+", help="<stage>/<name> of trained models (default: evaluate.ensemble)")
-    p = command("import", cmd_import, "check a published data set as downloaded and link it into the project's "
+    p = command("import", cmd_import, "check a published data set as downloaded and write it in the project's "
                 "layout (disc21: the train / references / queries folders and the ground-truth CSV)",
                 "embedlab import disc21 ~/downloads/disc21 --out data/raw/disc")
     p.add_argument("kind", choices=("disc21",), help="the published data set")
@@ -393,7 +414,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queries", choices=("dev", "final"), default="dev",
                    help="which query set and ground truth: dev (default) or final")
     p.add_argument("--on-bad-image", type=o_str, help="fail | skip (default: data.on_bad_image)")
-    p.add_argument("--copy", action="store_true", help="copy the images instead of hard-linking them")
+    p.add_argument("--images", choices=("store", "hardlink", "copy"), default="store",
+                   help="how each part is written: an image store of tar shards (default), hard links or copies "
+                   "of the files")
+    p = command("pack", cmd_pack, "turn folders of images into image stores in place (tar shards + index: a few "
+                "files for DVC instead of one per image; every stage reads both)", "embedlab pack data/raw/imagenet",
+                params=False)
+    p.add_argument("folders", nargs="+", help="folders of images (one suffix each)")
     p = command("code-deps", cmd_code_deps, "write each DVC stage's code files and digests (what dvc.yaml's "
                 "stages depend on instead of the whole package)", "embedlab code-deps --out reports/code",
                 params=False)

@@ -26,6 +26,7 @@ from embedlab.digests import PACKAGE, source_digest
 # The DVC stages (dvc.yaml's names, foreach groups once) and the module each runs.
 STAGE_MODULES = {
     "drip_init": "embedlab.stages.init_weights",
+    "drip_cache": "embedlab.data.image_cache",
     "drip": "embedlab.stages.drip",
     "augment": "embedlab.stages.augment",
     "gem": "embedlab.stages.gem",

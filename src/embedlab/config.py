@@ -249,6 +249,7 @@ class DataConfig:
     frm_faces: str = "data/raw/frm_faces"
     faces: str = "data/raw/faces"  # the face layout (Kryptonite): train/meta.json, test_public/
     on_bad_image: str = "fail"  # fail | skip
+    drip_cache: str | None = "data/cache/drip"  # drip's class images at aug_size (None: decode the originals)
 
     def __post_init__(self) -> None:
         _check_choice("data.on_bad_image", self.on_bad_image, ("fail", "skip"))

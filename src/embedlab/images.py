@@ -19,6 +19,7 @@ Colour policy of :func:`load_rgb` (all images come out as 8-bit RGB):
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import warnings
@@ -28,6 +29,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
 from embedlab.atomic import atomic_path
+from embedlab.data.shards import StoreError, store_at, stored_bytes
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +61,16 @@ def is_image_file(path: Path) -> bool:
 
 
 def list_images(folder: str | os.PathLike, recursive: bool = False, allow_empty: bool = False) -> list[Path]:
-    """The image files of ``folder`` sorted by (relative) name, hidden files skipped."""
+    """The image files of ``folder`` sorted by (relative) name, hidden files skipped.
+
+    A store folder (one holding ``store.json``) lists its images as the paths ``tar xf`` would give them.
+    """
     folder = Path(folder)
+    store = store_at(folder)
+    if store is not None:
+        if not len(store) and not allow_empty:
+            raise FileNotFoundError(f"image store {folder} holds no images")
+        return store.member_paths()
     if not folder.exists():
         raise FileNotFoundError(f"image folder {folder} does not exist")
     if not folder.is_dir():
@@ -115,28 +125,53 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """Read ``path`` fully into an RGB image, EXIF orientation applied.
+def read_image_bytes(path: str | os.PathLike) -> bytes:
+    """The encoded bytes of ``path``: a file, or an image of a store folder (:mod:`embedlab.data.shards`).
 
-    Raises :class:`BadImageError` for a missing, empty, truncated, corrupt or
-    non-image file (and for colour modes that cannot become RGB).
+    Raises :class:`BadImageError` when there is nothing to read.
     """
     path = Path(path)
-    _ensure_truncation_is_an_error()
     try:
-        size = path.stat().st_size
+        data = stored_bytes(path)
+        if data is None:
+            data = path.read_bytes()
+    except StoreError as exc:
+        raise BadImageError(path, str(exc).removeprefix(f"{path}: ")) from None
     except FileNotFoundError:
         raise BadImageError(path, "no such file") from None
     except OSError as exc:
         raise BadImageError(path, f"cannot read the file ({exc.strerror or exc})") from exc
-    if size == 0:
+    if not data:
         raise BadImageError(path, "empty file (0 bytes)")
+    return data
+
+
+def encoded_size(path: str | os.PathLike) -> int:
+    """The byte size of a file or of an image of a store folder; -1 when there is none."""
+    store = store_at(Path(path).parent)
+    if store is None:
+        return os.path.getsize(path) if os.path.isfile(path) else -1
+    index = store.index_of(Path(path).name.removesuffix(store.suffix))
+    return -1 if index is None else store.size(index)
+
+
+def load_rgb(path: str | os.PathLike) -> Image.Image:
+    """Read ``path`` fully into an RGB image, EXIF orientation applied.
+
+    ``path`` is a file or an image of a store folder. Raises
+    :class:`BadImageError` for a missing, empty, truncated, corrupt or
+    non-image file (and for colour modes that cannot become RGB).
+    """
+    path = Path(path)
+    _ensure_truncation_is_an_error()
+    data = read_image_bytes(path)
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(data)) as im:
             im.load()  # decode now: lazy decoding would hide truncation until later
             img = ImageOps.exif_transpose(im)
     except Image.UnidentifiedImageError:
-        raise BadImageError(path, f"not an image file Pillow can read ({size} bytes, unrecognised format)") from None
+        raise BadImageError(path, f"not an image file Pillow can read ({len(data)} bytes, unrecognised format)") \
+            from None
     except MemoryError:
         raise
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, struct.error, ...
@@ -152,7 +187,7 @@ def decode_problem(path: str | os.PathLike) -> str | None:
     the whole file, so truncation shows (a check of many files; training decodes with :func:`load_rgb`)."""
     _ensure_truncation_is_an_error()
     try:
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(read_image_bytes(path))) as img:
             if img.format == "JPEG":
                 img.draft("RGB", (max(img.width // 8, 1), max(img.height // 8, 1)))
                 img.load()

@@ -38,7 +38,7 @@ from embedlab.augment._albu import fblur, fpixel
 from embedlab.augment.context import AugContext
 from embedlab.augment.pool import OverlayPool
 from embedlab.augment.recipes import Recipe, RecipeAugmenter
-from embedlab.images import BadImageError, check_on_bad_image, load_rgb, save_jpeg_atomic
+from embedlab.images import BadImageError, check_on_bad_image, encoded_size, load_rgb, save_jpeg_atomic
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def _files_digest(paths: Sequence[str]) -> str:
     """Names and byte sizes (not contents: reading a million files twice is slow)."""
     h = hashlib.sha256()
     for p in paths:
-        h.update(f"{Path(p).name}\0{os.path.getsize(p) if os.path.exists(p) else -1}\n".encode())
+        h.update(f"{Path(p).name}\0{encoded_size(p)}\n".encode())
     return h.hexdigest()[:16]
 
 

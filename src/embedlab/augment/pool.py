@@ -8,6 +8,7 @@ instead of failing: one broken JPEG must not stop a long training run.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 from collections import OrderedDict
@@ -16,6 +17,8 @@ from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
+
+from embedlab.images import read_image_bytes
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +105,7 @@ class OverlayPool:
             self._cache.move_to_end(index)
             return self._cache[index]
         try:
-            with Image.open(src) as raw:
+            with Image.open(io.BytesIO(read_image_bytes(src))) as raw:
                 raw.draft("RGB", (self.max_side, self.max_side))  # JPEG: decode at reduced scale
                 img = _shrink(raw, self.max_side)
         except (OSError, ValueError, Image.DecompressionBombError) as exc:

@@ -27,7 +27,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -36,6 +35,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from embedlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from embedlab.images import BadImageError, read_image_bytes
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +81,8 @@ def gpu_decodable(data: bytes) -> bool:
 def read_encoded(path: str | os.PathLike) -> torch.Tensor | None:
     """The file's bytes as a uint8 tensor if the batched decoder should take it, else None."""
     try:
-        data = Path(path).read_bytes()
-    except OSError:
+        data = read_image_bytes(path)
+    except BadImageError:
         return None  # the Pillow path names the problem
     if not gpu_decodable(data):
         return None

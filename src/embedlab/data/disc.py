@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 GT_COLUMNS = ("query_id", "reference_id")
 
 
@@ -60,15 +59,6 @@ class DiscLayout:
                 f"DISC layout: missing file {self.ground_truth_csv} (CSV with header query_id,reference_id)"
             )
         return self
-
-    @staticmethod
-    def image_ids(folder: str | os.PathLike) -> list[str]:
-        """Sorted image ids (file stems) of the images in ``folder``; hidden files skipped."""
-        return sorted(
-            p.stem
-            for p in Path(folder).iterdir()
-            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
-        )
 
 
 class GroundTruthError(ValueError):

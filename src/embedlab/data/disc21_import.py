@@ -3,8 +3,10 @@
 The download's folder and file names differ between its distributions, and
 none is the project's ``training/ reference/ query/ ground_truth.csv``
 (:mod:`embedlab.data.disc`). The importer finds each part under the names
-the distributions use (:data:`PARTS`), checks it, and links the images into
-the project's layout. Links cost no space, and the download stays as it was.
+the distributions use (:data:`PARTS`), checks it, and writes the project's
+layout: by default each part as an image store (:mod:`embedlab.data.shards`:
+a million images become a hundred shards, which DVC tracks in seconds), or
+as hard links (no space) or copies of the files. The download stays as it was.
 
 What is checked:
 - ids: T000000, R000000 and Q00000 names, each once (``T000001.jpg`` beside
@@ -32,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from embedlab.data.disc import GT_COLUMNS, DiscLayout, read_ground_truth
+from embedlab.data.shards import write_store
 from embedlab.images import check_on_bad_image, decode_problem, is_image_file
 
 # Each part of the layout, the names it has in the distributions (first found wins), its id pattern.
@@ -88,10 +91,15 @@ def _bad_images(paths: list[Path], workers: int) -> dict[Path, str]:
 
 
 def import_disc21(src: str | Path, out: str | Path, queries: str = "dev", on_bad_image: str = "fail",
-                  link: str = "hardlink", workers: int | None = None) -> dict:
-    """Check the download at ``src`` and write the project's DISC layout at ``out``; returns a summary."""
+                  images: str = "store", workers: int | None = None) -> dict:
+    """Check the download at ``src`` and write the project's DISC layout at ``out``; returns a summary.
+
+    ``images``: ``store`` (each part an image store), ``hardlink`` or ``copy`` (loose files).
+    """
     src, out = Path(src), Path(out)
     check_on_bad_image(on_bad_image)
+    if images not in IMAGE_WRITERS:
+        raise ValueError(f"images must be one of {', '.join(IMAGE_WRITERS)}, got {images!r}")
     if not src.is_dir():
         raise Disc21ImportError(f"{src}: not a folder")
     if out.exists() and any(out.iterdir()):
@@ -122,9 +130,7 @@ def import_disc21(src: str | Path, out: str | Path, queries: str = "dev", on_bad
         layout = DiscLayout(staging)
         for part, target in (("training", layout.training_dir), ("reference", layout.reference_dir),
                              ("query", layout.query_dir)):
-            target.mkdir()
-            for path in kept[part]:
-                _place(path, target / path.name, link)
+            IMAGE_WRITERS[images](kept[part], target)
         rows = [",".join(GT_COLUMNS)] + [f"{q},{r}" for q, r in kept_pairs]
         layout.ground_truth_csv.write_text("\n".join(rows) + "\n")
         if out.exists():
@@ -139,11 +145,28 @@ def import_disc21(src: str | Path, out: str | Path, queries: str = "dev", on_bad
             "sources": {part: str(folder) for part, folder in folders.items()} | {"ground_truth": str(ground_truth)}}
 
 
-def _place(source: Path, target: Path, link: str) -> None:
-    if link == "hardlink":
-        try:
-            os.link(source, target)
-            return
-        except OSError:  # another filesystem: copy
-            pass
-    shutil.copy2(source, target)
+def _write_store(paths: list[Path], target: Path) -> None:
+    suffixes = sorted({p.suffix for p in paths})
+    if len(suffixes) > 1:  # a store names all its members with one suffix
+        raise Disc21ImportError(f"{paths[0].parent}: images with suffixes {', '.join(suffixes)}; a store holds "
+                                "one kind (import with --images hardlink)")
+    write_store(target, ((p.stem, p.read_bytes()) for p in paths), suffix=suffixes[0] if suffixes else ".jpg")
+
+
+def _link_or_copy(paths: list[Path], target: Path, link: bool) -> None:
+    target.mkdir()
+    for source in paths:
+        if link:
+            try:
+                os.link(source, target / source.name)
+                continue
+            except OSError:  # another filesystem: copy
+                pass
+        shutil.copy2(source, target / source.name)
+
+
+IMAGE_WRITERS = {
+    "store": _write_store,
+    "hardlink": lambda paths, target: _link_or_copy(paths, target, link=True),
+    "copy": lambda paths, target: _link_or_copy(paths, target, link=False),
+}

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from embedlab.config import DataConfig
 from embedlab.data.path_table import path_table
 from embedlab.data.transforms import resize_square, to_tensor
 from embedlab.images import check_on_bad_image, load_or_skip
@@ -25,6 +26,12 @@ from embedlab.images import check_on_bad_image, load_or_skip
 log = logging.getLogger(__name__)
 
 Augment = Callable[[Image.Image, np.random.Generator], Image.Image]
+
+
+def class_folders(data: DataConfig) -> dict[str, Path]:
+    """The folders drip takes classes from, in the order it takes them (the step's n_<name>_samples each)."""
+    return {"facebook": Path(data.disc) / "training", "imagenet": Path(data.imagenet),
+            "frm_faces": Path(data.frm_faces)}
 
 
 class ClassImages:

@@ -14,6 +14,11 @@ gives each image's byte range, so an image is one ``pread`` whatever the
 access order (P×K sampling, DDP samplers). Before returning an image, the
 reader checks the tar header in front of it against the index.
 
+A folder holding ``store.json`` stands for its images: the pipeline lists
+it as ``<root>/<key><suffix>`` paths (the names ``tar xf`` would give) and
+reads such a path from its shard (:func:`stored_bytes`), so every stage
+reads loose folders and stores alike.
+
 Writing is resumable: a shard is written under a temporary name and renamed
 when complete, with its index part beside it. A rerun skips the complete
 shards and rewrites the partial one. The shards depend only on the order
@@ -25,6 +30,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import tarfile
 from pathlib import Path
 from typing import Iterable
@@ -78,6 +84,12 @@ class ShardWriter:
         for stray in self.root.glob(".shard-*"):  # a shard being written when the run was killed
             stray.unlink()
         return sum(len(np.load(self._keys_file(n))) for n in self._complete_shards())
+
+    def last_key(self) -> str | None:
+        """The key of the last item in the complete shards (None when there is none)."""
+        shards = self._complete_shards()
+        keys = np.load(self._keys_file(shards[-1])) if shards else []
+        return keys[-1].decode() if len(keys) else None
 
     def write(self, items: Iterable[tuple[str, bytes]]) -> dict:
         """Append ``items`` after what :meth:`resume` found, then write the index; returns store.json."""
@@ -143,6 +155,46 @@ def write_store(root: str | Path, items: Iterable[tuple[str, bytes]], suffix: st
     return writer.write(remaining)
 
 
+def pack_folder(folder: str | os.PathLike, shard_size: int = SHARD_SIZE) -> dict:
+    """Turn a folder of images into a store of the same images, in place (the same paths still read them).
+
+    The store is written beside the folder and swapped in by two renames;
+    the loose files are removed only after that. A kill before the swap
+    leaves the folder as it was (a rerun starts again); a kill between the
+    renames leaves the loose files in ``.<name>.loose`` and the store in
+    ``.<name>.packing`` (a rerun finishes the swap).
+    """
+    from embedlab.images import is_image_file  # images reads stores: imported here, not at the top
+
+    folder = Path(folder)
+    packing, loose = folder.with_name(f".{folder.name}.packing"), folder.with_name(f".{folder.name}.loose")
+    if not folder.exists() and loose.is_dir() and (packing / "store.json").is_file():
+        packing.rename(folder)  # finish a swap a kill interrupted
+    if (folder / "store.json").is_file():
+        if loose.exists():
+            shutil.rmtree(loose)
+        return json.loads((folder / "store.json").read_text())
+    if not folder.is_dir():
+        raise StoreError(f"{folder}: not a folder of images")
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    others = [p.name for p in entries if not is_image_file(p)]
+    if others:
+        raise StoreError(f"{folder}: holds {len(others)} entries that are not images ({', '.join(others[:3])}); "
+                         "a store holds the images of one folder")
+    suffixes = sorted({p.suffix for p in entries})
+    if len(suffixes) > 1:
+        raise StoreError(f"{folder}: images with suffixes {', '.join(suffixes)}; a store names all its images "
+                         "with one suffix")
+    if packing.exists():
+        shutil.rmtree(packing)
+    manifest = write_store(packing, ((p.stem, p.read_bytes()) for p in entries),
+                           suffix=suffixes[0] if suffixes else ".jpg", shard_size=shard_size)
+    folder.rename(loose)
+    packing.rename(folder)
+    shutil.rmtree(loose)
+    return manifest
+
+
 class ImageStore:
     """Read-only access to a store: ``store[i]`` is the bytes of image ``i``; ``store.keys[i]`` its key.
 
@@ -168,12 +220,18 @@ class ImageStore:
         self.suffix = self.manifest["suffix"]
         self._files: dict[int, int] = {}
         self._pid = os.getpid()
+        self._sorted_keys: np.ndarray | None = None  # for lookups by key, made on the first one
+        self._order: np.ndarray | None = None  # sorted position -> index (None: the keys are in order)
 
     def __len__(self) -> int:
         return len(self.keys)
 
     def key(self, index: int) -> str:
         return self.keys[index].decode()
+
+    def size(self, index: int) -> int:
+        """The byte size of image ``index`` (from the index: no read)."""
+        return int(self._size[index])
 
     def _fd(self, shard: int) -> int:
         if self._pid != os.getpid():  # a forked worker: its own descriptors
@@ -200,3 +258,59 @@ class ImageStore:
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_files": {}}  # descriptors do not cross processes
+
+    def member_paths(self) -> list[Path]:
+        """Every image as the path ``tar xf`` would give it, sorted by name (as a folder is listed)."""
+        names = np.sort(np.char.add(self.keys, self.suffix.encode()))  # numpy sorts a million names in a second
+        return [self.root / name.decode() for name in names]
+
+    def index_of(self, key: str) -> int | None:
+        """The index of the image named ``key``, None when the store has none (a binary search)."""
+        if self._sorted_keys is None:
+            if np.all(self.keys[:-1] <= self.keys[1:]):  # written in key order (importers do): no copy
+                self._sorted_keys = self.keys
+            else:
+                self._order = np.argsort(self.keys, kind="stable")
+                self._sorted_keys = self.keys[self._order]
+        wanted = key.encode()
+        position = int(np.searchsorted(self._sorted_keys, wanted))
+        if position == len(self._sorted_keys) or self._sorted_keys[position] != wanted:
+            return None
+        return position if self._order is None else int(self._order[position])
+
+
+_OPEN: dict[Path, tuple[tuple[int, int], ImageStore]] = {}  # per process: store root -> (store.json identity, store)
+
+
+def store_at(folder: str | os.PathLike) -> ImageStore | None:
+    """The store whose root is ``folder``, None when ``folder`` holds no store.json.
+
+    One ``stat`` per call: a store rewritten since it was opened (another
+    mtime or inode of its store.json) is opened again.
+    """
+    folder = Path(folder)
+    try:
+        stat = os.stat(folder / "store.json")
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    identity = (stat.st_ino, stat.st_mtime_ns)
+    cached = _OPEN.get(folder)
+    if cached is None or cached[0] != identity:
+        cached = _OPEN[folder] = (identity, ImageStore(folder))
+    return cached[1]
+
+
+def stored_bytes(path: str | os.PathLike) -> bytes | None:
+    """The bytes of ``path`` when its folder is a store (``<root>/<key><suffix>``), None when it is not.
+
+    Raises :class:`StoreError` when the store has no such image.
+    """
+    path = Path(path)
+    store = store_at(path.parent)
+    if store is None:
+        return None
+    key = path.name.removesuffix(store.suffix)
+    index = store.index_of(key) if path.name.endswith(store.suffix) else None
+    if index is None:
+        raise StoreError(f"{path}: no image {path.name!r} in the store {store.root}")
+    return store[index]

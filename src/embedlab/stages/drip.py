@@ -39,7 +39,8 @@ from embedlab.augment import OverlayPool, QueryAugmenter
 from embedlab.config import DripConfig, DripStep, Params
 from embedlab.data.classes import ClassSource, select_classes
 from embedlab.data.collate import collate_skipping_bad
-from embedlab.data.drip import ClassImages, QueryViews, ReferenceViews, ValidationPairs
+from embedlab.data.drip import ClassImages, QueryViews, ReferenceViews, ValidationPairs, class_folders
+from embedlab.data.image_cache import build_drip_cache, cache_folder
 from embedlab.data.samplers import EpochIndices
 from embedlab.devices import loader_workers, runtime_loader_options, torch_device
 from embedlab.images import count_bad_images
@@ -87,11 +88,17 @@ class DripRequest(TrainingStage):
                                  f"{self.out_dir}; name the new step differently (--name)")
         self.cfg = effective_config(params.drip, self.step)
         data = params.data
+        self.cache_skipped = 0  # source images the cache left out (on_bad_image: skip)
+        counts = {"facebook": self.step.n_facebook_samples, "imagenet": self.step.n_imagenet_samples,
+                  "frm_faces": self.step.n_frm_face_samples}
+        folders = class_folders(data)
+        if data.drip_cache:  # read the classes at aug_size from the cache (built here if it is missing)
+            wanted = {name: folders[name] for name, count in counts.items() if count}
+            built = build_drip_cache(wanted, data.drip_cache, self.cfg.aug_size, data.on_bad_image)
+            self.cache_skipped = sum(len(summary["skipped"]) for summary in built.values())
+            folders = {name: cache_folder(data.drip_cache, self.cfg.aug_size, name) for name in folders}
         self.classes = [Path(c.path) for c in select_classes([
-            ClassSource(Path(data.disc) / "training", self.step.n_facebook_samples, label="facebook", exact=True),
-            ClassSource(Path(data.imagenet), self.step.n_imagenet_samples, label="imagenet", exact=True),
-            ClassSource(Path(data.frm_faces), self.step.n_frm_face_samples, label="frm_faces", exact=True),
-        ])]
+            ClassSource(folders[name], count, label=name, exact=True) for name, count in counts.items()])]
         if not self.classes:
             raise ValueError("the drip step selects no classes: set n_facebook_samples (or another source) above 0")
         self.images = ClassImages(self.classes, self.cfg.aug_size, data.on_bad_image,
@@ -163,7 +170,7 @@ class DripRequest(TrainingStage):
     def describe(self, history) -> dict[str, Any]:
         return {"step": self.name, "n_classes": len(self.classes),
                 "val_loss": history[-1][2] if history else None,
-                "skipped_training_images": count_bad_images(self.images.bad_log)}
+                "skipped_training_images": count_bad_images(self.images.bad_log) + self.cache_skipped}
 
     def finish(self, module, params: Params, summary: dict) -> dict[str, Path]:
         return {"skipped": self.images.bad_log}
