@@ -182,3 +182,21 @@ def test_invalid_config(tmp_path: Path) -> None:
         build_demo_data(tmp_path, dataclasses.replace(SMALL, n_matched_queries=21), progress=False)
     with pytest.raises(ValueError, match="n_frm_faces"):
         build_demo_data(tmp_path, dataclasses.replace(SMALL, n_frm_faces=101), progress=False)
+
+
+def test_a_store_build_holds_the_same_images_and_builds_again_to_the_same_bytes(small_build: Path,
+                                                                                 tmp_path: Path) -> None:
+    from embedlab.images import read_image_bytes
+
+    stored = dataclasses.replace(SMALL, store=True)
+    build_demo_data(tmp_path, stored, progress=False)
+    for folder in ("disc/training", "disc/reference", "disc/query", "imagenet", "frm_faces"):
+        assert (tmp_path / folder / "store.json").is_file(), folder
+        names = [p.name for p in list_images(small_build / folder)]
+        assert [p.name for p in list_images(tmp_path / folder)] == names
+        assert all(read_image_bytes(tmp_path / folder / n) == (small_build / folder / n).read_bytes() for n in names)
+    first = _all_files(tmp_path)
+    build_demo_data(tmp_path, stored, progress=False)  # over its own stores: what `make data` does every time
+    assert _all_files(tmp_path) == first
+    build_demo_data(tmp_path, dataclasses.replace(stored, n_training=12), progress=False)
+    assert len(list_images(tmp_path / "disc" / "training")) == 12

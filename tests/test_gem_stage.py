@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import run
 from embedlab.cli import main
+from embedlab.images import list_images
 from embedlab.config import load_params
 from embedlab.models.checkpoints import load_descriptor_model, read_checkpoint
 from embedlab.stages.gem import plan_gem, run_gem
@@ -34,7 +35,7 @@ def test_gem_trains_on_a_generated_set_logs_and_exports_without_classifier(tiny_
     params = load_params()
     summary = run_gem(params, plan_gem(params, "big"))
 
-    n_classes = len([p for p in Path("data/augmented/big").iterdir() if p.is_dir()])
+    n_classes = len({p.name.rsplit("_", 1)[0] for p in list_images("data/augmented/big")})  # <class>_<i>.jpg
     assert summary["n_classes"] == n_classes and summary["epochs"] == params.gem.epochs
     assert 0.0 <= summary["uAP"] <= 1.0 and "before_uAP" in summary
     assert json.loads(Path("reports/gem/big/metrics.json").read_text())["uAP"] == summary["uAP"]

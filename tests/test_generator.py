@@ -22,7 +22,8 @@ from PIL import Image
 from conftest import PROJECT, cli_env
 from embedlab.cli import main
 from embedlab.config import ConfigError, load_params
-from embedlab.images import BadImageError, load_rgb
+from embedlab.data.augmented import AugmentedSet
+from embedlab.images import BadImageError, list_images, load_rgb, read_image_bytes
 from embedlab.stages.augment import run_augment
 
 SMALL = {"classes": 6, "per_class": 4, "size": 64, "every": 1, "jpeg_quality": 90, "seed": 3}
@@ -53,12 +54,13 @@ def _generate(params_file: Path, recipe: str = "big", out: Path | None = None, w
 
 
 def _files(root: Path) -> dict[str, bytes]:
-    """Every image of a set (the manifest records run times, so it is left out)."""
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*.jpg"))}
+    """Every image of a set by name (the manifest records run times, so it is left out)."""
+    return {p.name: read_image_bytes(p) for p in list_images(root)}
 
 
-def _written(root: Path) -> int:
-    return sum(1 for p in root.rglob("*.jpg") if not p.name.startswith("."))
+def _shards(root: Path) -> dict[str, bytes]:
+    """The files of the set's store."""
+    return {p.name: p.read_bytes() for p in sorted(root.glob("shard-*"))} | {"index.npz": (root / "index.npz").read_bytes()}
 
 
 def _hidden(root: Path) -> list[Path]:
@@ -71,13 +73,14 @@ def test_output_is_byte_identical_for_one_and_two_workers(params_file, tmp_path)
     assert two["run"]["workers"] == 2
     a, b = _files(tmp_path / "one"), _files(tmp_path / "two")
     assert len(a) == 6 * 4 and a == b
+    assert _shards(tmp_path / "one") == _shards(tmp_path / "two")  # the store itself, byte for byte
     assert (tmp_path / "one/fingerprint.json").read_bytes() == (tmp_path / "two/fingerprint.json").read_bytes()
-    assert sorted(a)[:4] == [f"T000000/T000000_{i}.jpg" for i in range(4)]
+    assert sorted(a)[:4] == [f"T000000_{i}.jpg" for i in range(4)]
     # Another seed gives other augmentations but the same anchors.
     _generate(params_file, out=tmp_path / "seed4", overrides={"seed": 4})
     c = _files(tmp_path / "seed4")
-    assert c["T000000/T000000_0.jpg"] == a["T000000/T000000_0.jpg"]
-    assert c["T000000/T000000_1.jpg"] != a["T000000/T000000_1.jpg"]
+    assert c["T000000_0.jpg"] == a["T000000_0.jpg"]
+    assert c["T000000_1.jpg"] != a["T000000_1.jpg"]
 
 
 def test_manifest_counts_and_a_rerun_only_counts(params_file, tmp_path):
@@ -94,40 +97,46 @@ def test_manifest_counts_and_a_rerun_only_counts(params_file, tmp_path):
     assert again["run"]["resumed"]
 
 
+_KILLED = r"""
+import sys
+from embedlab.config import load_params
+from embedlab.stages.augment import run_augment
+run_augment(load_params(sys.argv[1]), "big", out=sys.argv[2], progress=False, shard_size=50)
+"""
+
+
 def test_killed_run_resumes_to_the_uninterrupted_result(tmp_path, tiny_demo):
     params = _write_params(tmp_path, tiny_demo / "disc" / "training", classes=0, per_class=12, size=128)
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "embedlab", "augment", "--params", str(params), "--recipe", "big",
-           "--out", str(out), "--workers", "1", "--no-progress"]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED, str(params), str(out)], cwd=tmp_path, env=cli_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 60
-        while _written(out) < 40:
+        deadline = time.monotonic() + 120
+        while not (out / "shard-000002.keys.npy").exists():  # two complete shards, the third being written
             assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.monotonic() < deadline, "the generator wrote nothing"
+            assert time.monotonic() < deadline, "the generator wrote no shard"
             time.sleep(0.01)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait(timeout=30)
-    partial = _written(out)  # a write the kill interrupted may have left a hidden temp file
-    assert partial < 32 * 12 and not (out / "manifest.json").exists()
-    # A temp file of an interrupted write, as a kill in the middle of one leaves it.
-    (out / "T000001" / ".T000001_3.jpg.x1y2z3.jpg").write_bytes(b"\xff\xd8 half a jpeg")
+    assert not (out / "manifest.json").exists() and not (out / "store.json").exists()
+    # A shard the kill interrupted, as its temporary file.
+    (out / ".shard-000003.tar.x1y2z3").write_bytes(b"half a shard")
 
-    assert main(cmd[3:]) == 0  # the same command, finished in this process
-    resumed = json.loads((out / "manifest.json").read_text())
-    assert resumed["counts"]["images_present"] == partial and resumed["run"]["resumed"]
-    _generate(params, out=tmp_path / "whole", workers=2)
-    assert _files(out) == _files(tmp_path / "whole")
+    resumed, _ = run_augment(load_params(params), "big", out=out, progress=False, shard_size=50)
+    assert resumed["counts"]["images_present"] >= 150 and resumed["run"]["resumed"]
+    assert resumed["counts"]["images"] == 32 * 12
+    _generate(params, out=tmp_path / "whole", workers=2, shard_size=50)
+    assert _shards(out) == _shards(tmp_path / "whole")
     assert _hidden(out) == []
 
 
 def test_black_and_white_sets_are_grayscale_on_disk(params_file, tiny_demo):
     _, out = _generate(params_file, "bw")
-    for path in sorted(out.rglob("*.jpg")):
+    for path in list_images(out):
         rgb = np.asarray(load_rgb(path))
         assert rgb.shape == (64, 64, 3) and (rgb == rgb[..., :1]).all(), path
-    anchor = np.asarray(load_rgb(out / "T000002" / "T000002_0.jpg")).astype(float)
+    anchor = np.asarray(load_rgb(out / "T000002_0.jpg")).astype(float)
     source = Image.open(tiny_demo / "disc" / "training" / "T000002.jpg").convert("L")
     expected = np.asarray(source.resize((64, 64), Image.BICUBIC)).astype(float)
     assert np.abs(anchor[..., 0] - expected).mean() < 3  # k_0: the original, resized, in grey
@@ -140,9 +149,8 @@ def test_faces_join_as_extra_classes(tmp_path, tiny_demo):
         shutil.copy(path, faces / path.name.replace("I", "F"))
     params = _write_params(tmp_path, tiny_demo / "disc" / "training", faces=faces, classes=2)
     manifest, out = _generate(params, "ff_bw")
-    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == [
-        "T000000", "T000001", "face_F000000", "face_F000001", "face_F000002"]
-    assert manifest["counts"]["classes"] == 5 and (out / "face_F000001" / "face_F000001_3.jpg").is_file()
+    assert AugmentedSet(out, 32).classes == ["T000000", "T000001", "face_F000000", "face_F000001", "face_F000002"]
+    assert manifest["counts"]["classes"] == 5 and "face_F000001_3.jpg" in _files(out)
     shutil.rmtree(faces)
     with pytest.raises(FileNotFoundError, match="face folder .*faces does not exist"):
         _generate(params, "ff", out=tmp_path / "noface")
@@ -186,7 +194,7 @@ def test_corrupt_source_is_skipped_and_listed_or_fails_naming_it(tmp_path, tiny_
     assert manifest["counts"]["classes"] == 4 and manifest["counts"]["skipped_inputs"] == 1
     [skipped] = manifest["skipped_inputs"]
     assert skipped["path"] == str(broken) and "truncated" in skipped["reason"]
-    assert not (out / "T000002").exists() and len(_files(out)) == 16
+    assert "T000002_0.jpg" not in _files(out) and len(_files(out)) == 16
 
     failing = _write_params(tmp_path, source, on_bad_image="fail")
     with pytest.raises(BadImageError, match="T000002.jpg"):
@@ -210,7 +218,7 @@ def test_output_made_with_other_parameters_needs_restart(params_file, tmp_path):
     assert manifest["counts"]["images_written"] == 18 and len(_files(out)) == 18
     manifest, _ = _generate(params_file, overrides={"size": 48}, if_stale="restart")  # what dvc repro does
     assert manifest["counts"]["images_written"] == 24
-    assert Image.open(out / "T000003" / "T000003_1.jpg").size == (48, 48)
+    assert load_rgb(out / "T000003_1.jpg").size == (48, 48)
 
     foreign = tmp_path / "mine"
     foreign.mkdir()

@@ -153,3 +153,14 @@ def test_pack_turns_a_folder_into_a_store_in_place_and_a_killed_swap_finishes(tm
     (tmp_path / "mixed" / "notes.txt").write_text("not an image")
     with pytest.raises(StoreError, match=r"mixed: holds 1 entries that are not images \(notes\.txt\)"):
         pack_folder(tmp_path / "mixed")
+
+
+def test_the_same_items_give_the_same_store_bytes_whenever_they_are_written(tmp_path, monkeypatch):
+    import time
+
+    items = [(f"k{i:03d}", bytes([i]) * (i + 1)) for i in range(30)]
+    write_store(tmp_path / "now", items, shard_size=7)
+    monkeypatch.setattr(time, "time", lambda: 1_000_000_000.0)  # another day (DVC would see a new index)
+    write_store(tmp_path / "then", items, shard_size=7)
+    for name in ["index.npz", "store.json", *(f"shard-{n:06d}.tar" for n in range(5))]:
+        assert (tmp_path / "now" / name).read_bytes() == (tmp_path / "then" / name).read_bytes(), name

@@ -39,6 +39,7 @@ class DemoDataConfig:
     n_frm_faces: int = 0
     image_size: int = 160  # long side of every written image, in pixels
     jpeg_quality: int = 90
+    store: bool = False  # each image folder packed into an image store (params.yaml: true, as import writes)
 
 
 @dataclasses.dataclass

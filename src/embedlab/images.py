@@ -234,16 +234,21 @@ def count_bad_images(bad_log: Path) -> int:
     return len({line.split("\t", 1)[0] for line in bad_log.read_text().splitlines() if line})
 
 
-def save_jpeg_atomic(img: Image.Image, path: str | os.PathLike, quality: int = 90) -> None:
-    """Write ``img`` as a JPEG at ``path`` atomically, with reproducible bytes.
-
-    No EXIF, ICC profile or DPI is written and the encoder settings are fixed
-    (4:2:0 subsampling, baseline, no optimisation), so the same pixels give the
-    same file with the same libjpeg.
+def encode_jpeg(img: Image.Image, quality: int = 90) -> bytes:
+    """``img`` as JPEG bytes, reproducible: no EXIF, ICC profile or DPI, and fixed encoder settings
+    (4:2:0 subsampling, baseline, no optimisation), so the same pixels give the same bytes with the same libjpeg.
     """
     if not 1 <= int(quality) <= 100:
         raise ValueError(f"JPEG quality must be in 1..100, got {quality}")
     if img.mode not in ("RGB", "L"):
         img = to_rgb(img)
+    out = io.BytesIO()
+    img.save(out, "JPEG", quality=int(quality), subsampling=2, optimize=False, progressive=False, exif=b"")
+    return out.getvalue()
+
+
+def save_jpeg_atomic(img: Image.Image, path: str | os.PathLike, quality: int = 90) -> None:
+    """Write :func:`encode_jpeg` of ``img`` at ``path`` atomically."""
+    data = encode_jpeg(img, quality)
     with atomic_path(path, suffix=".jpg") as tmp:
-        img.save(tmp, "JPEG", quality=int(quality), subsampling=2, optimize=False, progressive=False, exif=b"")
+        Path(tmp).write_bytes(data)

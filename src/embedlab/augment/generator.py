@@ -1,17 +1,22 @@
 """The parallel, resumable generator of augmented training sets.
 
-Output, one folder per class (class = source file stem; face classes get a
-``face_`` prefix)::
+Output: an image store (:mod:`embedlab.data.shards`) whose images are keyed
+``<class>_<i>`` (class = source file stem; face classes get a ``face_``
+prefix), classes in order and ``i`` in order within a class::
 
     <out>/fingerprint.json              the parameters the set was made with
-    <out>/<class>/<class>_0.jpg         the anchor: the source resized to the set's size
-    <out>/<class>/<class>_<i>.jpg       i = 1 .. per_class-1: augmentations
+    <out>/shard-000000.tar ...          <class>_0.jpg, the anchor: the source resized to the set's size,
+                                        <class>_<i>.jpg, i = 1 .. per_class-1: augmentations
+    <out>/index.npz, store.json         the store's index
     <out>/manifest.json                 written last: counts, skipped inputs, versions
+
+A 2M-image set is 200 shards: DVC hashes, links and pushes 400 files.
 
 Image ``i`` of a class is drawn from its own seed, a hash of (seed, recipe,
 class, i): the bytes do not depend on the worker count, the order of work or
-on what was generated before. Files are written atomically, and files that
-exist are not redone, so a killed run finished by a re-run equals an
+on what was generated before. Workers make whole classes; the main process
+writes them in class order. A killed run keeps its complete shards and a
+re-run continues after the last image they hold, so it equals an
 uninterrupted one byte for byte. A folder made with other parameters (see
 :func:`fingerprint_settings`) is an error, unless ``if_stale="restart"``.
 """
@@ -27,7 +32,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
@@ -38,7 +43,8 @@ from embedlab.augment._albu import fblur, fpixel
 from embedlab.augment.context import AugContext
 from embedlab.augment.pool import OverlayPool
 from embedlab.augment.recipes import Recipe, RecipeAugmenter
-from embedlab.images import BadImageError, check_on_bad_image, encoded_size, load_rgb, save_jpeg_atomic
+from embedlab.data.shards import SHARD_SIZE, ImageStore, ShardWriter
+from embedlab.images import BadImageError, check_on_bad_image, encode_jpeg, encoded_size, load_rgb
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +91,13 @@ def image_seed(seed: int, recipe: str, class_name: str, index: int) -> int:
     return int.from_bytes(digest[:16], "little")
 
 
-def image_path(out: Path, class_name: str, index: int) -> Path:
-    return out / class_name / f"{class_name}_{index}.jpg"
+def image_key(class_name: str, index: int) -> str:
+    """The store key of image ``index`` of a class (:func:`class_of_key` inverts it)."""
+    return f"{class_name}_{index}"
+
+
+def class_of_key(key: str) -> str:
+    return key.rsplit("_", 1)[0]
 
 
 # --- fingerprint --------------------------------------------------------------------
@@ -178,56 +189,47 @@ def prepare_out(out: Path, settings: dict[str, Any], if_stale: str = "fail", res
 
 class ClassResult(NamedTuple):
     name: str
-    written: int
-    present: int
+    images: list[tuple[str, bytes]]  # (key, JPEG bytes) in order
     bad: tuple[str, str] | None = None  # (path, reason) of an unreadable source
 
 
 @dataclasses.dataclass
 class _Worker:
-    out: Path
     recipe: Recipe
     settings: GenerateSettings
     augmenter: RecipeAugmenter
 
-    def run(self, job: ClassImage) -> ClassResult:
-        folder = self.out / job.name
-        names = set(os.listdir(folder)) if folder.is_dir() else set()
-        for name in names:  # temp files of writes a kill interrupted (atomic_path: ".<name>.*")
-            if name.startswith(f".{job.name}_"):
-                (folder / name).unlink(missing_ok=True)
-        todo = [i for i in range(self.settings.per_class) if f"{job.name}_{i}.jpg" not in names]
-        present = self.settings.per_class - len(todo)
-        if not todo:
-            return ClassResult(job.name, 0, present)
+    def run(self, job: tuple[ClassImage, int]) -> ClassResult:
+        """Images ``first`` .. per_class-1 of a class (a resumed class starts after what is written)."""
+        image, first = job
         try:
-            src = load_rgb(job.path)
+            src = load_rgb(image.path)
         except BadImageError as exc:
-            return ClassResult(job.name, 0, present, (str(exc.path), exc.reason))
-        q = self.settings.jpeg_quality
-        for i in todo:
+            return ClassResult(image.name, [], (str(exc.path), exc.reason))
+        out = []
+        for i in range(first, self.settings.per_class):
             if i == 0:
                 img = self.augmenter.anchor(src)
             else:
-                rng = np.random.default_rng(image_seed(self.settings.seed, self.recipe.name, job.name, i))
+                rng = np.random.default_rng(image_seed(self.settings.seed, self.recipe.name, image.name, i))
                 img = self.augmenter(src, rng)
-            save_jpeg_atomic(img, image_path(self.out, job.name, i), quality=q)
-        return ClassResult(job.name, len(todo), present)
+            out.append((image_key(image.name, i), encode_jpeg(img, self.settings.jpeg_quality)))
+        return ClassResult(image.name, out)
 
 
 _WORKER: _Worker | None = None
 
 
-def _init_worker(out: Path, recipe: Recipe, settings: GenerateSettings, pool: OverlayPool) -> None:
+def _init_worker(recipe: Recipe, settings: GenerateSettings, pool: OverlayPool) -> None:
     global _WORKER
     import cv2
 
     fpixel(), fblur()  # already imported where the parent forked; imported here otherwise
     cv2.setNumThreads(1)  # one process per core: OpenCV's own threads would only compete
-    _WORKER = _Worker(out, recipe, settings, RecipeAugmenter(recipe, AugContext(pool=pool)))
+    _WORKER = _Worker(recipe, settings, RecipeAugmenter(recipe, AugContext(pool=pool)))
 
 
-def _run_class(job: ClassImage) -> ClassResult:
+def _run_class(job: tuple[ClassImage, int]) -> ClassResult:
     assert _WORKER is not None
     return _WORKER.run(job)
 
@@ -250,7 +252,7 @@ def resolve_workers(workers: int) -> int:
 def generate(recipe: Recipe, classes: Sequence[ClassImage], out: str | os.PathLike,
              settings: GenerateSettings, pool_paths: Sequence[str] = (), workers: int = 0,
              restart: bool = False, if_stale: str = "fail", progress: bool = True,
-             extra: dict[str, Any] | None = None) -> dict[str, Any]:
+             extra: dict[str, Any] | None = None, shard_size: int = SHARD_SIZE) -> dict[str, Any]:
     """Write the set of ``recipe`` for ``classes`` under ``out``; return the manifest.
 
     ``pool_paths`` are the other images of underlay/overlay/opacity steps.
@@ -266,19 +268,24 @@ def generate(recipe: Recipe, classes: Sequence[ClassImage], out: str | os.PathLi
     resumed = prepare_out(out, fp, if_stale=if_stale, restart=restart)
     pool = OverlayPool(list(pool_paths), max_side=recipe.size)
     fpixel(), fblur()  # import albumentations (seconds) once, before forking: workers inherit it
-    init_args = (out, recipe, settings, pool)
-    total = len(classes) * settings.per_class
+    writer = ShardWriter(out, shard_size=shard_size)
+    present = writer.resume()
+    jobs = _remaining(classes, writer.last_key())
+    init_args = (recipe, settings, pool)
     results: list[ClassResult] = []
     start = time.perf_counter()
-    bar = tqdm(total=total, unit="img", desc=f"augment {recipe.name}", disable=not progress, smoothing=0.1)
+    bar = tqdm(total=len(classes) * settings.per_class, initial=present, unit="img", desc=f"augment {recipe.name}",
+               disable=not progress, smoothing=0.1)
 
-    def collect(result: ClassResult) -> None:
-        if result.bad is not None and settings.on_bad_image == "fail":
-            raise BadImageError(*result.bad)
-        if result.bad is not None:
-            log.warning("skipping bad source image %s: %s", *result.bad)
-        results.append(result)
-        bar.update(settings.per_class)
+    def images(results_in_order: Iterable[ClassResult]) -> Iterator[tuple[str, bytes]]:
+        for result in results_in_order:
+            if result.bad is not None and settings.on_bad_image == "fail":
+                raise BadImageError(*result.bad)
+            if result.bad is not None:
+                log.warning("skipping bad source image %s: %s", *result.bad)
+            results.append(result._replace(images=[]))  # counts only: the bytes go to the shards
+            bar.update(len(result.images))
+            yield from result.images
 
     try:
         if n_workers == 1:
@@ -287,40 +294,60 @@ def generate(recipe: Recipe, classes: Sequence[ClassImage], out: str | os.PathLi
             threads = cv2.getNumThreads()
             _init_worker(*init_args)
             try:
-                for job in classes:
-                    collect(_run_class(job))
+                store = writer.write(images(map(_run_class, jobs)))
             finally:
                 cv2.setNumThreads(threads)
         else:
-            chunk = max(1, min(16, len(classes) // (n_workers * 8)))
+            chunk = max(1, min(16, len(jobs) // (n_workers * 8)))
             ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
             with ctx.Pool(n_workers, initializer=_init_worker, initargs=init_args) as procs:
-                for result in procs.imap_unordered(_run_class, classes, chunksize=chunk):
-                    collect(result)
+                # imap keeps the class order: the shards' bytes do not depend on which worker finished first
+                store = writer.write(images(procs.imap(_run_class, jobs, chunksize=chunk)))
     finally:
         bar.close()
     elapsed = time.perf_counter() - start
-    manifest = _manifest(recipe, results, settings, fp, n_workers, elapsed, resumed, extra or {})
+    skipped = _skipped_inputs(out, classes, settings, store["count"], results)
+    manifest = _manifest(recipe, classes, skipped, store, present, settings, fp, n_workers, elapsed, resumed,
+                         extra or {})
     write_json_atomic(out / MANIFEST, manifest)
     return manifest
 
 
-def _manifest(recipe: Recipe, results: list[ClassResult], settings: GenerateSettings, fp: dict[str, Any],
-              n_workers: int, elapsed: float, resumed: bool, extra: dict[str, Any]) -> dict[str, Any]:
-    bad = sorted((r.bad for r in results if r.bad is not None), key=lambda b: b[0])
-    written = sum(r.written for r in results)
-    done = [r for r in results if r.bad is None]
+def _remaining(classes: Sequence[ClassImage], last_key: str | None) -> list[tuple[ClassImage, int]]:
+    """(class, first image to make) after the last image an earlier, killed run wrote."""
+    if last_key is None:
+        return [(c, 0) for c in classes]
+    name, index = class_of_key(last_key), int(last_key.rsplit("_", 1)[1])
+    position = next(i for i, c in enumerate(classes) if c.name == name)
+    return [(classes[position], index + 1)] + [(c, 0) for c in classes[position + 1:]]
+
+
+def _skipped_inputs(out: Path, classes: Sequence[ClassImage], settings: GenerateSettings, count: int,
+                    results: list[ClassResult]) -> list[tuple[str, str]]:
+    """The unreadable sources, this run's and a killed run's (its classes are missing from the store)."""
+    if count == len(classes) * settings.per_class:
+        return []
+    written = {class_of_key(k.decode()) for k in ImageStore(out).keys}
+    reasons = {r.name: r.bad for r in results if r.bad is not None}
+    return sorted(reasons.get(c.name, (c.path, "unreadable (found by an earlier run)"))
+                  for c in classes if c.name not in written)
+
+
+def _manifest(recipe: Recipe, classes: Sequence[ClassImage], bad: list[tuple[str, str]], store: dict[str, Any],
+              present: int, settings: GenerateSettings, fp: dict[str, Any], n_workers: int, elapsed: float,
+              resumed: bool, extra: dict[str, Any]) -> dict[str, Any]:
+    written = store["count"] - present
     return {
         "recipe": recipe.name,
         "steps": [s.to_dict() for s in recipe.steps],
         "grayscale": recipe.grayscale,
         "faces": recipe.faces,
         "counts": {
-            "classes": len(done),
+            "classes": len(classes) - len(bad),
             "classes_skipped": len(bad),
-            "images": len(done) * settings.per_class,
+            "images": store["count"],
             "images_written": written,
-            "images_present": sum(r.present for r in results),
+            "images_present": present,
             "skipped_inputs": len(bad),
         },
         "skipped_inputs": [{"path": p, "reason": reason} for p, reason in bad],

@@ -1,16 +1,19 @@
 """A generated training set (``embedlab augment``) as labelled images.
 
-Layout: ``<root>/<class>/<class>_<i>.jpg`` with ``_0`` the anchor, plus the
-generator's ``manifest.json``. Each folder is one class; classes are indexed
-in sorted name order, so the labels of a set are the same on every machine.
+Layout: an image store of ``<class>_<i>.jpg`` with ``_0`` the anchor, plus
+the generator's ``manifest.json`` (:mod:`embedlab.augment.generator`).
+Classes are indexed in sorted name order, so the labels of a set are the
+same on every machine.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from embedlab.data.labelled import LabelledImages
-from embedlab.images import is_image_file
+from embedlab.data.shards import store_at
 
 
 class AugmentedSet(LabelledImages):
@@ -19,16 +22,20 @@ class AugmentedSet(LabelledImages):
     def __init__(self, root: str | Path, img_size: int, on_bad_image: str = "fail",
                  bad_log: Path | None = None) -> None:
         self.root = Path(root)
-        if not (self.root / "manifest.json").is_file():
+        store = store_at(self.root)
+        if not (self.root / "manifest.json").is_file() or store is None:
             raise FileNotFoundError(
-                f"{self.root}: not a generated training set (no manifest.json); "
+                f"{self.root}: not a generated training set (no manifest.json or no image store); "
                 f"create it with `embedlab augment --recipe <name>` or `dvc repro augment`"
             )
-        self.classes = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        # The class of image "<class>_<i>": the key up to its last "_" (class names may hold "_" too).
+        keys = np.char.decode(store.keys, "ascii")
+        class_of_image = np.array([key.rsplit("_", 1)[0] for key in keys])
+        self.classes, labels = np.unique(class_of_image, return_inverse=True)
+        self.classes = self.classes.tolist()
         if len(self.classes) < 2:
-            raise ValueError(f"{self.root}: {len(self.classes)} class folder(s); training needs at least 2")
-        rows = [(path, label) for label, name in enumerate(self.classes)
-                for path in sorted(p for p in (self.root / name).iterdir() if is_image_file(p))]
+            raise ValueError(f"{self.root}: {len(self.classes)} class(es); training needs at least 2")
+        rows = [(self.root / f"{key}{store.suffix}", int(label)) for key, label in zip(keys, labels)]
         super().__init__(rows, img_size, on_bad_image=on_bad_image, bad_log=bad_log)
 
     @property

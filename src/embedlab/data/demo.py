@@ -18,13 +18,16 @@ How it is built (see also the README.txt written next to the data):
   ``frm_faces`` are LFW faces from ``skimage.data.lfw_subset``
   (25 px, upscaled); with ``n_frm_faces=0`` no ``frm_faces`` folder is made.
 
-Same seed and package versions -> byte-identical files.
+Same seed and package versions -> byte-identical files. With ``store`` each
+image folder ends as an image store (:mod:`embedlab.data.shards`), the
+layout ``embedlab import disc21`` writes.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +36,7 @@ from PIL import Image
 from embedlab.atomic import write_csv_atomic, write_text_atomic
 from embedlab.config import DemoDataConfig
 from embedlab.data.demo_edits import EDITS, edit_query
+from embedlab.data.shards import pack_folder, store_at
 from embedlab.images import list_images, load_rgb, save_jpeg_atomic
 from embedlab.package_files import package_file
 
@@ -238,6 +242,9 @@ def build_demo_data(out_root: str | Path, cfg: DemoDataConfig, progress: bool = 
     rx = {dirs["training"]: r"T\d{6}\.jpg", dirs["reference"]: r"R\d{6}\.jpg", dirs["query"]: r"Q\d{5}\.jpg",
           dirs["imagenet"]: r"I\d{6}\.jpg", dirs["frm_faces"]: r"F\d{6}\.jpg"}
     _claim_folders(out_root, rx)
+    for folder in dirs.values():  # a store of an earlier build (ours: claimed above) is built afresh
+        if store_at(folder) is not None:
+            shutil.rmtree(folder)
 
     rng = np.random.default_rng(cfg.seed)
     named = demo_photos()
@@ -310,6 +317,8 @@ def build_demo_data(out_root: str | Path, cfg: DemoDataConfig, progress: bool = 
         for p in list_images(folder, allow_empty=True) if folder.is_dir() else []:
             if p.name not in names:
                 p.unlink()
+        if cfg.store and folder.is_dir():
+            pack_folder(folder)  # as `embedlab import disc21` writes it
     return {"counts": counts, "paths": {k: str(v) for k, v in dirs.items() if k != "frm_faces" or cfg.n_frm_faces}
             | {"ground_truth": str(disc / "ground_truth.csv"), "manifest": str(disc / "manifest.csv")},
             "cell_side_px": round(side, 1), "photos": [n for n, _ in named]}

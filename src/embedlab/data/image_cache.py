@@ -23,13 +23,12 @@ import multiprocessing
 import os
 import shutil
 from functools import partial
-from io import BytesIO
 from pathlib import Path
 
 from embedlab.atomic import write_json_atomic
 from embedlab.data.shards import SHARD_SIZE, ImageStore, ShardWriter
 from embedlab.data.transforms import resize_square
-from embedlab.images import BadImageError, check_on_bad_image, list_images, load_rgb
+from embedlab.images import BadImageError, check_on_bad_image, encode_jpeg, list_images, load_rgb
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +48,7 @@ def _resized_jpeg(path: Path, size: int, on_bad_image: str) -> tuple[str, bytes 
         if on_bad_image == "fail":
             raise
         return path.stem, None, err.reason
-    out = BytesIO()
-    img.save(out, "JPEG", quality=QUALITY, subsampling=2, optimize=False, progressive=False)
-    return path.stem, out.getvalue(), ""
+    return path.stem, encode_jpeg(img, QUALITY), ""
 
 
 def cache_source(folder: str | os.PathLike, out: str | os.PathLike, size: int, on_bad_image: str = "fail",

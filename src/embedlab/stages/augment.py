@@ -20,6 +20,7 @@ from typing import Any
 from embedlab.augment.generator import GenerateSettings, generate, generated_set_classes
 from embedlab.augment.recipes import Recipe, format_recipe, get_recipe, load_recipes
 from embedlab.config import AugmentConfig, Params, apply_overrides
+from embedlab.data.shards import SHARD_SIZE
 from embedlab.images import list_images
 
 
@@ -47,7 +48,7 @@ def show_recipe(params: Params, name: str, overrides: dict[str, Any] | None = No
 
 def run_augment(params: Params, name: str, overrides: dict[str, Any] | None = None, out: str | Path | None = None,
                 restart: bool = False, if_stale: str = "fail", progress: bool = True,
-                params_file: str = "params.yaml") -> tuple[dict[str, Any], Path]:
+                params_file: str = "params.yaml", shard_size: int = SHARD_SIZE) -> tuple[dict[str, Any], Path]:
     """Generate the set of recipe ``name``; return its manifest and folder.
 
     ``overrides`` are AugmentConfig fields (None values ignored), e.g. from the CLI.
@@ -63,6 +64,6 @@ def run_augment(params: Params, name: str, overrides: dict[str, Any] | None = No
     shaping = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("out", "base", "recipes")}
     workers = params.runtime.augment_workers
     manifest = generate(recipe, classes, folder, settings, pool, workers=workers, restart=restart,
-                        if_stale=if_stale, progress=progress, extra=shaping)
+                        if_stale=if_stale, progress=progress, extra=shaping, shard_size=shard_size)
     return manifest, folder
 
