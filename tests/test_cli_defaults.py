@@ -55,7 +55,7 @@ def test_every_cli_setting_flag_defaults_to_params_yaml():
     # Defaults that are no settings of params.yaml: which file, what to do, where to write.
     allowed = {"params": "params.yaml", "if_stale": "fail", "set": "test", "restart": False, "show": False,
                "no_progress": False, "markdown": False, "verbose": False, ("evaluate-disc", "out"): "eval",
-               ("code-deps", "out"): "reports/code", ("import", "queries"): "dev", ("import", "images"): "store",
+               ("code-deps", "out"): "reports/code", ("import", "queries"): "dev",
                ("sweep", "workers"): 1, ("sweep", "worker_index"): 0}
     for name, sub in _subparsers().items():
         for action in sub._actions:

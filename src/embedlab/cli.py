@@ -230,12 +230,17 @@ def cmd_report(args) -> None:
 
 def cmd_import(args) -> None:
     from embedlab.data.disc21_import import import_disc21
+    from embedlab.data.kryptonite_import import import_kryptonite
 
     params = _params(args)
-    out = args.out or params.data.disc
-    print(json.dumps(import_disc21(args.src, out, queries=args.queries,
-                                   on_bad_image=args.on_bad_image or params.data.on_bad_image,
-                                   images=args.images), indent=2))
+    on_bad_image = args.on_bad_image or params.data.on_bad_image
+    if args.kind == "disc21":
+        summary = import_disc21(args.src, args.out or params.data.disc, queries=args.queries,
+                                on_bad_image=on_bad_image, images=args.images or "store")
+    else:
+        summary = import_kryptonite(args.src, args.out or params.data.faces, on_bad_image=on_bad_image,
+                                    images=args.images or "hardlink")
+    print(json.dumps(summary, indent=2))
 
 
 def cmd_pack(args) -> None:
@@ -406,17 +411,18 @@ def build_parser() -> argparse.ArgumentParser:
                 "post-processing", "embedlab ensemble --members drip/s3 gem/big")
     p.add_argument("--members", nargs="+", help="<stage>/<name> of trained models (default: evaluate.ensemble)")
     p = command("import", cmd_import, "check a published data set as downloaded and write it in the project's "
-                "layout (disc21: the train / references / queries folders and the ground-truth CSV)",
+                "layout (disc21: the train / references / queries folders and the ground-truth CSV; kryptonite: "
+                "train/meta.json, train/images and test_public)",
                 "embedlab import disc21 ~/downloads/disc21 --out data/raw/disc")
-    p.add_argument("kind", choices=("disc21",), help="the published data set")
+    p.add_argument("kind", choices=("disc21", "kryptonite"), help="the published data set")
     p.add_argument("src", help="the download's folder, as unpacked")
-    p.add_argument("--out", type=o_str, help="the project's layout (default: data.disc)")
+    p.add_argument("--out", type=o_str, help="the project's layout (default: data.disc; kryptonite: data.faces)")
     p.add_argument("--queries", choices=("dev", "final"), default="dev",
                    help="which query set and ground truth: dev (default) or final")
     p.add_argument("--on-bad-image", type=o_str, help="fail | skip (default: data.on_bad_image)")
-    p.add_argument("--images", choices=("store", "hardlink", "copy"), default="store",
-                   help="how each part is written: an image store of tar shards (default), hard links or copies "
-                   "of the files")
+    p.add_argument("--images", choices=("store", "hardlink", "copy"),
+                   help="how the images are written: an image store of tar shards (disc21's default), hard links "
+                   "(kryptonite's default: its nested folders stay files) or copies of the files")
     p = command("pack", cmd_pack, "turn folders of images into image stores in place (tar shards + index: a few "
                 "files for DVC instead of one per image; every stage reads both)", "embedlab pack data/raw/imagenet",
                 params=False)

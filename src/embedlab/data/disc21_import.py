@@ -25,17 +25,13 @@ non-empty ``out`` is refused.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import tempfile
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 from embedlab.data.disc import GT_COLUMNS, DiscLayout, read_ground_truth
 from embedlab.data.shards import write_store
-from embedlab.images import check_on_bad_image, decode_problem, is_image_file
+from embedlab.data.importing import DownloadError, bad_images, first_found, link_or_copy, staged_output
+from embedlab.images import check_on_bad_image, is_image_file
 
 # Each part of the layout, the names it has in the distributions (first found wins), its id pattern.
 PARTS = {
@@ -51,22 +47,12 @@ GROUND_TRUTH = ("public_ground_truth.csv", "dev_ground_truth.csv", "ground_truth
 FINAL_GROUND_TRUTH = ("final_ground_truth.csv", "list_files/final_ground_truth.csv")
 
 
-class Disc21ImportError(ValueError):
+class Disc21ImportError(DownloadError):
     """The download is incomplete or inconsistent; the message names the file or folder."""
 
 
-@dataclass
-class Found:
-    folder: Path
-    images: list[Path]
-
-
 def _first(src: Path, names: tuple[str, ...], what: str, is_dir: bool = True) -> Path:
-    for name in names:
-        path = src / name
-        if path.is_dir() if is_dir else path.is_file():
-            return path
-    raise Disc21ImportError(f"{src}: no {what} found (looked for {', '.join(names)})")
+    return first_found(src, names, what, is_dir, Disc21ImportError)
 
 
 def _images(folder: Path, pattern: str) -> list[Path]:
@@ -84,12 +70,6 @@ def _images(folder: Path, pattern: str) -> list[Path]:
     return images
 
 
-def _bad_images(paths: list[Path], workers: int) -> dict[Path, str]:
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        problems = pool.map(decode_problem, paths, chunksize=256)
-        return {path: problem for path, problem in zip(paths, problems) if problem is not None}
-
-
 def import_disc21(src: str | Path, out: str | Path, queries: str = "dev", on_bad_image: str = "fail",
                   images: str = "store", workers: int | None = None) -> dict:
     """Check the download at ``src`` and write the project's DISC layout at ``out``; returns a summary.
@@ -102,7 +82,7 @@ def import_disc21(src: str | Path, out: str | Path, queries: str = "dev", on_bad
         raise ValueError(f"images must be one of {', '.join(IMAGE_WRITERS)}, got {images!r}")
     if not src.is_dir():
         raise Disc21ImportError(f"{src}: not a folder")
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and any(out.iterdir()):  # before the checks, which take minutes at full size
         raise Disc21ImportError(f"{out}: exists and is not empty; import into a new folder")
     folders = {part: _first(src, names, f"{part} images") for part, (names, _) in PARTS.items()}
     gt_names = GROUND_TRUTH
@@ -111,35 +91,27 @@ def import_disc21(src: str | Path, out: str | Path, queries: str = "dev", on_bad
     ground_truth = _first(src, gt_names, "ground-truth CSV", is_dir=False)
     found = {part: _images(folder, PARTS[part][1]) for part, folder in folders.items()}
 
-    every = [p for images in found.values() for p in images]
-    bad = _bad_images(every, workers or os.cpu_count() or 1)
+    every = [p for files in found.values() for p in files]
+    bad = bad_images(every, workers)
     if bad and on_bad_image == "fail":
         path, problem = next(iter(sorted(bad.items())))
         raise Disc21ImportError(f"{path}: unreadable image ({problem}); {len(bad)} unreadable in all "
                                 "(on_bad_image: skip leaves them out)")
-    kept = {part: [p for p in images if p not in bad] for part, images in found.items()}
+    kept = {part: [p for p in files if p not in bad] for part, files in found.items()}
     pairs = read_ground_truth(ground_truth, query_ids=[p.stem for p in found["query"]],
                               reference_ids=[p.stem for p in found["reference"]])
     # A skipped image is not part of the imported set: its pairs go with it (and are counted).
     gone = {p.stem for p in bad}
     kept_pairs = [(q, r) for q, r in pairs if q not in gone and r not in gone]
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with staged_output(out, Disc21ImportError) as staging:
         layout = DiscLayout(staging)
         for part, target in (("training", layout.training_dir), ("reference", layout.reference_dir),
                              ("query", layout.query_dir)):
             IMAGE_WRITERS[images](kept[part], target)
         rows = [",".join(GT_COLUMNS)] + [f"{q},{r}" for q, r in kept_pairs]
         layout.ground_truth_csv.write_text("\n".join(rows) + "\n")
-        if out.exists():
-            out.rmdir()  # empty, checked above
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return {"out": str(out), **{part: len(images) for part, images in kept.items()},
+    return {"out": str(out), **{part: len(files) for part, files in kept.items()},
             "ground_truth_pairs": len(kept_pairs), "skipped": len(bad),
             "pairs_of_skipped_images": len(pairs) - len(kept_pairs),
             "sources": {part: str(folder) for part, folder in folders.items()} | {"ground_truth": str(ground_truth)}}
@@ -156,13 +128,7 @@ def _write_store(paths: list[Path], target: Path) -> None:
 def _link_or_copy(paths: list[Path], target: Path, link: bool) -> None:
     target.mkdir()
     for source in paths:
-        if link:
-            try:
-                os.link(source, target / source.name)
-                continue
-            except OSError:  # another filesystem: copy
-                pass
-        shutil.copy2(source, target / source.name)
+        link_or_copy(source, target / source.name, link)
 
 
 IMAGE_WRITERS = {

@@ -1,0 +1,67 @@
+"""What the importers of published data sets share: finding parts under their distributions' names, checking
+that every image decodes (on every core), and writing the project's layout atomically from a staging folder."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from embedlab.images import decode_problem
+
+
+class DownloadError(ValueError):
+    """A download that is incomplete or inconsistent; the message names the file or folder."""
+
+
+def first_found(src: Path, names: tuple[str, ...], what: str, is_dir: bool = True,
+                error: type[ValueError] = DownloadError) -> Path:
+    """The first of ``names`` under ``src`` that exists (a folder, or a file with ``is_dir=False``)."""
+    for name in names:
+        path = src / name
+        if path.is_dir() if is_dir else path.is_file():
+            return path
+    raise error(f"{src}: no {what} found (looked for {', '.join(names)})")
+
+
+def bad_images(paths: list[Path], workers: int | None = None) -> dict[Path, str]:
+    """{path: why it does not decode} for the images of ``paths`` that do not (every core by default)."""
+    with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        problems = pool.map(decode_problem, paths, chunksize=256)
+        return {path: problem for path, problem in zip(paths, problems) if problem is not None}
+
+
+@contextmanager
+def staged_output(out: Path, error: type[ValueError] = DownloadError) -> Iterator[Path]:
+    """A staging folder beside ``out``, renamed to ``out`` when the block succeeds and removed when it fails.
+
+    An existing, non-empty ``out`` is refused: an import never mixes with data already there.
+    """
+    if out.exists() and any(out.iterdir()):
+        raise error(f"{out}: exists and is not empty; import into a new folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        yield staging
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def link_or_copy(source: Path, target: Path, link: bool = True) -> None:
+    """A hard link of ``source`` at ``target`` (a copy across filesystems, or with ``link=False``)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if link:
+        try:
+            os.link(source, target)
+            return
+        except OSError:  # another filesystem
+            pass
+    shutil.copy2(source, target)
