@@ -60,6 +60,27 @@ def test_templates_are_the_models_embeddings_split_by_person(decoder_project: Pa
         np.testing.assert_allclose(model.embed(photos).numpy(), test.templates[:3], atol=1e-5)
 
 
+def test_templates_of_an_imported_photo_list_equal_those_of_the_face_set(decoder_project: Path):
+    from embedlab.data.faces import read_face_meta
+    from embedlab.data.photo_list import import_photo_table
+
+    build_templates(load_params())
+    before = {split: read_template_set("data/templates", split) for split in ("train", "test")}
+    meta = read_face_meta("data/raw/faces/train")
+    rows = [f"train/images/{key},{key.split('/')[0]}" for key, fake in meta.items() if not fake]
+    Path("photos.csv").write_text("\n".join(["path,person", *rows]) + "\n")
+    import_photo_table("photos.csv", "data/raw/faces", "data/decoder_photos")
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params["templates"]["photos"] = "data/decoder_photos"
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    manifest = build_templates(load_params())
+    assert manifest["photos"] == "data/decoder_photos"
+    for split, earlier in before.items():
+        now = read_template_set("data/templates", split)
+        assert now.paths == earlier.paths and now.persons == earlier.persons
+        np.testing.assert_allclose(now.templates, earlier.templates, atol=1e-6)
+
+
 def test_short_training_raises_the_cosine_and_logs_grids_and_checkpoints(decoder_project: Path):
     params = load_params()
     build_templates(params)

@@ -12,8 +12,11 @@ import io
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
 
 
 @contextlib.contextmanager
@@ -60,3 +63,13 @@ def write_csv_atomic(path: str | os.PathLike, header: Sequence[str], rows: Itera
     writer.writerow(header)
     writer.writerows(rows)
     write_text_atomic(path, buffer.getvalue())
+
+
+def write_npz_atomic(path: str | os.PathLike, **arrays: np.ndarray) -> None:
+    """``np.savez`` written atomically and with fixed member times, so the same arrays give the same bytes
+    (np.savez stamps the clock into the zip: DVC would see a new file each time)."""
+    with atomic_path(path, suffix=".npz") as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED) as archive:
+        for name, array in arrays.items():
+            with archive.open(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), "w",
+                              force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)

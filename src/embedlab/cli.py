@@ -231,10 +231,16 @@ def cmd_report(args) -> None:
 def cmd_import(args) -> None:
     from embedlab.data.disc21_import import import_disc21
     from embedlab.data.kryptonite_import import import_kryptonite
+    from embedlab.data.photo_list import import_photo_table
 
     params = _params(args)
     on_bad_image = args.on_bad_image or params.data.on_bad_image
-    if args.kind == "disc21":
+    if args.kind == "pairs":
+        out = args.out or params.templates.photos
+        if not out:
+            raise ConfigError("embedlab import pairs: give --out (or set templates.photos in params.yaml)")
+        summary = import_photo_table(args.src, args.root or Path(args.src).parent, out, on_bad_image)
+    elif args.kind == "disc21":
         summary = import_disc21(args.src, args.out or params.data.disc, queries=args.queries,
                                 on_bad_image=on_bad_image, images=args.images or "store")
     else:
@@ -412,11 +418,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--members", nargs="+", help="<stage>/<name> of trained models (default: evaluate.ensemble)")
     p = command("import", cmd_import, "check a published data set as downloaded and write it in the project's "
                 "layout (disc21: the train / references / queries folders and the ground-truth CSV; kryptonite: "
-                "train/meta.json, train/images and test_public)",
+                "train/meta.json, train/images and test_public; pairs: a CSV or Parquet table of the decoder's "
+                "photos, columns path and person)",
                 "embedlab import disc21 ~/downloads/disc21 --out data/raw/disc")
-    p.add_argument("kind", choices=("disc21", "kryptonite"), help="the published data set")
-    p.add_argument("src", help="the download's folder, as unpacked")
-    p.add_argument("--out", type=o_str, help="the project's layout (default: data.disc; kryptonite: data.faces)")
+    p.add_argument("kind", choices=("disc21", "kryptonite", "pairs"), help="the published data set")
+    p.add_argument("src", help="the download's folder, as unpacked (pairs: the table)")
+    p.add_argument("--out", type=o_str, help="the project's layout (default: data.disc; kryptonite: data.faces; "
+                   "pairs: templates.photos)")
+    p.add_argument("--root", type=o_str, help="pairs: the folder the table's paths are relative to "
+                   "(default: the table's folder)")
     p.add_argument("--queries", choices=("dev", "final"), default="dev",
                    help="which query set and ground truth: dev (default) or final")
     p.add_argument("--on-bad-image", type=o_str, help="fail | skip (default: data.on_bad_image)")

@@ -373,6 +373,7 @@ class TemplatesConfig:
     out: str = "data/templates"  # train.h5 / train.csv, test.h5 / test.csv, manifest.json
     test_fraction: float = 0.1  # persons held out (no person in both splits)
     include_fakes: bool = False  # deepfakes of the face set are photos too, but not of anyone real
+    photos: str | None = None  # a photo list of `embedlab import pairs` (None: the face set's photos)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.test_fraction < 1.0:

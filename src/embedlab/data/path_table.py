@@ -27,6 +27,20 @@ class PathTable(Sequence[Path]):
         np.cumsum(np.fromiter((len(e) for e in encoded), np.int64, len(encoded)), out=self._offsets[1:])
         self._bytes = np.frombuffer(b"".join(encoded), np.uint8)
 
+    @classmethod
+    def from_buffers(cls, data: np.ndarray, offsets: np.ndarray) -> "PathTable":
+        """A table over UTF-8 bytes ``data`` and ``len + 1`` int64 ``offsets`` (as :meth:`buffers` gives them)."""
+        if offsets.ndim != 1 or len(offsets) < 1 or offsets[0] != 0 or offsets[-1] != len(data) or \
+                (np.diff(offsets) < 0).any():
+            raise ValueError(f"path table offsets must rise from 0 to {len(data)}")
+        table = cls(())
+        table._bytes, table._offsets = np.asarray(data, np.uint8), np.asarray(offsets, np.int64)
+        return table
+
+    def buffers(self) -> tuple[np.ndarray, np.ndarray]:
+        """(UTF-8 bytes, offsets): the whole table as two arrays, e.g. to save it."""
+        return self._bytes, self._offsets
+
     def __len__(self) -> int:
         return len(self._offsets) - 1
 

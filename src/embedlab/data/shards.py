@@ -32,13 +32,12 @@ import json
 import os
 import shutil
 import tarfile
-import zipfile
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
-from embedlab.atomic import atomic_path, write_json_atomic
+from embedlab.atomic import atomic_path, write_json_atomic, write_npz_atomic
 
 FORMAT = "embedlab-shards/1"
 SHARD_SIZE = 10_000
@@ -58,15 +57,6 @@ def _tar_member(key: str, data: bytes) -> tarfile.TarInfo:
     info = tarfile.TarInfo(key)
     info.size, info.mtime, info.mode, info.uname, info.gname = len(data), 0, 0o644, "", ""
     return info
-
-
-def _save_npz(path: Path, **arrays: np.ndarray) -> None:
-    """``np.savez`` with fixed member times: the same arrays give the same bytes (np.savez stamps the clock)."""
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
-        for name, array in arrays.items():
-            with archive.open(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), "w",
-                              force_zip64=True) as member:
-                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
 
 
 class ShardWriter:
@@ -147,9 +137,8 @@ class ShardWriter:
         key_array = np.array(keys, dtype=bytes) if keys else np.zeros(0, "S1")
         if len(np.unique(key_array)) != len(key_array):
             raise StoreError(f"{self.root}: the same image key appears twice")
-        with atomic_path(self.root / "index.npz") as tmp:
-            _save_npz(tmp, keys=key_array, shard=np.array(shard, np.int32), offset=np.array(offset, np.int64),
-                      size=np.array(size, np.int64))
+        write_npz_atomic(self.root / "index.npz", keys=key_array, shard=np.array(shard, np.int32),
+                         offset=np.array(offset, np.int64), size=np.array(size, np.int64))
         manifest = {"format": FORMAT, "count": len(key_array), "suffix": self.suffix,
                     "shards": [_shard_name(n) for n in shards]}
         write_json_atomic(self.root / "store.json", manifest)

@@ -21,6 +21,7 @@ from embedlab.atomic import write_json_atomic
 from embedlab.config import Params, RuntimeConfig
 from embedlab.data.collate import collate_skipping_bad
 from embedlab.data.faces import natural_key, split_persons, read_face_meta
+from embedlab.data.photo_list import PhotoList
 from embedlab.data.templates import PhotoFiles, TemplateSet, check_templates, write_template_set
 from embedlab.devices import runtime_loader_options, torch_device
 from embedlab.models.face_models import FaceModel, load_face_model
@@ -46,18 +47,29 @@ def embed_photos(model: FaceModel, paths: list[Path], runtime: RuntimeConfig,
     return kept, np.concatenate(vectors) if vectors else np.zeros((0, dim), np.float32)
 
 
+def _photo_rows(params: Params) -> tuple[Path, list[tuple[str, str]]]:
+    """(the root the photo paths are relative to, (path, person) rows): an imported photo list, or the
+    face set's photos (its real ones; the deepfakes too with include_fakes)."""
+    cfg = params.templates
+    if cfg.photos:
+        photos = PhotoList.load(cfg.photos)
+        return photos.root, [(str(photos.paths[i]), photos.persons[photos.person[i]].decode())
+                             for i in range(len(photos))]
+    faces_root = Path(params.data.faces)
+    meta = read_face_meta(faces_root / "train")
+    return faces_root, [(f"train/images/{key}", key.split("/")[0]) for key, fake in meta.items()
+                        if cfg.include_fakes or not fake]
+
+
 def build_templates(params: Params) -> dict:
     """Embed the face photos, split them by person, write both splits and the manifest."""
     cfg = params.templates
-    faces_root = Path(params.data.faces)
-    meta = read_face_meta(faces_root / "train")
-    rows = [(f"train/images/{key}", key.split("/")[0]) for key, fake in meta.items()
-            if cfg.include_fakes or not fake]
+    photo_root, rows = _photo_rows(params)
     persons = sorted({person for _, person in rows}, key=natural_key)
     test_persons = split_persons(persons, cfg.test_fraction, params.seed)
 
     model = load_face_model(cfg.model, "template")
-    kept, templates = embed_photos(model, [faces_root / path for path, _ in rows], params.runtime,
+    kept, templates = embed_photos(model, [photo_root / path for path, _ in rows], params.runtime,
                                    params.data.on_bad_image)
     check_templates(templates, cfg.model)  # a model that emits NaN is caught here, not in training
     out = Path(cfg.out)
@@ -70,7 +82,7 @@ def build_templates(params: Params) -> dict:
     manifest = {
         "template_model": str(cfg.model), "template_model_sha256": file_digest(cfg.model),
         "template_dim": model.embedding_dim, "input_size": model.input_size,
-        "faces_root": str(faces_root), "include_fakes": cfg.include_fakes, "seed": params.seed,
+        "faces_root": str(photo_root), "photos": cfg.photos, "include_fakes": cfg.include_fakes, "seed": params.seed,
         "skipped_photos": len(rows) - len(kept), "splits": counts,
     }
     write_json_atomic(out / "manifest.json", manifest)
