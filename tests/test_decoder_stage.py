@@ -81,6 +81,46 @@ def test_templates_of_an_imported_photo_list_equal_those_of_the_face_set(decoder
         np.testing.assert_allclose(now.templates, earlier.templates, atol=1e-6)
 
 
+def test_a_killed_templates_embedding_resumes_after_its_last_chunk(decoder_project: Path, monkeypatch):
+    import embedlab.stages.templates as templates_stage
+
+    params = load_params()
+    params = dataclasses.replace(params, runtime=dataclasses.replace(params.runtime, inference_batch_size=4))
+    build_templates(params)
+    whole = {split: read_template_set("data/templates", split) for split in ("train", "test")}
+    shutil.rmtree("data/templates")
+    monkeypatch.setattr(templates_stage, "CHUNK", 8)  # a chunk file every 2 batches
+    real_load, embedded = templates_stage.load_face_model, []
+
+    def counting_model(path, role, fail_after=None):
+        model = real_load(path, role)
+        embed = model.embed
+
+        def counted(images):
+            if fail_after is not None and len(embedded) >= fail_after:
+                raise KeyboardInterrupt  # the kill, in the middle of the train split
+            embedded.append(len(images))
+            return embed(images)
+        model.embed = counted
+        return model
+
+    monkeypatch.setattr(templates_stage, "load_face_model", lambda p, r: counting_model(p, r, fail_after=5))
+    with pytest.raises(KeyboardInterrupt):
+        build_templates(params)
+    done = sum(embedded)
+    assert len(list(Path("data/templates/train.h5.parts").glob("chunk_*.npz"))) >= 1
+    embedded.clear()
+    monkeypatch.setattr(templates_stage, "load_face_model", counting_model)
+    build_templates(params)
+    chunks_done = (done // 8) * 8  # only complete chunks are kept
+    assert sum(embedded) == 16 * 3 - chunks_done  # the rerun embeds what the kept chunks do not hold
+    for split, earlier in whole.items():
+        now = read_template_set("data/templates", split)
+        assert now.paths == earlier.paths
+        np.testing.assert_allclose(now.templates, earlier.templates, atol=1e-6)
+    assert not list(Path("data/templates").glob("*.parts"))
+
+
 def test_short_training_raises_the_cosine_and_logs_grids_and_checkpoints(decoder_project: Path):
     params = load_params()
     build_templates(params)

@@ -25,13 +25,17 @@ non-empty ``out`` is refused.
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from embedlab.data.disc import GT_COLUMNS, DiscLayout, read_ground_truth
 from embedlab.data.shards import write_store
 from embedlab.data.importing import DownloadError, bad_images, first_found, link_or_copy, staged_output
-from embedlab.images import check_on_bad_image, is_image_file
+from embedlab.images import IMAGE_SUFFIXES, check_on_bad_image
 
 # Each part of the layout, the names it has in the distributions (first found wins), its id pattern.
 PARTS = {
@@ -55,19 +59,38 @@ def _first(src: Path, names: tuple[str, ...], what: str, is_dir: bool = True) ->
     return first_found(src, names, what, is_dir, Disc21ImportError)
 
 
-def _images(folder: Path, pattern: str) -> list[Path]:
-    images = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and is_image_file(p))
-    if not images:
+@dataclass
+class Part:
+    """A part's folder and its image file names, sorted. Names are kept as ``str``: 2M ``Path`` objects
+    cost about 0.5 KB each, and the importer's memory would grow with the download."""
+
+    folder: Path
+    names: list[str]
+
+    def paths(self) -> Iterator[str]:
+        return (os.path.join(self.folder, name) for name in self.names)
+
+    def stems(self) -> Iterator[str]:
+        return (os.path.splitext(name)[0] for name in self.names)
+
+    def without(self, bad: set[str]) -> "Part":
+        return Part(self.folder, [n for n, path in zip(self.names, self.paths()) if path not in bad])
+
+
+def _images(folder: Path, pattern: str) -> Part:
+    names = sorted(entry.name for entry in os.scandir(folder) if not entry.name.startswith(".")
+                   and entry.name.lower().endswith(IMAGE_SUFFIXES) and entry.is_file())
+    if not names:
         raise Disc21ImportError(f"{folder}: no images")
-    by_id: dict[str, Path] = {}
-    for path in images:
-        if not re.fullmatch(pattern, path.stem):
-            raise Disc21ImportError(f"{path}: not a DISC21 id (expected names like {pattern})")
-        if path.stem in by_id:
-            raise Disc21ImportError(f"{folder}: image id {path.stem} appears twice ({by_id[path.stem].name}, "
-                                    f"{path.name})")
-        by_id[path.stem] = path
-    return images
+    id_pattern, previous = re.compile(pattern), None
+    for name in names:  # sorted by name, so two files of one id are neighbours (ids have a fixed length)
+        stem = os.path.splitext(name)[0]
+        if not id_pattern.fullmatch(stem):
+            raise Disc21ImportError(f"{folder / name}: not a DISC21 id (expected names like {pattern})")
+        if previous is not None and os.path.splitext(previous)[0] == stem:
+            raise Disc21ImportError(f"{folder}: image id {stem} appears twice ({previous}, {name})")
+        previous = name
+    return Part(folder, names)
 
 
 def import_disc21(src: str | Path, out: str | Path, queries: str = "dev", on_bad_image: str = "fail",
@@ -91,17 +114,16 @@ def import_disc21(src: str | Path, out: str | Path, queries: str = "dev", on_bad
     ground_truth = _first(src, gt_names, "ground-truth CSV", is_dir=False)
     found = {part: _images(folder, PARTS[part][1]) for part, folder in folders.items()}
 
-    every = [p for files in found.values() for p in files]
-    bad = bad_images(every, workers)
+    bad = bad_images(itertools.chain.from_iterable(part.paths() for part in found.values()), workers)
     if bad and on_bad_image == "fail":
-        path, problem = next(iter(sorted(bad.items())))
+        path, problem = min(bad.items())
         raise Disc21ImportError(f"{path}: unreadable image ({problem}); {len(bad)} unreadable in all "
                                 "(on_bad_image: skip leaves them out)")
-    kept = {part: [p for p in files if p not in bad] for part, files in found.items()}
-    pairs = read_ground_truth(ground_truth, query_ids=[p.stem for p in found["query"]],
-                              reference_ids=[p.stem for p in found["reference"]])
+    kept = {name: part.without(set(bad)) if bad else part for name, part in found.items()}
+    pairs = read_ground_truth(ground_truth, query_ids=set(found["query"].stems()),
+                              reference_ids=set(found["reference"].stems()))
     # A skipped image is not part of the imported set: its pairs go with it (and are counted).
-    gone = {p.stem for p in bad}
+    gone = {os.path.splitext(os.path.basename(path))[0] for path in bad}
     kept_pairs = [(q, r) for q, r in pairs if q not in gone and r not in gone]
 
     with staged_output(out, Disc21ImportError) as staging:
@@ -111,28 +133,29 @@ def import_disc21(src: str | Path, out: str | Path, queries: str = "dev", on_bad
             IMAGE_WRITERS[images](kept[part], target)
         rows = [",".join(GT_COLUMNS)] + [f"{q},{r}" for q, r in kept_pairs]
         layout.ground_truth_csv.write_text("\n".join(rows) + "\n")
-    return {"out": str(out), **{part: len(files) for part, files in kept.items()},
+    return {"out": str(out), **{name: len(part.names) for name, part in kept.items()},
             "ground_truth_pairs": len(kept_pairs), "skipped": len(bad),
             "pairs_of_skipped_images": len(pairs) - len(kept_pairs),
             "sources": {part: str(folder) for part, folder in folders.items()} | {"ground_truth": str(ground_truth)}}
 
 
-def _write_store(paths: list[Path], target: Path) -> None:
-    suffixes = sorted({p.suffix for p in paths})
+def _write_store(part: Part, target: Path) -> None:
+    suffixes = sorted({os.path.splitext(name)[1] for name in part.names})
     if len(suffixes) > 1:  # a store names all its members with one suffix
-        raise Disc21ImportError(f"{paths[0].parent}: images with suffixes {', '.join(suffixes)}; a store holds "
+        raise Disc21ImportError(f"{part.folder}: images with suffixes {', '.join(suffixes)}; a store holds "
                                 "one kind (import with --images hardlink)")
-    write_store(target, ((p.stem, p.read_bytes()) for p in paths), suffix=suffixes[0] if suffixes else ".jpg")
+    write_store(target, ((stem, Path(path).read_bytes()) for stem, path in zip(part.stems(), part.paths())),
+                suffix=suffixes[0] if suffixes else ".jpg")
 
 
-def _link_or_copy(paths: list[Path], target: Path, link: bool) -> None:
+def _link_or_copy(part: Part, target: Path, link: bool) -> None:
     target.mkdir()
-    for source in paths:
-        link_or_copy(source, target / source.name, link)
+    for name in part.names:
+        link_or_copy(part.folder / name, target / name, link)
 
 
 IMAGE_WRITERS = {
     "store": _write_store,
-    "hardlink": lambda paths, target: _link_or_copy(paths, target, link=True),
-    "copy": lambda paths, target: _link_or_copy(paths, target, link=False),
+    "hardlink": lambda part, target: _link_or_copy(part, target, link=True),
+    "copy": lambda part, target: _link_or_copy(part, target, link=False),
 }

@@ -9,9 +9,11 @@ import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator, TypeVar
 
 from embedlab.images import decode_problem
+
+T = TypeVar("T")
 
 
 class DownloadError(ValueError):
@@ -28,8 +30,9 @@ def first_found(src: Path, names: tuple[str, ...], what: str, is_dir: bool = Tru
     raise error(f"{src}: no {what} found (looked for {', '.join(names)})")
 
 
-def bad_images(paths: list[Path], workers: int | None = None) -> dict[Path, str]:
+def bad_images(paths: Iterable[T], workers: int | None = None) -> dict[T, str]:
     """{path: why it does not decode} for the images of ``paths`` that do not (every core by default)."""
+    paths = list(paths)  # once as a list of references: the pool and the zip below walk it
     with ProcessPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         problems = pool.map(decode_problem, paths, chunksize=256)
         return {path: problem for path, problem in zip(paths, problems) if problem is not None}
