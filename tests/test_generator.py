@@ -236,3 +236,16 @@ def test_cli_prints_a_summary(params_file, tmp_path, capsys):
     assert os.path.isfile(tmp_path / "augmented" / "dark" / "manifest.json")
     # --workers is runtime.augment_workers (params file: 1) for this run
     assert json.loads((tmp_path / "augmented" / "dark" / "manifest.json").read_text())["run"]["workers"] == 2
+
+
+def test_a_source_name_the_store_cannot_hold_is_refused_before_any_work(tmp_path, tiny_demo):
+    from embedlab.data.shards import StoreError
+
+    source = tmp_path / "source"
+    source.mkdir()
+    for path in sorted((tiny_demo / "disc" / "training").glob("*.jpg"))[:3]:
+        shutil.copy(path, source / path.name)
+    shutil.copy(source / "T000000.jpg", source / "Zoë.jpg")  # not ASCII: no plain tar member name
+    with pytest.raises(StoreError, match=r"Zoë\.jpg: image key 'Zoë_3' must be a short ASCII name"):
+        _generate(_write_params(tmp_path, source), out=tmp_path / "set")
+    assert not (tmp_path / "set").exists()

@@ -43,7 +43,7 @@ from embedlab.augment._albu import fblur, fpixel
 from embedlab.augment.context import AugContext
 from embedlab.augment.pool import OverlayPool
 from embedlab.augment.recipes import Recipe, RecipeAugmenter
-from embedlab.data.shards import SHARD_SIZE, ImageStore, ShardWriter
+from embedlab.data.shards import SHARD_SIZE, ImageStore, ShardWriter, check_key
 from embedlab.images import BadImageError, check_on_bad_image, encode_jpeg, encoded_size, load_rgb
 
 log = logging.getLogger(__name__)
@@ -263,6 +263,8 @@ def generate(recipe: Recipe, classes: Sequence[ClassImage], out: str | os.PathLi
     if not classes:
         raise ValueError("no classes to generate (the source folder selection is empty)")
     out = Path(out)
+    for c in classes:  # before any work: the set's store names its images by class
+        check_key(image_key(c.name, settings.per_class - 1), ".jpg", c.path)
     n_workers = min(resolve_workers(workers), len(classes))
     fp = fingerprint_settings(recipe, classes, pool_paths, settings)
     resumed = prepare_out(out, fp, if_stale=if_stale, restart=restart)

@@ -48,6 +48,12 @@ class StoreError(ValueError):
     """A store that is missing, incomplete or does not match its index; the message names the file."""
 
 
+def check_key(key: str, suffix: str, where: str | os.PathLike) -> None:
+    """A key must make a plain tar member name: short (ustar: 100 bytes), ASCII, no '/'."""
+    if not key or "/" in key or not key.isascii() or len(key + suffix) > 100:
+        raise StoreError(f"{where}: image key {key!r} must be a short ASCII name without '/'")
+
+
 def _shard_name(number: int) -> str:
     return f"shard-{number:06d}.tar"
 
@@ -109,8 +115,7 @@ class ShardWriter:
         with atomic_path(self.root / _shard_name(number)) as tmp:
             with open(tmp, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
                 for key, data in items:
-                    if not key or "/" in key or not key.isascii() or len(key + self.suffix) > 100:
-                        raise StoreError(f"{self.root}: image key {key!r} must be a short ASCII name without '/'")
+                    check_key(key, self.suffix, self.root)
                     tar.addfile(_tar_member(key + self.suffix, data), io.BytesIO(data))
                     keys.append(key)
         # Written after the shard's rename: its presence marks the shard complete. Offsets and sizes come
