@@ -60,3 +60,19 @@ def test_a_bad_image_is_named_or_skipped_and_a_killed_build_resumes_after_its_la
     # Built with skip, asked again with fail: the left-out image is named.
     with pytest.raises(BadImageError, match=rf"{broken.name}: truncated or corrupt"):
         cache_source(source, tmp_path / "whole", size=32, on_bad_image="fail", shard_size=5)
+
+
+def _build(args):
+    source, out = args
+    return cache_source(source, out, size=40, shard_size=8)["cached"]
+
+
+def test_two_runs_that_need_the_same_cache_build_it_once_and_both_get_it(tmp_path, tiny_demo):
+    import multiprocessing
+
+    source = tiny_demo / "disc" / "training"
+    with multiprocessing.get_context("fork").Pool(2) as pool:  # two sweep workers starting drip at once
+        counts = pool.map(_build, [(source, tmp_path / "shared")] * 2)
+    assert counts == [len(list_images(source))] * 2
+    cache_source(source, tmp_path / "alone", size=40, shard_size=8)
+    assert _store_bytes(tmp_path / "shared") == _store_bytes(tmp_path / "alone")

@@ -17,13 +17,16 @@ on the number of worker processes.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import multiprocessing
 import os
 import shutil
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
+from typing import Iterator
 
 from embedlab.atomic import write_json_atomic
 from embedlab.data.shards import SHARD_SIZE, ImageStore, ShardWriter
@@ -51,10 +54,28 @@ def _resized_jpeg(path: Path, size: int, on_bad_image: str) -> tuple[str, bytes 
     return path.stem, encode_jpeg(img, QUALITY), ""
 
 
+@contextmanager
+def _held(lock: Path) -> Iterator[None]:
+    """An exclusive lock on ``lock`` (created beside the cache): two runs that need the same cache (sweep
+    workers, say) build it once, the second waiting for the first and then finding it done."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def cache_source(folder: str | os.PathLike, out: str | os.PathLike, size: int, on_bad_image: str = "fail",
                  workers: int = 1, shard_size: int = SHARD_SIZE) -> dict:
     """Write (or finish) the cache of the images of ``folder`` at ``out``; returns its cache.json."""
-    folder, out = Path(folder), Path(out)
+    out = Path(out)
+    with _held(out.with_name(f".{out.name}.lock")):
+        return _cache_source(Path(folder), out, size, on_bad_image, workers, shard_size)
+
+
+def _cache_source(folder: Path, out: Path, size: int, on_bad_image: str, workers: int, shard_size: int) -> dict:
     check_on_bad_image(on_bad_image)
     paths = list_images(folder, allow_empty=True)
     settings = {"source": str(folder), "images": len(paths), "size": size, "quality": QUALITY}
