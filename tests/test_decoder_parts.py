@@ -201,3 +201,19 @@ def test_safetensors_without_spec_is_a_clear_error(tmp_path):
     save_file({"w": torch.zeros(1)}, str(tmp_path / "bare.safetensors"))
     with pytest.raises(ValueError, match="bare.safetensors: missing its spec file bare.json"):
         load_face_model(tmp_path / "bare.safetensors")
+
+
+def test_read_back_templates_are_a_map_of_the_file_that_pickles_as_where_it_lies(tmp_path):
+    import pickle
+
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(40, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ts = TemplateSet([f"p{i}.jpg" for i in range(40)], [f"person{i % 5}" for i in range(40)], vectors)
+    write_template_set(tmp_path, "train", ts)
+    back = read_template_set(tmp_path, "train", dim=16)
+    assert isinstance(back.templates, np.memmap) and np.array_equal(back.templates, vectors)
+    sent = pickle.dumps(back)
+    assert len(sent) < vectors.nbytes  # the rows are not in the pickle
+    again = pickle.loads(sent)
+    assert isinstance(again.templates, np.memmap) and np.array_equal(again.templates, vectors)

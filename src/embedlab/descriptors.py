@@ -184,6 +184,19 @@ class DescriptorReader:
                                                          "contain NaN or infinite values")
                 yield start, part
 
+    def mapped(self) -> np.ndarray:
+        """The vectors as a read-only memory map of the file when they are stored plainly (float32,
+        contiguous, uncompressed: what embedlab writes), else :meth:`read`. A map costs no memory of its
+        own (the OS pages rows in and out, and forked workers share them); its values are not checked here
+        (the caller checks them slice by slice)."""
+        with self._open() as f:
+            data = f[self._vectors_key]
+            offset = data.id.get_offset()
+            plain = data.chunks is None and data.compression is None and data.dtype == np.float32
+        if not plain or offset is None or not len(self):
+            return self.read()
+        return np.memmap(self.path, np.float32, "r", offset=offset, shape=self.shape)
+
     def read(self) -> np.ndarray:
         """All vectors, float32 C-contiguous (one array, filled slice by slice)."""
         out = np.empty((len(self), self.dim), np.float32)

@@ -24,10 +24,11 @@ from torch.utils.data import Dataset
 from embedlab.atomic import write_csv_atomic
 from embedlab.data.path_table import path_table
 from embedlab.data.transforms import resize_square
-from embedlab.descriptors import read_descriptors, write_descriptors
+from embedlab.descriptors import DescriptorReader, write_descriptors
 from embedlab.images import load_or_skip
 
 NORM_TOLERANCE = 1e-3
+CHECK_ROWS = 65_536  # rows per block of the template checks
 
 
 class TemplateFileError(ValueError):
@@ -38,7 +39,7 @@ class TemplateFileError(ValueError):
 class TemplateSet:
     paths: list[str]  # relative to the face root
     persons: list[str]
-    templates: np.ndarray  # (N, D) float32, unit rows
+    templates: np.ndarray  # (N, D) float32, unit rows (read back: a read-only memory map of the h5)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -46,6 +47,19 @@ class TemplateSet:
     @property
     def dim(self) -> int:
         return int(self.templates.shape[1])
+
+    def __getstate__(self) -> dict:
+        # A memory map travels as where it lies (spawned workers map the file again), not as its 20 GB of rows.
+        state = dict(self.__dict__)
+        if isinstance(self.templates, np.memmap):
+            state["templates"] = ("memmap", self.templates.filename, self.templates.offset, self.templates.shape)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        if isinstance(state["templates"], tuple):
+            _, filename, offset, shape = state["templates"]
+            state["templates"] = np.memmap(filename, np.float32, "r", offset=offset, shape=shape)
+        self.__dict__.update(state)
 
 
 def write_template_set(out_dir: Path, split: str, ts: TemplateSet) -> None:
@@ -60,7 +74,8 @@ def read_template_set(out_dir: str | Path, split: str, dim: int | None = None) -
     for path in (h5, table):
         if not path.is_file():
             raise FileNotFoundError(f"{path}: not found; run `embedlab templates` first")
-    names, vectors = read_descriptors(h5)  # checks shape and NaN / inf
+    reader = DescriptorReader(h5)  # checks the names and the shape
+    names, vectors = reader.names, reader.mapped()  # 10M × 512-d is 20 GB: mapped, not read
     with open(table, newline="") as f:
         rows = list(csv.DictReader(f))
     if rows and not {"path", "person"} <= set(rows[0]):
@@ -68,7 +83,7 @@ def read_template_set(out_dir: str | Path, split: str, dim: int | None = None) -
     if [r["path"] for r in rows] != names:
         raise TemplateFileError(f"{table}: its {len(rows)} paths do not match the {len(names)} templates of {h5.name}")
     check_templates(vectors, h5, dim)
-    return TemplateSet(names, [r["person"] for r in rows], vectors.astype(np.float32))
+    return TemplateSet(names, [r["person"] for r in rows], vectors)
 
 
 def check_templates(vectors: np.ndarray, source: str | Path, dim: int | None = None) -> None:
@@ -77,11 +92,15 @@ def check_templates(vectors: np.ndarray, source: str | Path, dim: int | None = N
         raise TemplateFileError(f"{source}: templates must be (N, D), got shape {vectors.shape}")
     if dim is not None and vectors.shape[1] != dim:
         raise TemplateFileError(f"{source}: templates have {vectors.shape[1]} dimensions, the decoder expects {dim}")
-    finite = np.isfinite(vectors).all(axis=1)
+    finite = np.ones(len(vectors), bool)
+    norms = np.ones(len(vectors), np.float32)
+    for start in range(0, len(vectors), CHECK_ROWS):  # in blocks: a whole-array check of 10M rows needs GBs
+        block = np.asarray(vectors[start:start + CHECK_ROWS], np.float32)
+        finite[start:start + len(block)] = np.isfinite(block).all(axis=1)
+        norms[start:start + len(block)] = np.linalg.norm(np.where(np.isfinite(block), block, 0), axis=1)
     if not finite.all():
         raise TemplateFileError(f"{source}: {int((~finite).sum())} templates hold NaN or infinite values "
                                 f"(first row {int(np.argmin(finite))})")
-    norms = np.linalg.norm(vectors, axis=1)
     off = np.abs(norms - 1.0) > NORM_TOLERANCE
     if off.any():
         i = int(np.argmax(off))
@@ -124,4 +143,4 @@ class TemplatePairs(Dataset):
         if img is None:
             return None
         photo = (to_unit_tensor(img, self.size) - 0.5) / 0.5
-        return torch.from_numpy(self.ts.templates[index]), photo
+        return torch.from_numpy(np.array(self.ts.templates[index])), photo  # a copy of one row of the map

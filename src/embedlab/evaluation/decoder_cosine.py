@@ -10,6 +10,7 @@ match rate, unless given explicitly (0.661 for buffalo_l at FMR 1e-6).
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -105,7 +106,9 @@ def impostor_threshold(ts: TemplateSet, fmr: float, min_pairs: int = SAMPLED_PAI
     available = impostor_pair_count(ts.persons)
     _check_enough(fmr, available)
     wanted = max(min_pairs, int(np.ceil(MIN_PAIRS_ABOVE / fmr)))
-    x = torch.from_numpy(np.ascontiguousarray(ts.templates, dtype=np.float32))
+    with warnings.catch_warnings():  # the read-only map of the h5, shared not copied: x is never written
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        x = torch.from_numpy(np.ascontiguousarray(ts.templates, dtype=np.float32))
     if available <= wanted:
         used, blocks = available, _all_impostor_scores(x, persons)
     else:
@@ -129,7 +132,7 @@ def cosine_stats(cosines: np.ndarray, threshold: float) -> dict:
 def decoded_cosines(module: DecoderModule, ts: TemplateSet, batch_size: int) -> np.ndarray:
     device = next(module.model.parameters()).device
     with eval_mode(module):
-        out = [module.reembed_cosines(torch.from_numpy(ts.templates[i:i + batch_size]).to(device)).cpu()
+        out = [module.reembed_cosines(torch.from_numpy(np.array(ts.templates[i:i + batch_size])).to(device)).cpu()
                for i in range(0, len(ts), batch_size)]
     return torch.cat(out).numpy()
 
