@@ -33,8 +33,9 @@ from pathlib import Path
 from typing import Iterator
 
 from embedlab.data.disc import GT_COLUMNS, DiscLayout, read_ground_truth
-from embedlab.data.shards import write_store
-from embedlab.data.importing import DownloadError, bad_images, first_found, link_or_copy, staged_output
+from embedlab.data.shards import StoreError, store_files
+from embedlab.data.importing import (DownloadError, decoding_failures, first_found, link_or_copy, refuse_filled,
+                                    staged_output)
 from embedlab.images import IMAGE_SUFFIXES, check_on_bad_image
 
 # Each part of the layout, the names it has in the distributions (first found wins), its id pattern.
@@ -105,8 +106,7 @@ def import_disc21(src: str | Path, out: str | Path, queries: str = "dev", on_bad
         raise ValueError(f"images must be one of {', '.join(IMAGE_WRITERS)}, got {images!r}")
     if not src.is_dir():
         raise Disc21ImportError(f"{src}: not a folder")
-    if out.exists() and any(out.iterdir()):  # before the checks, which take minutes at full size
-        raise Disc21ImportError(f"{out}: exists and is not empty; import into a new folder")
+    refuse_filled(out, Disc21ImportError)  # before the checks, which take minutes at full size
     folders = {part: _first(src, names, f"{part} images") for part, (names, _) in PARTS.items()}
     gt_names = GROUND_TRUTH
     if queries == "final":
@@ -114,11 +114,8 @@ def import_disc21(src: str | Path, out: str | Path, queries: str = "dev", on_bad
     ground_truth = _first(src, gt_names, "ground-truth CSV", is_dir=False)
     found = {part: _images(folder, PARTS[part][1]) for part, folder in folders.items()}
 
-    bad = bad_images(itertools.chain.from_iterable(part.paths() for part in found.values()), workers)
-    if bad and on_bad_image == "fail":
-        path, problem = min(bad.items())
-        raise Disc21ImportError(f"{path}: unreadable image ({problem}); {len(bad)} unreadable in all "
-                                "(on_bad_image: skip leaves them out)")
+    bad = decoding_failures(itertools.chain.from_iterable(part.paths() for part in found.values()), on_bad_image,
+                            Disc21ImportError, workers)
     kept = {name: part.without(set(bad)) if bad else part for name, part in found.items()}
     pairs = read_ground_truth(ground_truth, query_ids=set(found["query"].stems()),
                               reference_ids=set(found["reference"].stems()))
@@ -140,12 +137,10 @@ def import_disc21(src: str | Path, out: str | Path, queries: str = "dev", on_bad
 
 
 def _write_store(part: Part, target: Path) -> None:
-    suffixes = sorted({os.path.splitext(name)[1] for name in part.names})
-    if len(suffixes) > 1:  # a store names all its members with one suffix
-        raise Disc21ImportError(f"{part.folder}: images with suffixes {', '.join(suffixes)}; a store holds "
-                                "one kind (import with --images hardlink)")
-    write_store(target, ((stem, Path(path).read_bytes()) for stem, path in zip(part.stems(), part.paths())),
-                suffix=suffixes[0] if suffixes else ".jpg")
+    try:
+        store_files(target, part.folder, part.names)
+    except StoreError as err:  # images of two suffixes
+        raise Disc21ImportError(f"{err} (import with --images hardlink)") from None
 
 
 def _link_or_copy(part: Part, target: Path, link: bool) -> None:

@@ -38,14 +38,30 @@ def bad_images(paths: Iterable[T], workers: int | None = None) -> dict[T, str]:
         return {path: problem for path, problem in zip(paths, problems) if problem is not None}
 
 
+def decoding_failures(paths: Iterable[T], on_bad_image: str, error: type[ValueError],
+                      workers: int | None = None) -> dict[T, str]:
+    """:func:`bad_images`, refused with ``error`` naming the first when ``on_bad_image`` is fail."""
+    bad = bad_images(paths, workers)
+    if bad and on_bad_image == "fail":
+        path, problem = min(bad.items())
+        raise error(f"{path}: unreadable image ({problem}); {len(bad)} unreadable in all "
+                    "(on_bad_image: skip leaves them out)")
+    return bad
+
+
+def refuse_filled(out: Path, error: type[ValueError] = DownloadError) -> None:
+    """An import never mixes with data already there: an existing, non-empty ``out`` is refused."""
+    if out.exists() and any(out.iterdir()):
+        raise error(f"{out}: exists and is not empty; import into a new folder")
+
+
 @contextmanager
 def staged_output(out: Path, error: type[ValueError] = DownloadError) -> Iterator[Path]:
     """A staging folder beside ``out``, renamed to ``out`` when the block succeeds and removed when it fails.
 
-    An existing, non-empty ``out`` is refused: an import never mixes with data already there.
+    An existing, non-empty ``out`` is refused (:func:`refuse_filled`).
     """
-    if out.exists() and any(out.iterdir()):
-        raise error(f"{out}: exists and is not empty; import into a new folder")
+    refuse_filled(out, error)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:

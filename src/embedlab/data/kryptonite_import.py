@@ -27,7 +27,8 @@ from pathlib import Path
 
 from embedlab.atomic import write_csv_atomic
 from embedlab.data.faces import read_face_meta, read_test_pairs
-from embedlab.data.importing import DownloadError, bad_images, first_found, link_or_copy, staged_output
+from embedlab.data.importing import (DownloadError, decoding_failures, first_found, link_or_copy, refuse_filled,
+                                    staged_output)
 from embedlab.images import check_on_bad_image
 
 TRAIN = ("train", "train/train", "data/train", "data/train/train")
@@ -55,8 +56,7 @@ def import_kryptonite(src: str | Path, out: str | Path, on_bad_image: str = "fai
         raise ValueError(f"images must be hardlink or copy, got {images!r} (face folders stay files)")
     if not src.is_dir():
         raise KryptoniteImportError(f"{src}: not a folder")
-    if out.exists() and any(out.iterdir()):  # before the checks, which take minutes at full size
-        raise KryptoniteImportError(f"{out}: exists and is not empty; import into a new folder")
+    refuse_filled(out, KryptoniteImportError)  # before the checks, which take minutes at full size
     train = _train_folder(src)
     meta = read_face_meta(train)
     test = first_found(src, TEST, "test_public pairs", error=KryptoniteImportError)
@@ -64,11 +64,7 @@ def import_kryptonite(src: str | Path, out: str | Path, on_bad_image: str = "fai
 
     train_images = {key: train / "images" / key for key in meta}
     every = [*train_images.values(), *(p for _, a, b, _ in pairs for p in (a, b))]
-    bad = bad_images(every, workers)
-    if bad and on_bad_image == "fail":
-        path, problem = min(bad.items())
-        raise KryptoniteImportError(f"{path}: unreadable image ({problem}); {len(bad)} unreadable in all "
-                                    "(on_bad_image: skip leaves them out)")
+    bad = decoding_failures(every, on_bad_image, KryptoniteImportError, workers)
     kept_meta = {key: fake for key, fake in meta.items() if train_images[key] not in bad}
     kept_pairs = [pair for pair in pairs if pair[1] not in bad and pair[2] not in bad]
     link = images == "hardlink"

@@ -119,6 +119,13 @@ def _strings(table: Path, read, column: str):
     return values
 
 
+def _path_table(strings) -> PathTable:
+    """A PathTable over a pyarrow large_string array's own buffers: its UTF-8 bytes and int64 offsets, no copy."""
+    offsets = np.frombuffer(strings.buffers()[1], np.int64)[strings.offset:strings.offset + len(strings) + 1]
+    data = np.frombuffer(strings.buffers()[2], np.uint8)
+    return PathTable.from_buffers(data[offsets[0]:offsets[-1]], offsets - offsets[0])
+
+
 def read_photo_table(table: str | os.PathLike, root: str | os.PathLike,
                      on_bad_image: str = "fail") -> tuple[PhotoList, dict]:
     """The photo list of a CSV or Parquet table (columns path, person) under ``root``; and what was left out."""
@@ -135,9 +142,7 @@ def read_photo_table(table: str | os.PathLike, root: str | os.PathLike,
     if len(repeated):
         raise PhotoListError(f"{table}: {len(repeated)} paths appear more than once, e.g. "
                              f"{repeated[0]['values'].as_py()!r}")
-    offsets = np.frombuffer(paths.buffers()[1], np.int64)[paths.offset:paths.offset + len(paths) + 1]
-    data = np.frombuffer(paths.buffers()[2], np.uint8)
-    table_paths = PathTable.from_buffers(data[offsets[0]:offsets[-1]], offsets - offsets[0])
+    table_paths = _path_table(paths)
     exists = np.fromiter((os.path.isfile(root / p) for p in table_paths), bool, len(table_paths))
     left_out = []
     if not exists.all():
@@ -148,11 +153,8 @@ def read_photo_table(table: str | os.PathLike, root: str | os.PathLike,
                                  "on_bad_image: skip leaves them out")
         left_out = [str(table_paths[int(i)]) for i in missing]
         paths, persons = paths.filter(exists), persons.filter(exists)
-        offsets = np.frombuffer(paths.buffers()[1], np.int64)[paths.offset:paths.offset + len(paths) + 1]
-        data = np.frombuffer(paths.buffers()[2], np.uint8)
-        table_paths = PathTable.from_buffers(data[offsets[0]:offsets[-1]].copy(), offsets - offsets[0])
-    encoded = pc.dictionary_encode(persons).combine_chunks() if hasattr(persons, "chunks") else \
-        pc.dictionary_encode(persons)
+        table_paths = _path_table(paths)
+    encoded = pc.dictionary_encode(persons)
     names = np.array(encoded.dictionary.to_pylist(), dtype=bytes) if len(encoded.dictionary) else np.zeros(0, "S1")
     order = np.argsort(names, kind="stable")  # persons sorted by name: the same indices whatever the row order
     rank = np.empty_like(order)

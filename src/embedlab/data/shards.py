@@ -33,7 +33,7 @@ import os
 import shutil
 import tarfile
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -161,6 +161,19 @@ def write_store(root: str | Path, items: Iterable[tuple[str, bytes]], suffix: st
     return writer.write(remaining)
 
 
+def store_files(root: str | os.PathLike, folder: Path, names: Sequence[str], shard_size: int = SHARD_SIZE) -> dict:
+    """A store at ``root`` of the image files ``names`` of ``folder``, keyed by their stems, in that order.
+
+    The files must share one suffix: a store names all its members with one.
+    """
+    suffixes = sorted({os.path.splitext(name)[1] for name in names})
+    if len(suffixes) > 1:
+        raise StoreError(f"{folder}: images with suffixes {', '.join(suffixes)}; a store names all its images "
+                         "with one suffix")
+    return write_store(root, ((os.path.splitext(name)[0], (folder / name).read_bytes()) for name in names),
+                       suffix=suffixes[0] if suffixes else ".jpg", shard_size=shard_size)
+
+
 def pack_folder(folder: str | os.PathLike, shard_size: int = SHARD_SIZE) -> dict:
     """Turn a folder of images into a store of the same images, in place (the same paths still read them).
 
@@ -187,14 +200,9 @@ def pack_folder(folder: str | os.PathLike, shard_size: int = SHARD_SIZE) -> dict
     if others:
         raise StoreError(f"{folder}: holds {len(others)} entries that are not images ({', '.join(others[:3])}); "
                          "a store holds the images of one folder")
-    suffixes = sorted({p.suffix for p in entries})
-    if len(suffixes) > 1:
-        raise StoreError(f"{folder}: images with suffixes {', '.join(suffixes)}; a store names all its images "
-                         "with one suffix")
     if packing.exists():
         shutil.rmtree(packing)
-    manifest = write_store(packing, ((p.stem, p.read_bytes()) for p in entries),
-                           suffix=suffixes[0] if suffixes else ".jpg", shard_size=shard_size)
+    manifest = store_files(packing, folder, [p.name for p in entries], shard_size)
     folder.rename(loose)
     packing.rename(folder)
     shutil.rmtree(loose)
