@@ -19,9 +19,6 @@ loaded), divided by the reference array's bytes (N × 256 × 4). The goal is ≤
 
 from __future__ import annotations
 
-import argparse
-import os
-import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -30,6 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from child import child_json  # noqa: E402
+from table import print_head, sizes_parser  # noqa: E402
 
 DIM, QUERIES = 256, 1000
 
@@ -88,13 +86,10 @@ def measure(way: str, folder: Path) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
-    args = parser.parse_args(argv)
-    print(f"Peak memory above the start of the evaluation, {QUERIES:,} queries × N references × {DIM}-d, k=10, "
-          f"CPU search; {os.cpu_count()} CPUs; Python {platform.python_version()}\n")
-    print("| references | array MiB | before: extra MiB | × array | evaluate_disc: extra MiB | × array |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    args = sizes_parser(__doc__).parse_args(argv)
+    print_head(f"Peak memory above the start of the evaluation, {QUERIES:,} queries × N references × {DIM}-d, "
+               "k=10, CPU search", ["references", "array MiB", "before: extra MiB", "× array",
+                                    "evaluate_disc: extra MiB", "× array"])
     for n in args.sizes:
         with tempfile.TemporaryDirectory(prefix="eval_mem_") as tmp:
             folder = Path(tmp)

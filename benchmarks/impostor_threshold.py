@@ -12,12 +12,12 @@ the RSS after the templates were made.
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from child import child_json  # noqa: E402
+from table import print_head  # noqa: E402
 
 CHILD = r"""
 import json, resource, sys, time
@@ -44,10 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--fmr", type=float, nargs="+", default=[1e-3, 1e-6])
     args = parser.parse_args(argv)
-    print(f"{args.templates:,} templates × {args.dim}-d, {args.per_person} per person; "
-          f"Python {platform.python_version()}\n")
-    print("| FMR | pairs scored | threshold | seconds | peak RSS above the start MiB |")
-    print("|---|---:|---:|---:|---:|")
+    print_head(f"{args.templates:,} templates × {args.dim}-d, {args.per_person} per person",
+               ["FMR", "pairs scored", "threshold", "seconds", "peak RSS above the start MiB"], left=["FMR"])
     for fmr in args.fmr:
         r = child_json(CHILD, args.templates, args.per_person, args.dim, fmr)
         print(f"| {fmr:g} | {r['pairs']:,} | {r['threshold']:.4f} | {r['seconds']:.1f} | {r['peak_mib']:,.0f} |",

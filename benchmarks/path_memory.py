@@ -16,10 +16,7 @@ access writes to.
 
 from __future__ import annotations
 
-import argparse
 import gc
-import os
-import platform
 import sys
 
 import psutil
@@ -27,6 +24,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from embedlab.data.path_table import PathTable
+
+from table import print_head, sizes_parser
 
 
 class PathLengths(Dataset):
@@ -61,17 +60,14 @@ def worker_uss_mb(paths, workers: int) -> tuple[float, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser = sizes_parser(__doc__)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
-    print(f"DataLoader worker memory after one pass, {args.workers} forked workers; {os.cpu_count()} CPUs; "
-          f"Python {platform.python_version()}, torch {torch.__version__}\n")
-    print("| paths | list of Path: worker USS MiB | PathTable: worker USS MiB | list / table | "
-          "list: USS bytes per path | table: USS bytes per path |")
-    print("|---:|---:|---:|---:|---:|---:|")
+    print_head(f"DataLoader worker memory after one pass, {args.workers} forked workers",
+               ["paths", "list of Path: worker USS MiB", "PathTable: worker USS MiB", "list / table",
+                "list: USS bytes per path", "table: USS bytes per path"], versions=f", torch {torch.__version__}")
     for n in args.sizes:
         listed = synthetic_paths(n)
         list_uss, _ = worker_uss_mb(listed, args.workers)

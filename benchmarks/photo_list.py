@@ -13,15 +13,14 @@ memory of the list near the bytes of its paths, not of 10M Python strings.
 
 from __future__ import annotations
 
-import argparse
 import os
-import platform
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from child import child_json  # noqa: E402
+from table import print_head, sizes_parser  # noqa: E402
 from store_formats import photo_crops  # noqa: E402
 
 IMPORT = r"""
@@ -67,13 +66,9 @@ def photo_table(root: Path, n: int, jpeg: bytes) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
-    args = parser.parse_args(argv)
-    print(f"Photo tables of N rows (1,000 photos per person); {os.cpu_count()} CPUs; "
-          f"Python {platform.python_version()}\n")
-    print("| rows | import µs/row | import peak RSS MiB | load + read every path µs/row | loaded list MiB |")
-    print("|---:|---:|---:|---:|---:|")
+    args = sizes_parser(__doc__).parse_args(argv)
+    print_head("Photo tables of N rows (1,000 photos per person)",
+               ["rows", "import µs/row", "import peak RSS MiB", "load + read every path µs/row", "loaded list MiB"])
     jpeg = next(iter(photo_crops(1)))
     for n in args.sizes:
         with tempfile.TemporaryDirectory(prefix="photo_list_") as tmp:

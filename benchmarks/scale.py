@@ -22,9 +22,7 @@ The goal is a cost per image and a memory that stay flat as N grows.
 
 from __future__ import annotations
 
-import argparse
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -34,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from child import child_json  # noqa: E402
+from table import print_head, sizes_parser  # noqa: E402
 from store_formats import photo_crops  # noqa: E402
 
 from embedlab.data.disc21_import import import_disc21  # noqa: E402
@@ -109,15 +108,14 @@ def synthetic_download(root: Path, n: int, distinct: list[Path]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser = sizes_parser(__doc__, default=(10_000, 100_000))
     parser.add_argument("--files-up-to", type=int, default=100_000,
                         help="also measure DVC on loose files for sizes up to this (default: 100000)")
     args = parser.parse_args(argv)
-    print(f"Synthetic DISC21 downloads of 64×64 JPEGs; {os.cpu_count()} CPUs; Python {platform.python_version()}\n")
-    print("| training + reference images | import µs/image | import peak RSS MiB | store random reads/s | "
-          "dvc add, store (s) | no-op dvc status, store (s) | dvc add, files (s) | no-op dvc status, files (s) |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print_head("Synthetic DISC21 downloads of 64×64 JPEGs",
+               ["training + reference images", "import µs/image", "import peak RSS MiB", "store random reads/s",
+                "dvc add, store (s)", "no-op dvc status, store (s)", "dvc add, files (s)",
+                "no-op dvc status, files (s)"])
     with tempfile.TemporaryDirectory(prefix="scale_") as tmp:
         tmp = Path(tmp)
         (tmp / "distinct").mkdir()

@@ -27,11 +27,9 @@ target; streaming pins numpy<2.2 and imports transformers<5).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -44,6 +42,8 @@ import numpy as np
 from PIL import Image
 
 from embedlab.data.shards import ImageStore, write_store
+
+from table import print_head, sizes_parser
 
 Writer = Callable[[Path, list[tuple[str, bytes]]], Callable[[int], bytes]]
 
@@ -172,17 +172,15 @@ def dvc_add_seconds(folder: Path) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser = sizes_parser(__doc__, default=(10_000, 100_000))
     parser.add_argument("--reads", type=int, default=20_000, help="random reads per format")
     parser.add_argument("--dvc", action="store_true", help="also time `dvc add` of the loose folder and the shards")
     args = parser.parse_args(argv)
     distinct = photo_crops(500)
-    print(f"{len(distinct)} distinct 64×64 JPEGs of {np.mean([len(d) for d in distinct]):,.0f} bytes on average, "
-          f"cycled; one reading process, warm page cache; {os.cpu_count()} CPUs; "
-          f"Python {platform.python_version()}\n")
-    print("| images | format | write µs/image | files | MiB | random reads/s (1 process) | dvc add s |")
-    print("|---:|---|---:|---:|---:|---:|---:|")
+    print_head(f"{len(distinct)} distinct 64×64 JPEGs of {np.mean([len(d) for d in distinct]):,.0f} bytes on "
+               "average, cycled; one reading process, warm page cache",
+               ["images", "format", "write µs/image", "files", "MiB", "random reads/s (1 process)", "dvc add s"],
+               left=["format"])
     for n in args.sizes:
         items = [(f"I{i:07d}", distinct[i % len(distinct)]) for i in range(n)]
         order = np.random.default_rng(1).integers(0, n, args.reads)
