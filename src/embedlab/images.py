@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
 from embedlab.atomic import atomic_path
-from embedlab.data.shards import StoreError, store_at, stored_bytes
+from embedlab.data.shards import StoreError, locate, store_at, stored_bytes
 
 log = logging.getLogger(__name__)
 
@@ -148,10 +148,10 @@ def read_image_bytes(path: str | os.PathLike) -> bytes:
 
 def encoded_size(path: str | os.PathLike) -> int:
     """The byte size of a file or of an image of a store folder; -1 when there is none."""
-    store = store_at(Path(path).parent)
-    if store is None:
+    found = locate(path)
+    if found is None:
         return os.path.getsize(path) if os.path.isfile(path) else -1
-    index = store.index_of(Path(path).name.removesuffix(store.suffix))
+    store, index = found
     return -1 if index is None else store.size(index)
 
 

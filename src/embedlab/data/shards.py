@@ -314,17 +314,26 @@ def store_at(folder: str | os.PathLike) -> ImageStore | None:
     return cached[1]
 
 
+def locate(path: str | os.PathLike) -> tuple[ImageStore, int | None] | None:
+    """(the store ``path``'s folder is, the index of ``path`` in it or None when it holds no such image);
+    None when the folder is no store."""
+    path = Path(path)
+    store = store_at(path.parent)
+    if store is None:
+        return None
+    named = path.name.endswith(store.suffix)
+    return store, store.index_of(path.name.removesuffix(store.suffix)) if named else None
+
+
 def stored_bytes(path: str | os.PathLike) -> bytes | None:
     """The bytes of ``path`` when its folder is a store (``<root>/<key><suffix>``), None when it is not.
 
     Raises :class:`StoreError` when the store has no such image.
     """
-    path = Path(path)
-    store = store_at(path.parent)
-    if store is None:
+    found = locate(path)
+    if found is None:
         return None
-    key = path.name.removesuffix(store.suffix)
-    index = store.index_of(key) if path.name.endswith(store.suffix) else None
+    store, index = found
     if index is None:
-        raise StoreError(f"{path}: no image {path.name!r} in the store {store.root}")
+        raise StoreError(f"{path}: no image {Path(path).name!r} in the store {store.root}")
     return store[index]

@@ -97,7 +97,8 @@ def build_templates(params: Params) -> dict:
     test_persons = split_persons(persons, cfg.test_fraction, params.seed)
 
     model = load_face_model(cfg.model, "template")
-    identity = {"model": file_digest(cfg.model), "input_size": model.input_size}
+    model_digest = file_digest(cfg.model)  # hashed once: a face model is hundreds of MB
+    identity = {"model": model_digest, "input_size": model.input_size}
     out = Path(cfg.out)
     counts, skipped = {}, 0
     for split in ("train", "test"):
@@ -112,7 +113,7 @@ def build_templates(params: Params) -> dict:
         counts[split] = {"photos": written, "persons": len({p for i, (_, p) in enumerate(rows_of_split)
                                                                if i not in gone})}
     manifest = {
-        "template_model": str(cfg.model), "template_model_sha256": file_digest(cfg.model),
+        "template_model": str(cfg.model), "template_model_sha256": model_digest,
         "template_dim": model.embedding_dim, "input_size": model.input_size,
         "faces_root": str(photo_root), "photos": cfg.photos, "include_fakes": cfg.include_fakes, "seed": params.seed,
         "skipped_photos": skipped, "splits": counts,
