@@ -37,6 +37,7 @@ from typing import Any, Iterable, Iterator, NamedTuple, Sequence
 import numpy as np
 
 from embedlab.atomic import write_json_atomic
+from embedlab.data.augmented import image_key, split_key
 from embedlab.data.classes import ClassImage, ClassSource, select_classes
 from embedlab.digests import PACKAGE, settings_digest, source_digest
 from embedlab.augment._albu import fblur, fpixel
@@ -91,13 +92,6 @@ def image_seed(seed: int, recipe: str, class_name: str, index: int) -> int:
     return int.from_bytes(digest[:16], "little")
 
 
-def image_key(class_name: str, index: int) -> str:
-    """The store key of image ``index`` of a class (:func:`class_of_key` inverts it)."""
-    return f"{class_name}_{index}"
-
-
-def class_of_key(key: str) -> str:
-    return key.rsplit("_", 1)[0]
 
 
 # --- fingerprint --------------------------------------------------------------------
@@ -319,7 +313,7 @@ def _remaining(classes: Sequence[ClassImage], last_key: str | None) -> list[tupl
     """(class, first image to make) after the last image an earlier, killed run wrote."""
     if last_key is None:
         return [(c, 0) for c in classes]
-    name, index = class_of_key(last_key), int(last_key.rsplit("_", 1)[1])
+    name, index = split_key(last_key)
     position = next(i for i, c in enumerate(classes) if c.name == name)
     return [(classes[position], index + 1)] + [(c, 0) for c in classes[position + 1:]]
 
@@ -329,7 +323,7 @@ def _skipped_inputs(out: Path, classes: Sequence[ClassImage], settings: Generate
     """The unreadable sources, this run's and a killed run's (its classes are missing from the store)."""
     if count == len(classes) * settings.per_class:
         return []
-    written = {class_of_key(k.decode()) for k in ImageStore(out).keys}
+    written = {split_key(k.decode())[0] for k in ImageStore(out).keys}
     reasons = {r.name: r.bad for r in results if r.bad is not None}
     return sorted(reasons.get(c.name, (c.path, "unreadable (found by an earlier run)"))
                   for c in classes if c.name not in written)

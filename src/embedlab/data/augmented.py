@@ -16,6 +16,17 @@ from embedlab.data.labelled import LabelledImages
 from embedlab.data.shards import store_at
 
 
+def image_key(class_name: str, index: int) -> str:
+    """The store key of image ``index`` of a class (:func:`split_key` inverts it)."""
+    return f"{class_name}_{index}"
+
+
+def split_key(key: str) -> tuple[str, int]:
+    """(class, index) of an image key: the class is the key up to its last "_" (class names may hold "_")."""
+    name, index = key.rsplit("_", 1)
+    return name, int(index)
+
+
 class AugmentedSet(LabelledImages):
     """(image tensor, class index) for every image of a generated set."""
 
@@ -28,9 +39,8 @@ class AugmentedSet(LabelledImages):
                 f"{self.root}: not a generated training set (no manifest.json or no image store); "
                 f"create it with `embedlab augment --recipe <name>` or `dvc repro augment`"
             )
-        # The class of image "<class>_<i>": the key up to its last "_" (class names may hold "_" too).
         keys = np.char.decode(store.keys, "ascii")
-        class_of_image = np.array([key.rsplit("_", 1)[0] for key in keys])
+        class_of_image = np.array([split_key(key)[0] for key in keys])
         self.classes, labels = np.unique(class_of_image, return_inverse=True)
         self.classes = self.classes.tolist()
         if len(self.classes) < 2:
