@@ -24,11 +24,10 @@ from torch.utils.data import Dataset
 from embedlab.atomic import write_csv_atomic
 from embedlab.data.path_table import path_table
 from embedlab.data.transforms import resize_square
-from embedlab.descriptors import DescriptorReader, write_descriptors
+from embedlab.descriptors import DescriptorReader, rows_per_slice, write_descriptors
 from embedlab.images import load_or_skip
 
 NORM_TOLERANCE = 1e-3
-CHECK_ROWS = 65_536  # rows per block of the template checks
 
 
 class TemplateFileError(ValueError):
@@ -94,8 +93,9 @@ def check_templates(vectors: np.ndarray, source: str | Path, dim: int | None = N
         raise TemplateFileError(f"{source}: templates have {vectors.shape[1]} dimensions, the decoder expects {dim}")
     finite = np.ones(len(vectors), bool)
     norms = np.ones(len(vectors), np.float32)
-    for start in range(0, len(vectors), CHECK_ROWS):  # in blocks: a whole-array check of 10M rows needs GBs
-        block = np.asarray(vectors[start:start + CHECK_ROWS], np.float32)
+    rows = rows_per_slice(vectors.shape[1])
+    for start in range(0, len(vectors), rows):  # in slices: a whole-array check of 10M rows needs GBs
+        block = np.asarray(vectors[start:start + rows], np.float32)
         finite[start:start + len(block)] = np.isfinite(block).all(axis=1)
         norms[start:start + len(block)] = np.linalg.norm(np.where(np.isfinite(block), block, 0), axis=1)
     if not finite.all():
