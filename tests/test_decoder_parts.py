@@ -97,11 +97,11 @@ def _templates(n=6, dim=8, seed=0):
 
 
 def test_template_files_round_trip_and_bad_templates_name_the_file(tmp_path):
-    ts = TemplateSet([f"train/images/p{i // 2}/{i}.jpg" for i in range(6)], [f"p{i // 2}" for i in range(6)],
-                     _templates())
+    ts = TemplateSet.from_rows([f"train/images/p{i // 2}/{i}.jpg" for i in range(6)], [f"p{i // 2}" for i in range(6)],
+                               _templates())
     write_template_set(tmp_path, "train", ts)
     back = read_template_set(tmp_path, "train", dim=8)
-    assert back.paths == ts.paths and back.persons == ts.persons
+    assert back.paths == ts.paths and [back.person_name(i) for i in range(6)] == ["p0", "p0", "p1", "p1", "p2", "p2"]
     np.testing.assert_allclose(back.templates, ts.templates)
     with pytest.raises(TemplateFileError, match=r"train\.h5: templates have 8 dimensions, the decoder expects 512"):
         read_template_set(tmp_path, "train", dim=512)
@@ -119,22 +119,32 @@ def test_template_files_round_trip_and_bad_templates_name_the_file(tmp_path):
     with pytest.raises(ValueError, match=r"nan\.h5.*NaN"):
         read_template_set(tmp_path, "nan")
 
+    # A table edited by hand that no longer lists the templates' photos, row for row.
+    table = tmp_path / "train.csv"
+    table.write_text(table.read_text().replace("p1/3.jpg", "p1/33.jpg"))
+    with pytest.raises(TemplateFileError, match=r"train\.csv: its paths do not match the templates of train\.h5: "
+                                                r"row 4 is 'train/images/p1/33\.jpg', template 3 is 'train/images/p1/3\.jpg'"):
+        read_template_set(tmp_path, "train")
+    table.write_text("path,who\nx.jpg,p0\n")
+    with pytest.raises(TemplateFileError, match=r"train\.csv: needs columns path, person; missing person"):
+        read_template_set(tmp_path, "train")
+
 
 def test_template_threshold_from_blocks_equals_the_one_from_every_score_and_samples_what_the_fmr_needs():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((300, 16)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     persons = [f"p{i // 3}" for i in range(300)]  # 100 persons, 3 templates each
-    ts = TemplateSet([f"{i}.jpg" for i in range(300)], persons, x)
+    ts = TemplateSet.from_rows([f"{i}.jpg" for i in range(300)], persons, x)
     i, j = np.triu_indices(300, k=1)
     every = (x[i] * x[j]).sum(1)[np.asarray(persons)[i] != np.asarray(persons)[j]]
-    assert impostor_pair_count(persons) == len(every) == 44_550
+    assert impostor_pair_count(ts.person) == len(every) == 44_550
 
     threshold, used = impostor_threshold(ts, 0.01)
     assert used == len(every) and threshold == pytest.approx(threshold_at_fmr(every, 0.01), abs=1e-6)
-    # An FMR that needs more pairs than min_pairs: min_pairs is raised to 100 / fmr, drawn at random.
+    # An FMR that needs more pairs than min_pairs: min_pairs is raised to 100 / fmr, the pairs of a random subset.
     threshold, used = impostor_threshold(ts, 0.005, min_pairs=1000)
-    assert used == 20_000 and abs(threshold - threshold_at_fmr(every, 0.005)) < 0.05
+    assert 20_000 <= used < 22_000 and abs(threshold - threshold_at_fmr(every, 0.005)) < 0.02
     with pytest.raises(ValueError, match=r"fmr 1e-05 needs at least 100,000 impostor pairs; .* give 44,550"):
         impostor_threshold(ts, 1e-5)
 
@@ -146,8 +156,8 @@ def test_threshold_is_the_impostor_score_at_the_false_match_rate():
     with pytest.raises(ValueError, match=r"fmr 1e-06 needs at least 1,000,000 impostor pairs.*decoder.threshold"):
         threshold_at_fmr(impostors, 1e-6)
     # Same-person pairs are not impostors.
-    ts = TemplateSet(["a", "b", "c"], ["p", "p", "q"], _templates(3))
-    assert impostor_pair_count(ts.persons) == 2
+    ts = TemplateSet.from_rows(["a", "b", "c"], ["p", "p", "q"], _templates(3))
+    assert impostor_pair_count(ts.person) == 2
     stats = cosine_stats(np.array([0.5, 0.7, 0.9, 0.95]), threshold=0.8)
     assert stats["above_threshold"] == 0.5 and stats["cosine_median"] == pytest.approx(0.8)
     report = format_stats(stats, "test", 0.01)
@@ -209,7 +219,7 @@ def test_read_back_templates_are_a_map_of_the_file_that_pickles_as_where_it_lies
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(40, 16)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    ts = TemplateSet([f"p{i}.jpg" for i in range(40)], [f"person{i % 5}" for i in range(40)], vectors)
+    ts = TemplateSet.from_rows([f"p{i}.jpg" for i in range(40)], [f"person{i % 5}" for i in range(40)], vectors)
     write_template_set(tmp_path, "train", ts)
     back = read_template_set(tmp_path, "train", dim=16)
     assert isinstance(back.templates, np.memmap) and np.array_equal(back.templates, vectors)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -24,6 +25,11 @@ def test_a_table_gives_back_the_paths_it_was_given_in_order_and_by_slice():
     assert path_table(table) is table
     with pytest.raises(IndexError, match="out of range for 4 paths"):
         table[4]
+    # Picking rows (a split of a photo list) keeps each path whole, in the order asked for.
+    assert list(table.take(np.array([3, 0, 0, 2]))) == [paths[3], paths[0], paths[0], paths[2]]
+    assert len(table.take(np.array([], np.int64))) == 0
+    with pytest.raises(IndexError, match="out of range for 4 paths"):
+        table.take(np.array([1, 4]))
 
 
 def test_labelled_images_read_through_workers_give_each_file_with_its_label(tmp_path, tiny_demo):

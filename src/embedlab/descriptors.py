@@ -126,7 +126,9 @@ class DescriptorReader:
     (finite numbers) as it is read; problems raise DescriptorFileError naming the file.
     """
 
-    def __init__(self, path: str | os.PathLike, subset: str | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, subset: str | None = None, with_names: bool = True) -> None:
+        """``with_names=False``: do not read the names into memory (10M names are a GB of Python strings);
+        only their count is checked, and :meth:`name_slices` reads them a slice at a time."""
         import h5py
 
         self.path = Path(path)
@@ -135,20 +137,34 @@ class DescriptorReader:
         if not h5py.is_hdf5(self.path):
             raise DescriptorFileError(self.path, "not an HDF5 file")
         with self._open() as f:
-            self._vectors_key, names_key = _layout_keys(self.path, f, subset)
+            self._vectors_key, self._names_key = _layout_keys(self.path, f, subset)
             vectors = _dataset(self.path, f, self._vectors_key)
-            raw_names = np.asarray(_dataset(self.path, f, names_key)[()])
+            names = _dataset(self.path, f, self._names_key)
+            names_shape = names.shape
+            raw_names = np.asarray(names[()]) if with_names else None
             self.shape = tuple(vectors.shape)
             dtype = vectors.dtype
-        if raw_names.ndim != 1:
-            raise DescriptorFileError(self.path, f"image names must be 1-D, got shape {raw_names.shape}")
-        self.names = _decode_names(raw_names)
+        if len(names_shape) != 1:
+            raise DescriptorFileError(self.path, f"image names must be 1-D, got shape {names_shape}")
         if len(self.shape) != 2:
             raise DescriptorFileError(self.path, f"vectors must be 2-D (N x D), got shape {self.shape}")
         if dtype.kind not in "fiu":
             raise DescriptorFileError(self.path, f"vectors must be real numbers, got dtype {dtype}")
+        if raw_names is None:
+            if names_shape[0] != self.shape[0]:
+                raise DescriptorFileError(self.path, f"{names_shape[0]} image names for {self.shape[0]} vectors")
+            return
+        self.names = _decode_names(raw_names)
         # The shape and names are checked now (a zero-width stand-in for the vectors); the values as they are read.
         _validate(self.path, self.names, np.zeros((self.shape[0], 0), np.float32))
+
+    def name_slices(self, rows: int) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row, the names of ``rows`` consecutive rows as stored: fixed-width bytes for the ISC layout),
+        one slice in memory at a time."""
+        with self._open() as f:
+            names = f[self._names_key]
+            for start in range(0, len(self), rows):
+                yield start, np.asarray(names[start:start + rows])
 
     def _open(self):
         import h5py

@@ -37,6 +37,18 @@ class PathTable(Sequence[Path]):
         table._bytes, table._offsets = np.asarray(data, np.uint8), np.asarray(offsets, np.int64)
         return table
 
+    def take(self, indices: np.ndarray) -> "PathTable":
+        """The paths at ``indices`` (an int array), as a new table built with array operations only."""
+        indices = np.asarray(indices, np.int64)
+        if len(indices) and not (0 <= indices.min() and indices.max() < len(self)):
+            raise IndexError(f"path indices out of range for {len(self)} paths")
+        starts, lengths = self._offsets[indices], np.diff(self._offsets)[indices]
+        offsets = np.zeros(len(indices) + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        # byte k of the result is byte (its path's start + its place in that path) of this table
+        within = np.arange(offsets[-1], dtype=np.int64) - np.repeat(offsets[:-1], lengths)
+        return PathTable.from_buffers(self._bytes[np.repeat(starts, lengths) + within], offsets)
+
     def buffers(self) -> tuple[np.ndarray, np.ndarray]:
         """(UTF-8 bytes, offsets): the whole table as two arrays, e.g. to save it."""
         return self._bytes, self._offsets

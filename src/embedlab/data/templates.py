@@ -13,16 +13,18 @@ unit norm, the expected size; each failure names the file.
 
 from __future__ import annotations
 
-import csv
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from embedlab.atomic import write_csv_atomic
-from embedlab.data.path_table import path_table
+from embedlab.data.path_table import PathTable, path_table
+from embedlab.data.photo_list import PhotoListError, read_path_person_table
 from embedlab.data.transforms import resize_square
 from embedlab.descriptors import DescriptorReader, rows_per_slice, write_descriptors
 from embedlab.images import load_or_skip
@@ -36,9 +38,18 @@ class TemplateFileError(ValueError):
 
 @dataclass
 class TemplateSet:
-    paths: list[str]  # relative to the face root
-    persons: list[str]
+    """Templates and who they show, as arrays: 10M pairs cost their templates' map and about 70 bytes a row."""
+
+    paths: PathTable  # relative to the face root
+    person: np.ndarray  # int32: row -> index into persons
+    persons: np.ndarray  # person names (bytes), sorted
     templates: np.ndarray  # (N, D) float32, unit rows (read back: a read-only memory map of the h5)
+
+    @classmethod
+    def from_rows(cls, paths: Sequence[str], persons: Sequence[str], templates: np.ndarray) -> "TemplateSet":
+        """A set from one path and one person name per template (small sets: tests, demos)."""
+        names, person = np.unique(np.array([p.encode() for p in persons], dtype=bytes), return_inverse=True)
+        return cls(PathTable(paths), person.reshape(-1).astype(np.int32), names, templates)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -46,6 +57,9 @@ class TemplateSet:
     @property
     def dim(self) -> int:
         return int(self.templates.shape[1])
+
+    def person_name(self, index: int) -> str:
+        return self.persons[self.person[index]].decode()
 
     def __getstate__(self) -> dict:
         # A memory map travels as where it lies (spawned workers map the file again), not as its 20 GB of rows.
@@ -63,8 +77,35 @@ class TemplateSet:
 
 def write_template_set(out_dir: Path, split: str, ts: TemplateSet) -> None:
     """``<split>.h5`` and ``<split>.csv``, each written atomically."""
-    write_descriptors(out_dir / f"{split}.h5", ts.paths, ts.templates.astype(np.float32))
-    write_csv_atomic(out_dir / f"{split}.csv", ("path", "person"), zip(ts.paths, ts.persons))
+    names = [str(p) for p in ts.paths]
+    write_descriptors(out_dir / f"{split}.h5", names, ts.templates.astype(np.float32))
+    write_csv_atomic(out_dir / f"{split}.csv", ("path", "person"),
+                     ((name, ts.person_name(i)) for i, name in enumerate(names)))
+
+
+def _as_table(names: np.ndarray) -> PathTable:
+    """Names as h5py reads them (fixed-width NUL-padded bytes, or strings) as a PathTable, without a loop
+    over fixed-width names."""
+    if names.dtype.kind != "S" or not len(names):
+        return PathTable(os.fsdecode(n) if isinstance(n, bytes) else str(n) for n in names.tolist())
+    raw = names.view(np.uint8).reshape(len(names), names.dtype.itemsize)
+    used = raw != 0  # a name holds no NUL: the padding is what is left of its width
+    offsets = np.zeros(len(names) + 1, np.int64)
+    np.cumsum(used.sum(axis=1), out=offsets[1:])
+    return PathTable.from_buffers(raw[used], offsets)
+
+
+def _check_same_paths(reader: DescriptorReader, paths: PathTable, table: Path) -> None:
+    """The h5's names are the table's paths, row for row (compared a slice at a time)."""
+    if len(reader) != len(paths):
+        raise TemplateFileError(f"{table}: its {len(paths)} paths do not match the {len(reader)} templates "
+                                f"of {reader.path.name}")
+    for start, names in reader.name_slices(1 << 20):
+        stored, listed = _as_table(names), paths[start:start + len(names)]
+        if stored != listed:
+            i = next(i for i in range(len(stored)) if stored[i] != listed[i])
+            raise TemplateFileError(f"{table}: its paths do not match the templates of {reader.path.name}: row "
+                                    f"{start + i + 1} is {str(listed[i])!r}, template {start + i} is {str(stored[i])!r}")
 
 
 def read_template_set(out_dir: str | Path, split: str, dim: int | None = None) -> TemplateSet:
@@ -73,16 +114,15 @@ def read_template_set(out_dir: str | Path, split: str, dim: int | None = None) -
     for path in (h5, table):
         if not path.is_file():
             raise FileNotFoundError(f"{path}: not found; run `embedlab templates` first")
-    reader = DescriptorReader(h5)  # checks the names and the shape
-    names, vectors = reader.names, reader.mapped()  # 10M × 512-d is 20 GB: mapped, not read
-    with open(table, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if rows and not {"path", "person"} <= set(rows[0]):
-        raise TemplateFileError(f"{table}: expected columns path,person, got {sorted(rows[0])}")
-    if [r["path"] for r in rows] != names:
-        raise TemplateFileError(f"{table}: its {len(rows)} paths do not match the {len(names)} templates of {h5.name}")
+    reader = DescriptorReader(h5, with_names=False)  # checks the shape; the names are compared below, in slices
+    vectors = reader.mapped()  # 10M × 512-d is 20 GB: mapped, not read
+    try:
+        paths, person, persons = read_path_person_table(table)
+    except PhotoListError as err:
+        raise TemplateFileError(str(err)) from err
+    _check_same_paths(reader, paths, table)
     check_templates(vectors, h5, dim)
-    return TemplateSet(names, [r["person"] for r in rows], vectors)
+    return TemplateSet(paths, person, persons, vectors)
 
 
 def check_templates(vectors: np.ndarray, source: str | Path, dim: int | None = None) -> None:
@@ -115,16 +155,16 @@ def to_unit_tensor(img, size: int) -> torch.Tensor:
 
 
 class PhotoFiles(Dataset):
-    """(photo in [0, 1] at ``size``, index) for embedding photos with a face model."""
+    """(photo in [0, 1] at ``size``, index) for embedding photos with a face model; ``paths`` under ``root``."""
 
-    def __init__(self, paths: list[Path], size: int, on_bad_image: str = "fail") -> None:
-        self.paths, self.size, self.on_bad_image = path_table(paths), size, on_bad_image
+    def __init__(self, root: Path, paths: Sequence[Path] | PathTable, size: int, on_bad_image: str = "fail") -> None:
+        self.root, self.paths, self.size, self.on_bad_image = Path(root), path_table(paths), size, on_bad_image
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int):
-        img = load_or_skip(self.paths[index], self.on_bad_image)
+        img = load_or_skip(self.root / self.paths[index], self.on_bad_image)
         return None if img is None else (to_unit_tensor(img, self.size), index)
 
 

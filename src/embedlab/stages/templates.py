@@ -12,8 +12,6 @@ decoder never saw.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
-
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
@@ -22,6 +20,7 @@ from embedlab.atomic import write_csv_atomic, write_json_atomic
 from embedlab.config import Params, RuntimeConfig
 from embedlab.data.collate import collate_skipping_bad
 from embedlab.data.faces import natural_key, split_persons, read_face_meta
+from embedlab.data.path_table import PathTable
 from embedlab.data.photo_list import PhotoList
 from embedlab.data.templates import PhotoFiles, check_templates
 from embedlab.descriptor_chunks import Chunk, ChunkedDescriptors, images_digest
@@ -34,10 +33,10 @@ CHUNK = 8192  # photos per chunk file of a templates embedding (a killed run res
 
 
 @torch.no_grad()
-def embed_photos_to_file(model: FaceModel, photos: Sequence[Path], names: Sequence[str], out: Path,
-                         identity: dict, runtime: RuntimeConfig, on_bad_image: str = "fail",
-                         chunk: int = CHUNK) -> tuple[int, list[int]]:
-    """The templates of ``photos`` into the descriptor file ``out``, named ``names``, chunk by chunk.
+def embed_photos_to_file(model: FaceModel, root: Path, photos: PathTable, out: Path, identity: dict,
+                         runtime: RuntimeConfig, on_bad_image: str = "fail", chunk: int = CHUNK) -> tuple[int, list[int]]:
+    """The templates of ``photos`` (paths under ``root``) into the descriptor file ``out``, each named by its
+    path, chunk by chunk.
 
     Memory holds one chunk of templates whatever the number of photos; a run
     killed part-way resumes after its last complete chunk when run again with
@@ -46,10 +45,10 @@ def embed_photos_to_file(model: FaceModel, photos: Sequence[Path], names: Sequen
     """
     device = torch_device(runtime.device)
     model.to(device)
-    parts = ChunkedDescriptors(out, {"images": images_digest(names), "count": len(photos), **identity})
+    parts = ChunkedDescriptors(out, {"images": images_digest(photos), "count": len(photos), **identity})
     start = parts.resume()
     batch_size = runtime.inference_batch_size
-    loader = DataLoader(PhotoFiles(photos[start:], model.input_size, on_bad_image), batch_size=batch_size,
+    loader = DataLoader(PhotoFiles(root, photos[start:], model.input_size, on_bad_image), batch_size=batch_size,
                         collate_fn=collate_skipping_bad, **runtime_loader_options(runtime, keep_workers=False))
     kept: list[int] = []
     vectors: list[np.ndarray] = []
@@ -60,7 +59,8 @@ def embed_photos_to_file(model: FaceModel, photos: Sequence[Path], names: Sequen
         block = np.concatenate(vectors) if vectors else np.zeros((0, model.embedding_dim), np.float32)
         check_templates(block, model.source)  # a model that emits NaN is caught here, not in training
         seen = set(kept)
-        parts.write(Chunk(at, stop, [names[i] for i in kept], block, [i for i in range(at, stop) if i not in seen]))
+        parts.write(Chunk(at, stop, [str(photos[i]) for i in kept], block,
+                          [i for i in range(at, stop) if i not in seen]))
         kept.clear(), vectors.clear()
         at = stop
 
@@ -75,26 +75,26 @@ def embed_photos_to_file(model: FaceModel, photos: Sequence[Path], names: Sequen
     return parts.finish(len(photos), model.embedding_dim)
 
 
-def _photo_rows(params: Params) -> tuple[Path, list[tuple[str, str]]]:
-    """(the root the photo paths are relative to, (path, person) rows): an imported photo list, or the
-    face set's photos (its real ones; the deepfakes too with include_fakes)."""
+def _photo_list(params: Params) -> PhotoList:
+    """An imported photo list (templates.photos), or the face set's photos (its real ones; the deepfakes too
+    with include_fakes), paths relative to the face root."""
     cfg = params.templates
     if cfg.photos:
-        photos = PhotoList.load(cfg.photos)
-        return photos.root, [(str(photos.paths[i]), photos.persons[photos.person[i]].decode())
-                             for i in range(len(photos))]
+        return PhotoList.load(cfg.photos)
     faces_root = Path(params.data.faces)
-    meta = read_face_meta(faces_root / "train")
-    return faces_root, [(f"train/images/{key}", key.split("/")[0]) for key, fake in meta.items()
-                        if cfg.include_fakes or not fake]
+    keys = [key for key, fake in read_face_meta(faces_root / "train").items() if cfg.include_fakes or not fake]
+    names, person = np.unique(np.array([key.split("/")[0].encode() for key in keys], dtype=bytes), return_inverse=True)
+    return PhotoList(faces_root, PathTable(f"train/images/{key}" for key in keys), person.reshape(-1).astype(np.int32),
+                     names)
 
 
 def build_templates(params: Params) -> dict:
     """Embed the face photos, split them by person, write both splits and the manifest."""
     cfg = params.templates
-    photo_root, rows = _photo_rows(params)
-    persons = sorted({person for _, person in rows}, key=natural_key)
-    test_persons = split_persons(persons, cfg.test_fraction, params.seed)
+    photos = _photo_list(params)
+    names = [name.decode() for name in photos.persons]
+    test_persons = split_persons(sorted(names, key=natural_key), cfg.test_fraction, params.seed)
+    row_is_test = np.array([name in test_persons for name in names], bool)[photos.person]
 
     model = load_face_model(cfg.model, "template")
     model_digest = file_digest(cfg.model)  # hashed once: a face model is hundreds of MB
@@ -102,20 +102,19 @@ def build_templates(params: Params) -> dict:
     out = Path(cfg.out)
     counts, skipped = {}, 0
     for split in ("train", "test"):
-        rows_of_split = [row for row in rows if (row[1] in test_persons) == (split == "test")]
+        rows = np.flatnonzero(row_is_test == (split == "test"))
         written, left_out = embed_photos_to_file(
-            model, [photo_root / path for path, _ in rows_of_split], [path for path, _ in rows_of_split],
-            out / f"{split}.h5", identity, params.runtime, params.data.on_bad_image, chunk=CHUNK)
-        gone = set(left_out)
+            model, photos.root, photos.paths.take(rows), out / f"{split}.h5", identity, params.runtime,
+            params.data.on_bad_image, chunk=CHUNK)
+        rows = np.delete(rows, left_out)
         write_csv_atomic(out / f"{split}.csv", ("path", "person"),
-                         (row for i, row in enumerate(rows_of_split) if i not in gone))
+                         ((str(photos.paths[i]), names[photos.person[i]]) for i in rows))
         skipped += len(left_out)
-        counts[split] = {"photos": written, "persons": len({p for i, (_, p) in enumerate(rows_of_split)
-                                                               if i not in gone})}
+        counts[split] = {"photos": written, "persons": len(np.unique(photos.person[rows]))}
     manifest = {
         "template_model": str(cfg.model), "template_model_sha256": model_digest,
         "template_dim": model.embedding_dim, "input_size": model.input_size,
-        "faces_root": str(photo_root), "photos": cfg.photos, "include_fakes": cfg.include_fakes, "seed": params.seed,
+        "faces_root": str(photos.root), "photos": cfg.photos, "include_fakes": cfg.include_fakes, "seed": params.seed,
         "skipped_photos": skipped, "splits": counts,
     }
     write_json_atomic(out / "manifest.json", manifest)
