@@ -28,7 +28,7 @@ from embedlab.evaluation.decoder_cosine import impostor_threshold
 n, per, dim, fmr = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 x = np.random.default_rng(0).standard_normal((n, dim), dtype=np.float32)
 x /= np.linalg.norm(x, axis=1, keepdims=True)
-ts = TemplateSet([str(i) for i in range(n)], [f"p{i // per}" for i in range(n)], x)
+ts = TemplateSet.from_rows([str(i) for i in range(n)], [f"p{i // per}" for i in range(n)], x)
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 start = time.perf_counter()
 threshold, used = impostor_threshold(ts, fmr)
