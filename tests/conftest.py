@@ -30,7 +30,7 @@ TINY_DEMO = DemoDataConfig(seed=1, n_training=32, n_reference=24, n_matched_quer
                            n_imagenet=8, n_frm_faces=4, image_size=64, jpeg_quality=90)
 
 TINY_FACES = FaceDemoConfig(seed=1, n_persons=16, images_per_person=3, fakes_per_person=2, n_test_persons=4,
-                            n_test_pairs=24, image_size=32)
+                            n_test_pairs=24, image_size=32, store=True)
 
 
 def tiny_params(data_root: str = "data/raw") -> dict:

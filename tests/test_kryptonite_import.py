@@ -5,6 +5,7 @@ from __future__ import annotations
 import filecmp
 import json
 import shutil
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,12 @@ from conftest import PROJECT, run
 
 def _download(tiny_faces: Path, root: Path) -> Path:
     """The demo faces as the challenge's README has them unpacked: data/train/ and, one folder deeper (as its
-    archive holds it), data/test_public/test_public/."""
-    shutil.copytree(tiny_faces / "train", root / "data" / "train")
+    archive holds it), data/test_public/test_public/; the demo's image store unpacked as tar would."""
+    shutil.copytree(tiny_faces / "train", root / "data" / "train", ignore=shutil.ignore_patterns("images"))
+    images = tiny_faces / "train" / "images"
+    for shard in sorted(images.glob("shard-*.tar")):
+        with tarfile.open(shard) as tar:
+            tar.extractall(root / "data" / "train" / "images", filter="data")
     shutil.copytree(tiny_faces / "test_public", root / "data" / "test_public" / "test_public")
     return root
 
@@ -36,12 +41,18 @@ def test_the_download_imports_as_the_demo_builder_writes_it(tmp_path, tiny_faces
                   "--params", str(PROJECT / "params.yaml")], tmp_path)
     summary = json.loads(result.stdout)
     assert summary["skipped"] == 0 and summary["test_pairs"] == len(read_test_pairs(tiny_faces / "test_public"))
-    # The same images under the same names, and the same meta.json and labels.
+    # The same store the demo builder packs (store: true), byte for byte, and the same meta.json and labels.
     for part in ("train/images", "test_public"):
         _same_tree(tmp_path / "faces" / part, tiny_faces / part)
+    assert (tmp_path / "faces" / "train" / "images" / "store.json").is_file()
     assert read_face_meta(tmp_path / "faces" / "train") == read_face_meta(tiny_faces / "train")
-    one = next((tmp_path / "faces" / "train" / "images").rglob("*.jpg"))  # hard links: no second copy
-    assert one.stat().st_ino == (src / "data" / "train" / one.relative_to(tmp_path / "faces" / "train")).stat().st_ino
+
+    # --images hardlink: the download's files, linked (no second copy).
+    run(["embedlab", "import", "kryptonite", str(src), "--out", str(tmp_path / "linked"), "--images", "hardlink",
+         "--params", str(PROJECT / "params.yaml")], tmp_path)
+    _same_tree(tmp_path / "linked" / "train" / "images", src / "data" / "train" / "images")
+    one = next((tmp_path / "linked" / "train" / "images").rglob("*.jpg"))
+    assert one.stat().st_ino == (src / "data" / "train" / one.relative_to(tmp_path / "linked" / "train")).stat().st_ino
 
 
 def test_a_bad_download_is_refused_naming_the_file_and_nothing_is_written(tmp_path, tiny_faces):

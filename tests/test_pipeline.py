@@ -103,7 +103,7 @@ def test_dvc_repro_is_incremental_and_tracks_metrics_and_plots(tiny_repo: Path, 
 
     # Each stage depends on the parts of data/raw it reads: a new face photo makes the face stages stale alone.
     extra = tiny_repo / "data/raw/faces/train/extra.jpg"
-    shutil.copy(next((tiny_repo / "data/raw/faces/train").rglob("*.jpg")), extra)
+    shutil.copy(next((tiny_repo / "data/raw/faces/test_public").rglob("*.jpg")), extra)
     stale = run(["dvc", "status"], tiny_repo).stdout
     assert all(f"{stage}:" in stale for stage in ("face_data", "triplet_pretrain", "templates", "decoder"))
     assert "drip@s1:" not in stale and "augment@big:" not in stale and "gem@big:" not in stale, stale

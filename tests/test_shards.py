@@ -100,8 +100,9 @@ def test_damaged_stores_are_refused_naming_the_file(tmp_path, tiny_demo):
         ImageStore(tmp_path / "s")[16]
     with pytest.raises(StoreError, match="appears twice"):
         write_store(tmp_path / "dup", [("a", b"1"), ("a", b"2")])
-    with pytest.raises(StoreError, match="short ASCII name"):
-        write_store(tmp_path / "bad", [("a/b", b"1")])
+    for bad in ("a/../b", "../b", "a//b", "Zoë", "a/b/c/d"):  # keys tar xf would not unpack as given
+        with pytest.raises(StoreError, match="short ASCII name"):
+            write_store(tmp_path / "bad", [(bad, b"1")])
 
 
 def test_a_store_folder_lists_and_loads_like_the_folder_it_was_written_from(tmp_path, tiny_demo):
@@ -151,8 +152,33 @@ def test_pack_turns_a_folder_into_a_store_in_place_and_a_killed_swap_finishes(tm
 
     (tmp_path / "mixed").mkdir()
     (tmp_path / "mixed" / "notes.txt").write_text("not an image")
-    with pytest.raises(StoreError, match=r"mixed: holds 1 entries that are not images \(notes\.txt\)"):
+    with pytest.raises(StoreError, match=r"mixed: holds 1 files that are not images \(notes\.txt\)"):
         pack_folder(tmp_path / "mixed")
+
+
+def test_a_folder_of_person_folders_packs_into_one_store_read_through_the_same_paths(tmp_path, tiny_demo):
+    """The face layout (images/<person>/<i>.jpg): one store for all persons, keys with a folder."""
+    from embedlab.data.shards import pack_folder
+    from embedlab.images import list_images, load_rgb, read_image_bytes
+
+    images = tmp_path / "faces" / "train" / "images"
+    photos = _photos(tiny_demo)[:12]
+    for i, photo in enumerate(photos):
+        (images / f"{i % 3:08d}").mkdir(parents=True, exist_ok=True)
+        shutil.copy(photo, images / f"{i % 3:08d}" / f"{i // 3}.jpg")
+    before = {p.relative_to(images).as_posix(): p.read_bytes() for p in list_images(images, recursive=True)}
+    manifest = pack_folder(images)
+    assert manifest["count"] == 12 and sorted(p.name for p in images.iterdir())[-1] == "store.json"
+    after = list_images(images, recursive=True)
+    assert [p.relative_to(images).as_posix() for p in after] == sorted(before)  # the same paths, in order
+    assert all(read_image_bytes(p) == before[p.relative_to(images).as_posix()] for p in after)
+    assert load_rgb(images / "00000001" / "2.jpg").size == load_rgb(photos[7]).size
+    listed = subprocess.run(["tar", "tf", str(images / "shard-000000.tar")], capture_output=True, text=True,
+                            check=True).stdout.split()
+    assert listed[:2] == ["00000000/0.jpg", "00000000/1.jpg"]  # tar xf gives back the folders
+    # A loose file beside the store's folder is still read as a file.
+    (tmp_path / "faces" / "train" / "loose.jpg").write_bytes(photos[0].read_bytes())
+    assert read_image_bytes(tmp_path / "faces" / "train" / "loose.jpg") == photos[0].read_bytes()
 
 
 def test_the_same_items_give_the_same_store_bytes_whenever_they_are_written(tmp_path, monkeypatch):

@@ -245,7 +245,7 @@ def cmd_import(args) -> None:
                                 on_bad_image=on_bad_image, images=args.images or "store")
     else:
         summary = import_kryptonite(args.src, args.out or params.data.faces, on_bad_image=on_bad_image,
-                                    images=args.images or "hardlink")
+                                    images=args.images or "store")
     print(json.dumps(summary, indent=2))
 
 
@@ -431,8 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which query set and ground truth: dev (default) or final")
     p.add_argument("--on-bad-image", type=o_str, help="fail | skip (default: data.on_bad_image)")
     p.add_argument("--images", choices=("store", "hardlink", "copy"),
-                   help="how the images are written: an image store of tar shards (disc21's default), hard links "
-                   "(kryptonite's default: its nested folders stay files) or copies of the files")
+                   help="how the images are written: image stores of tar shards (the default; kryptonite: its "
+                   "training images, keyed <person>/<i>), hard links or copies of the files")
     p = command("pack", cmd_pack, "turn folders of images into image stores in place (tar shards + index: a few "
                 "files for DVC instead of one per image; every stage reads both)", "embedlab pack data/raw/imagenet",
                 params=False)

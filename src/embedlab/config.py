@@ -59,6 +59,7 @@ class FaceDemoConfig:
     # near 1 a face swap, near 0.5 a morph.
     fake_blend_min: float = 0.4
     fake_blend_max: float = 0.6
+    store: bool = False  # train/images packed into one image store (keys <person>/<i>), as import kryptonite writes
 
 
 @dataclasses.dataclass

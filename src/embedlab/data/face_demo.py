@@ -49,6 +49,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from embedlab.atomic import write_csv_atomic, write_json_atomic, write_text_atomic
 from embedlab.config import FaceDemoConfig
+from embedlab.data.shards import pack_folder, store_at
 from embedlab.images import save_jpeg_atomic
 
 MARKER = "embedlab demo faces"
@@ -433,6 +434,8 @@ def build_demo_faces(root: str | Path, cfg: FaceDemoConfig, progress: bool = Tru
     bar = tqdm(total=n_train + 2 * cfg.n_test_pairs, desc="demo faces", unit="img", disable=not progress)
 
     images_dir = root / "train" / "images"
+    if store_at(images_dir) is not None:  # a store of an earlier build (ours: claimed above) is built afresh
+        shutil.rmtree(images_dir)
     meta: dict[str, int] = {}
     manifest: list[list] = []
     persons = [f"{k:08d}" for k in range(cfg.n_persons)]
@@ -452,6 +455,8 @@ def build_demo_faces(root: str | Path, cfg: FaceDemoConfig, progress: bool = Tru
         _remove_stale(images_dir / person, written, r"\d+\.jpg")
     _remove_stale(images_dir, set(persons), r"\d{8}")
     write_json_atomic(root / "train" / "meta.json", meta)
+    if cfg.store:
+        pack_folder(images_dir)  # as `embedlab import kryptonite` writes it
 
     test_dir = root / "test_public"
     labels, pair_rows, pair_ids = [], [], []

@@ -16,8 +16,10 @@ README asks; the importer looks in each of those places (:data:`TRAIN`,
   image with its meta.json entry, a test image with its whole pair.
 
 Nothing is written until every check has passed; the layout is built beside
-``out`` and renamed into place. The images are hard links (``--images copy``
-copies them).
+``out`` and renamed into place. The training images become one image
+store (:mod:`embedlab.data.shards`, keys ``<person>/<i>``: a few hundred
+files for DVC instead of one per photo); ``--images hardlink`` or ``copy``
+writes them as files.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from embedlab.atomic import write_csv_atomic
 from embedlab.data.faces import read_face_meta, read_test_pairs
 from embedlab.data.importing import (DownloadError, decoding_failures, first_found, link_or_copy, refuse_filled,
                                     staged_output)
+from embedlab.data.shards import store_files
 from embedlab.images import check_on_bad_image
 
 TRAIN = ("train", "train/train", "data/train", "data/train/train")
@@ -47,13 +50,17 @@ def _train_folder(src: Path) -> Path:
     raise KryptoniteImportError(f"{src}: no training set found (looked for meta.json in {', '.join(TRAIN)})")
 
 
-def import_kryptonite(src: str | Path, out: str | Path, on_bad_image: str = "fail", images: str = "hardlink",
+def import_kryptonite(src: str | Path, out: str | Path, on_bad_image: str = "fail", images: str = "store",
                       workers: int | None = None) -> dict:
-    """Check the download at ``src`` and write the project's face layout at ``out``; returns a summary."""
+    """Check the download at ``src`` and write the project's face layout at ``out``; returns a summary.
+
+    ``images``: ``store`` (train/images as one image store, keys ``<person>/<i>``), ``hardlink`` or ``copy``
+    (loose files). The test pairs stay files either way: a few thousand, beside their labels.
+    """
     src, out = Path(src), Path(out)
     check_on_bad_image(on_bad_image)
-    if images not in ("hardlink", "copy"):
-        raise ValueError(f"images must be hardlink or copy, got {images!r} (face folders stay files)")
+    if images not in ("store", "hardlink", "copy"):
+        raise ValueError(f"images must be store, hardlink or copy, got {images!r}")
     if not src.is_dir():
         raise KryptoniteImportError(f"{src}: not a folder")
     refuse_filled(out, KryptoniteImportError)  # before the checks, which take minutes at full size
@@ -69,7 +76,9 @@ def import_kryptonite(src: str | Path, out: str | Path, on_bad_image: str = "fai
     kept_pairs = [pair for pair in pairs if pair[1] not in bad and pair[2] not in bad]
     link = images == "hardlink"
     with staged_output(out, KryptoniteImportError) as staging:
-        for key in kept_meta:
+        if images == "store":
+            store_files(staging / "train" / "images", train / "images", sorted(kept_meta))
+        for key in kept_meta if images != "store" else ():
             link_or_copy(train_images[key], staging / "train" / "images" / key, link)
         (staging / "train" / "meta.json").write_text(json.dumps(kept_meta, indent=0) + "\n")
         for pair_id, a, b, _ in kept_pairs:

@@ -30,7 +30,7 @@ import numpy as np
 
 from embedlab.atomic import write_json_atomic, write_npz_atomic
 from embedlab.data.path_table import PathTable
-from embedlab.images import check_on_bad_image
+from embedlab.images import check_on_bad_image, encoded_size
 
 COLUMNS = ("path", "person")
 FILE, INFO = "photos.npz", "photos.json"
@@ -167,7 +167,7 @@ def read_photo_table(table: str | os.PathLike, root: str | os.PathLike,
         raise PhotoListError(f"{root}: photo root folder not found")
     paths, person, persons = read_path_person_table(table)
     rows = len(paths)
-    exists = np.fromiter((os.path.isfile(root / p) for p in paths), bool, len(paths))
+    exists = np.fromiter((encoded_size(root / p) >= 0 for p in paths), bool, len(paths))  # files or stored
     left_out = []
     if not exists.all():
         missing = np.flatnonzero(~exists)

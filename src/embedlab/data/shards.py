@@ -48,10 +48,17 @@ class StoreError(ValueError):
     """A store that is missing, incomplete or does not match its index; the message names the file."""
 
 
+KEY_DEPTH = 3  # names in a key: "<person>/<i>" of the face layout is 2
+
+
 def check_key(key: str, suffix: str, where: str | os.PathLike) -> None:
-    """A key must make a plain tar member name: short (ustar: 100 bytes), ASCII, no '/'."""
-    if not key or "/" in key or not key.isascii() or len(key + suffix) > 100:
-        raise StoreError(f"{where}: image key {key!r} must be a short ASCII name without '/'")
+    """A key must make a plain tar member name: short (ustar: 100 bytes), ASCII, at most :data:`KEY_DEPTH`
+    '/'-separated names (a folder path inside the store, as ``tar xf`` would make it), none empty or hidden."""
+    parts = key.split("/")
+    if (not key or not key.isascii() or len(key + suffix) > 100 or len(parts) > KEY_DEPTH
+            or any(not part or part.startswith(".") for part in parts)):
+        raise StoreError(f"{where}: image key {key!r} must be a short ASCII name, or up to {KEY_DEPTH} of them "
+                         "joined by '/', none empty or starting with '.'")
 
 
 def _shard_name(number: int) -> str:
@@ -126,24 +133,26 @@ class ShardWriter:
 
     def _write_index(self) -> dict:
         shards = self._complete_shards()
-        keys, shard, offset, size = [], [], [], []
+        keys, offset, size = [], [], []  # one array per shard: 2M images as Python ints would be 200 MB
         for number in shards:
             with tarfile.open(self.root / _shard_name(number)) as tar:
                 members = tar.getmembers()
             expected = np.load(self._keys_file(number))
-            names = [m.name.removesuffix(self.suffix).encode() for m in members]
-            if names != expected.tolist():
+            if [m.name.removesuffix(self.suffix).encode() for m in members] != expected.tolist():
                 raise StoreError(f"{self.root / _shard_name(number)}: its members do not match "
                                  f"{self._keys_file(number).name}")
-            keys.extend(names)
-            shard.extend([number] * len(members))
-            offset.extend(m.offset_data for m in members)
-            size.extend(m.size for m in members)
-        key_array = np.array(keys, dtype=bytes) if keys else np.zeros(0, "S1")
+            keys.append(expected)
+            offset.append(np.array([m.offset_data for m in members], np.int64))
+            size.append(np.array([m.size for m in members], np.int64))
+        counts = [len(k) for k in keys]
+        width = max((k.dtype.itemsize for k in keys), default=1)
+        key_array = np.concatenate([k.astype(f"S{width}") for k in keys]) if keys else np.zeros(0, "S1")
         if len(np.unique(key_array)) != len(key_array):
             raise StoreError(f"{self.root}: the same image key appears twice")
-        write_npz_atomic(self.root / "index.npz", keys=key_array, shard=np.array(shard, np.int32),
-                         offset=np.array(offset, np.int64), size=np.array(size, np.int64))
+        write_npz_atomic(self.root / "index.npz", keys=key_array,
+                         shard=np.repeat(np.arange(len(shards), dtype=np.int32), counts),
+                         offset=np.concatenate(offset) if keys else np.zeros(0, np.int64),
+                         size=np.concatenate(size) if keys else np.zeros(0, np.int64))
         manifest = {"format": FORMAT, "count": len(key_array), "suffix": self.suffix,
                     "shards": [_shard_name(n) for n in shards]}
         write_json_atomic(self.root / "store.json", manifest)
@@ -170,8 +179,31 @@ def store_files(root: str | os.PathLike, folder: Path, names: Sequence[str], sha
     if len(suffixes) > 1:
         raise StoreError(f"{folder}: images with suffixes {', '.join(suffixes)}; a store names all its images "
                          "with one suffix")
-    return write_store(root, ((os.path.splitext(name)[0], (folder / name).read_bytes()) for name in names),
+    from embedlab.images import read_image_bytes  # images reads stores: imported here, not at the top
+
+    # read_image_bytes: ``folder`` may itself be a store (a download packed before it was imported)
+    return write_store(root, ((os.path.splitext(name)[0], read_image_bytes(folder / name)) for name in names),
                        suffix=suffixes[0] if suffixes else ".jpg", shard_size=shard_size)
+
+
+def _member_names(folder: Path) -> list[str]:
+    """The images of ``folder`` and of its folders (``<person>/<i>.jpg``), as relative names sorted as
+    :func:`embedlab.images.list_images` sorts them; anything else is an error naming it."""
+    from embedlab.images import is_image_file  # images reads stores: imported here, not at the top
+
+    names, others = [], []
+    for top, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            path = Path(top) / name
+            if not name.startswith("."):
+                (names if is_image_file(path) else others).append(path.relative_to(folder).as_posix())
+    if others:
+        raise StoreError(f"{folder}: holds {len(others)} files that are not images ({', '.join(sorted(others)[:3])}); "
+                         "a store holds images only")
+    for name in names:
+        check_key(os.path.splitext(name)[0], os.path.splitext(name)[1], folder)  # before any shard is written
+    return sorted(names)
 
 
 def pack_folder(folder: str | os.PathLike, shard_size: int = SHARD_SIZE) -> dict:
@@ -183,8 +215,6 @@ def pack_folder(folder: str | os.PathLike, shard_size: int = SHARD_SIZE) -> dict
     renames leaves the loose files in ``.<name>.loose`` and the store in
     ``.<name>.packing`` (a rerun finishes the swap).
     """
-    from embedlab.images import is_image_file  # images reads stores: imported here, not at the top
-
     folder = Path(folder)
     packing, loose = folder.with_name(f".{folder.name}.packing"), folder.with_name(f".{folder.name}.loose")
     if not folder.exists() and loose.is_dir() and (packing / "store.json").is_file():
@@ -195,14 +225,10 @@ def pack_folder(folder: str | os.PathLike, shard_size: int = SHARD_SIZE) -> dict
         return json.loads((folder / "store.json").read_text())
     if not folder.is_dir():
         raise StoreError(f"{folder}: not a folder of images")
-    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
-    others = [p.name for p in entries if not is_image_file(p)]
-    if others:
-        raise StoreError(f"{folder}: holds {len(others)} entries that are not images ({', '.join(others[:3])}); "
-                         "a store holds the images of one folder")
+    names = _member_names(folder)
     if packing.exists():
         shutil.rmtree(packing)
-    manifest = store_files(packing, folder, [p.name for p in entries], shard_size)
+    manifest = store_files(packing, folder, names, shard_size)
     folder.rename(loose)
     packing.rename(folder)
     shutil.rmtree(loose)
@@ -315,14 +341,23 @@ def store_at(folder: str | os.PathLike) -> ImageStore | None:
 
 
 def locate(path: str | os.PathLike) -> tuple[ImageStore, int | None] | None:
-    """(the store ``path``'s folder is, the index of ``path`` in it or None when it holds no such image);
-    None when the folder is no store."""
+    """(the store ``path`` lies in, the index of ``path`` in it or None when it holds no such image); None when
+    ``path`` is in no store.
+
+    The store is ``path``'s folder, or for a key with folders (``<root>/<person>/<i>.jpg``) the first
+    ancestor holding store.json. Only folders that do not exist are looked above: a loose file costs two stats.
+    """
     path = Path(path)
-    store = store_at(path.parent)
-    if store is None:
-        return None
-    named = path.name.endswith(store.suffix)
-    return store, store.index_of(path.name.removesuffix(store.suffix)) if named else None
+    folder, key = path.parent, path.name
+    for _ in range(KEY_DEPTH):
+        store = store_at(folder)
+        if store is not None:
+            named = key.endswith(store.suffix)
+            return store, store.index_of(key.removesuffix(store.suffix)) if named else None
+        if folder.is_dir() or folder == folder.parent:  # a real folder: its files are loose, not stored above
+            return None
+        folder, key = folder.parent, f"{folder.name}/{key}"
+    return None
 
 
 def stored_bytes(path: str | os.PathLike) -> bytes | None:
