@@ -344,3 +344,37 @@ def test_warmup_flat_cosine_per_step_in_lambda_lr():
         scheduler.step()
     assert optimizer.param_groups[0]["lr"] == pytest.approx(3.5e-4 * 0.5)
     assert scheduler.state_dict()["lr_lambdas"][0]["steps_per_epoch"] == 10
+
+
+def test_a_gem_checkpoint_holds_the_classifier_and_its_optimizer_state_whole_for_any_sharding():
+    """Saved from one classifier shard, loaded into three (another device or rank count): the weights and Adam's
+    moments land on the same classes, and the optimizer loads them (before this, it refused another layout)."""
+    from embedlab.models.gem_module import GemModule
+
+    def module(shards: int) -> GemModule:
+        torch.manual_seed(0)
+        gem = GemModule(dataclasses.asdict(TINY), n_classes=7, iters_per_epoch=4)
+        gem.classifier = ShardedLinear(TINY.proj_dim, 7, shards)
+        return gem
+
+    one = module(1)
+    optimizer = one.configure_optimizers()["optimizer"]
+    images, labels = torch.randn(4, 3, 64, 64), torch.tensor([0, 0, 5, 5])
+    for _ in range(2):
+        optimizer.zero_grad()
+        gem_feature, neck = one.model.features(images)
+        gem_loss(one.classifier(neck), labels, gem_feature, 10.0, 1.0, 0.1)[0].backward()
+        optimizer.step()
+    checkpoint = {"state_dict": one.state_dict(), "optimizer_states": [optimizer.state_dict()]}
+    moments = optimizer.state[one.classifier.shards[0]]["exp_avg"].clone()
+    one.on_save_checkpoint(checkpoint)
+    assert checkpoint["state_dict"]["classifier.weight"].shape == (7, TINY.proj_dim)
+
+    three = module(3)
+    three.on_load_checkpoint(checkpoint)
+    three.load_state_dict(checkpoint["state_dict"])
+    resumed = three.configure_optimizers()["optimizer"]
+    resumed.load_state_dict(checkpoint["optimizer_states"][0])
+    assert torch.equal(three.classifier.full_weight(), one.classifier.full_weight())
+    assert torch.equal(torch.cat([resumed.state[s]["exp_avg"] for s in three.classifier.shards]), moments)
+    assert int(resumed.state[three.classifier.shards[2]]["step"]) == 2
