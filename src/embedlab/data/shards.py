@@ -181,8 +181,9 @@ def store_files(root: str | os.PathLike, folder: Path, names: Sequence[str], sha
                          "with one suffix")
     from embedlab.images import read_image_bytes  # images reads stores: imported here, not at the top
 
-    # read_image_bytes: ``folder`` may itself be a store (a download packed before it was imported)
-    return write_store(root, ((os.path.splitext(name)[0], read_image_bytes(folder / name)) for name in names),
+    # ``folder`` may itself be a store (a download packed before it was imported); else plain reads, no lookups
+    read = read_image_bytes if store_at(folder) is not None else Path.read_bytes
+    return write_store(root, ((os.path.splitext(name)[0], read(folder / name)) for name in names),
                        suffix=suffixes[0] if suffixes else ".jpg", shard_size=shard_size)
 
 
