@@ -24,6 +24,21 @@ def _epoch_batches(tiny_demo: Path, workers: int, epoch: int) -> list[tuple[torc
     return list(step_loader(views, DripConfig(batch_size=4), params, sampler))
 
 
+def test_ranks_share_each_epochs_order_in_equal_parts():
+    """Under DDP each rank draws its share of the one-rank order: together every item, each as many batches."""
+    whole = [i for _, i in EpochIndices(7, seed=5)]
+    for ranks in (2, 3):
+        shares = [list(EpochIndices(7, seed=5, num_replicas=ranks, rank=r)) for r in range(ranks)]
+        assert {len(share) for share in shares} == {-(-7 // ranks)}  # padded from the order's start
+        assert {i for share in shares for _, i in share} == set(whole)
+        assert [share[0][1] for share in shares] == whole[:ranks]  # interleaved: rank r takes items r, r + ranks...
+    later = EpochIndices(7, seed=5, num_replicas=2, rank=1)
+    later.set_epoch(4)
+    assert {e for e, _ in later} == {4}
+    with pytest.raises(ValueError, match="rank 2 outside 0..1"):
+        EpochIndices(7, seed=5, num_replicas=2, rank=2)
+
+
 @pytest.mark.parametrize("epoch", [0, 3])
 def test_drip_training_views_are_the_same_for_any_worker_count(tiny_demo, epoch):
     """Each view is seeded by (seed, epoch, index): two workers make exactly the in-process views."""

@@ -315,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=o_int, help="default: the step's, else drip.epochs")
     p.add_argument("--build-w-matrix", type=optional(Path), help="previous step's checkpoint: start from its "
                    "weights and class centroids (default: the step's init_from)")
-    add_runtime_flags(p, ("device", "precision", "compile", "num_workers"))
+    add_runtime_flags(p, ("device", "precision", "compile", "num_workers", "devices"))
 
     p = command("gem", cmd_gem, "train the GeM model (P×K batches, CE + triplet) on one generated training set",
                 "embedlab gem --recipe big --epochs 4 --iters 20")
@@ -341,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=o_int, help="default: triplet_phases.<phase>.epochs")
     p.add_argument("--init-from", type=o_str, help="a phase name or a .ckpt to start from; 'none': "
                    "triplet.pretrained (default: triplet_phases.<phase>.init_from)")
-    add_runtime_flags(p, ("device", "precision", "compile", "num_workers"))
+    add_runtime_flags(p, ("device", "precision", "compile", "num_workers", "devices"))
 
     p = command("face-submission", cmd_face_submission, "write pair_id,similarity for a folder of face pairs",
                 "embedlab face-submission --checkpoint models/triplet/finetune/encoder.safetensors "
@@ -366,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=o_int, help="default: decoder.batch_size")
     p.add_argument("--variant", type=o_str, help="base | large (default: decoder.variant)")
     p.add_argument("--output-size", type=o_int, help="default: decoder.output_size")
-    add_runtime_flags(p, ("device", "precision", "compile", "num_workers"))
+    add_runtime_flags(p, ("device", "precision", "compile", "num_workers", "devices"))
 
     p = command("validate-decoder", cmd_validate_decoder, "cosine between templates and the templates of their "
                 "decoded faces (the original validate.py)", "embedlab validate-decoder --set test")

@@ -7,6 +7,29 @@ import os
 import torch
 
 
+def launched_rank() -> int:
+    """This process's rank when a DDP launcher started it (Lightning, torchrun, SLURM); else 0.
+
+    Lightning's DDP re-runs the stage command once per extra device: those
+    processes train their part but must not open MLflow runs of their own.
+    """
+    for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
+
+
+def training_shard(runtime) -> tuple[int, int]:
+    """(this process's rank, ranks): each stage's training sampler draws this rank's share of every epoch.
+
+    The stages shard their own training data (Lightning's automatic
+    DistributedSampler is off): P×K batches must stay whole, and drip's
+    (epoch, index) items need the epoch. Validation runs whole on every
+    rank, so its metrics are the same everywhere.
+    """
+    return launched_rank(), max(1, int(runtime.devices))
+
+
 def torch_device(device: str = "auto") -> torch.device:
     """``auto``: the GPU when there is one, else the CPU; anything else as torch spells it."""
     if device == "auto":

@@ -44,18 +44,6 @@ def tracking_uri(configured: str | None = None) -> str:
     return uri or f"sqlite:///{repo_root() / 'mlflow.db'}"
 
 
-def launched_rank() -> int:
-    """This process's rank when a DDP launcher started it (Lightning, torchrun, SLURM); else 0.
-
-    Lightning's DDP re-runs the stage command once per extra device: those
-    processes train their part but must not open MLflow runs of their own.
-    """
-    for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
-        if os.environ.get(name, "").isdigit():
-            return int(os.environ[name])
-    return 0
-
-
 def git_commit(root: Path | None = None) -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root or repo_root(), capture_output=True, text=True, check=True)

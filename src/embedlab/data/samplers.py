@@ -100,7 +100,9 @@ class PKSampler(Sampler[int]):
 
 
 class EpochIndices(Sampler[tuple[int, int]]):
-    """``(epoch, index)`` for every item, shuffled per (seed, epoch).
+    """``(epoch, index)`` for every item, shuffled per (seed, epoch); with ``num_replicas`` ranks, this rank's
+    share of that order (every ``num_replicas``-th item from ``rank``; the order is padded by its own start
+    so that every rank gets as many items, and DDP's collectives stay in step).
 
     A dataset that seeds an item's random draws from this pair gives the same
     data for any loader worker count (see :class:`embedlab.data.drip.QueryViews`).
@@ -108,17 +110,21 @@ class EpochIndices(Sampler[tuple[int, int]]):
     run continues with the epoch it stopped in.
     """
 
-    def __init__(self, n_items: int, seed: int, shuffle: bool = True) -> None:
+    def __init__(self, n_items: int, seed: int, shuffle: bool = True, num_replicas: int = 1, rank: int = 0) -> None:
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"EpochIndices: rank {rank} outside 0..{num_replicas - 1}")
         self.n_items, self.seed, self.shuffle = n_items, seed, shuffle
+        self.num_replicas, self.rank = num_replicas, rank
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.n_items
+        return -(-self.n_items // self.num_replicas)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n_items) if self.shuffle \
-            else range(self.n_items)
-        return ((self.epoch, int(i)) for i in order)
+            else np.arange(self.n_items)
+        padded = np.resize(order, len(self) * self.num_replicas)  # np.resize repeats from the start
+        return ((self.epoch, int(i)) for i in padded[self.rank::self.num_replicas])

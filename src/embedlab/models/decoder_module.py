@@ -89,12 +89,13 @@ class DecoderModule(pl.LightningModule):
             opt_d.zero_grad(set_to_none=True)
             self.manual_backward(d_loss)
             opt_d.step()
-            self.log("train_discriminator_loss", d_loss, on_step=False, on_epoch=True, batch_size=len(templates))
+            self.log("train_discriminator_loss", d_loss,
+                     on_step=False, on_epoch=True, batch_size=len(templates), sync_dist=True)
         n = len(templates)
-        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
+        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
         for name, value in parts.items():
             if name != "loss":
-                self.log(f"train_{name}", value, on_step=False, on_epoch=True, batch_size=n)
+                self.log(f"train_{name}", value, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
         return loss
 
     def on_before_optimizer_step(self, optimizer) -> None:

@@ -54,7 +54,8 @@ class DripModule(pl.LightningModule):
             return None
         images, labels = batch
         loss = self.loss(images, labels, m=self.margin())
-        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(labels))
+        self.log("train_loss", loss,
+                 on_step=True, on_epoch=True, prog_bar=True, batch_size=len(labels), sync_dist=True)
         return loss
 
     def validation_step(self, batch, batch_idx: int):

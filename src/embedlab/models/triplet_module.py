@@ -47,8 +47,9 @@ class TripletModule(pl.LightningModule):
         loss, info = triplet_loss(self.model(images), labels, self.hparams.miner, self.hparams.margin,
                                   normalize=self.model.spec.normalize_embeddings)
         n = len(labels)
-        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n)
-        self.log("active_triplets", info["active_fraction"], on_step=False, on_epoch=True, batch_size=n)
+        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
+        self.log("active_triplets", info["active_fraction"],
+                 on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
         return loss
 
     def validation_step(self, batch, batch_idx: int):

@@ -22,13 +22,13 @@ from typing import Any, ClassVar, Sequence
 import mlflow
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from embedlab.const import DECODER, last_checkpoint
 from embedlab.config import DecoderConfig, Params
 from embedlab.data.collate import collate_skipping_bad
 from embedlab.data.templates import TemplatePairs, TemplateSet, read_template_set
-from embedlab.devices import runtime_loader_options, torch_device
+from embedlab.devices import runtime_loader_options, torch_device, training_shard
 from embedlab.models.checkpoints import load_descriptor_model
 from embedlab.models.decoder import DECODER_KIND, DecoderSpec
 from embedlab.models.decoder_module import DecoderModule
@@ -99,9 +99,11 @@ class DecoderRequest(TrainingStage):
     def loaders(self, params: Params) -> tuple[DataLoader, DataLoader]:
         train = TemplatePairs(self.sources.train, self.sources.root, self.cfg.output_size, params.data.on_bad_image)
         batch = self.cfg.batch_size
-        loader = DataLoader(train, batch_size=batch, shuffle=True, drop_last=len(train) > batch,
-                            collate_fn=collate_skipping_bad,
-                            **runtime_loader_options(params.runtime))
+        rank, ranks = training_shard(params.runtime)
+        # Under DDP each rank draws its share of one shuffled order per epoch (Lightning calls set_epoch).
+        order = DistributedSampler(train, num_replicas=ranks, rank=rank, shuffle=True, seed=params.seed)
+        loader = DataLoader(train, batch_size=batch, sampler=order, drop_last=len(order) > batch,
+                            collate_fn=collate_skipping_bad, **runtime_loader_options(params.runtime))
         val = DataLoader(self.test_pairs, batch_size=params.runtime.inference_batch_size,
                          collate_fn=collate_skipping_bad, **runtime_loader_options(params.runtime, keep_workers=False))
         return loader, val
@@ -212,7 +214,7 @@ class ControlGrid(pl.Callback):
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
         # Batches, not trainer.global_step: with a discriminator each batch steps two optimisers.
         step = trainer.fit_loop.epoch_loop.total_batch_idx
-        if step % self.every == 0:
+        if step % self.every == 0 and trainer.is_global_zero:  # one grid per run: the other DDP ranks log nothing
             path = write_control_grid(module, *self.samples, self.folder / f"step_{step:07d}.png")
             mlflow.MlflowClient().log_artifact(self.run_id, str(path), "control")
 

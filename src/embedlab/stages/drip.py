@@ -42,7 +42,7 @@ from embedlab.data.collate import collate_skipping_bad
 from embedlab.data.drip import ClassImages, QueryViews, ReferenceViews, ValidationPairs, class_folders
 from embedlab.data.image_cache import build_drip_cache, cache_folder
 from embedlab.data.samplers import EpochIndices
-from embedlab.devices import loader_workers, runtime_loader_options, torch_device
+from embedlab.devices import loader_workers, runtime_loader_options, torch_device, training_shard
 from embedlab.images import count_bad_images
 from embedlab.models.centroids import class_centroids
 from embedlab.models.checkpoints import restore_matching_weights
@@ -150,7 +150,9 @@ class DripRequest(TrainingStage):
         val_ids = torch.randperm(len(self.classes), generator=g)[: min(self.cfg.val_classes, len(self.classes))]
         train = QueryViews(self.images, self.augment, self.cfg.img_size, params.seed)
         val = ValidationPairs(self.images, val_ids.tolist(), self.augment, self.cfg.img_size, params.seed)
-        return (step_loader(train, self.cfg, params, EpochIndices(len(train), params.seed)),
+        rank, ranks = training_shard(params.runtime)
+        return (step_loader(train, self.cfg, params, EpochIndices(len(train), params.seed, num_replicas=ranks,
+                                                                  rank=rank)),
                 step_loader(val, self.cfg, params))
 
     def callbacks(self, params: Params, run_id: str | None) -> list[pl.Callback]:

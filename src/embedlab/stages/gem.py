@@ -21,13 +21,12 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import LearningRateMonitor
 from torch.utils.data import DataLoader
 
-from embedlab import tracking
 from embedlab.const import DESCRIPTOR_MODEL, EVAL, PR_CURVE_CSV, PR_CURVE_HEADER, SKIPPED_IMAGES
 from embedlab.config import GemConfig, Params
 from embedlab.data.augmented import AugmentedSet
 from embedlab.data.collate import collate_skipping_bad
 from embedlab.data.samplers import PKSampler
-from embedlab.devices import runtime_loader_options
+from embedlab.devices import runtime_loader_options, training_shard
 from embedlab.images import count_bad_images
 from embedlab.models.gem_module import GemModule, iterations_per_epoch
 from embedlab.models.gem_net import GemNetSpec
@@ -49,7 +48,6 @@ class GemRequest(TrainingStage):
     command: ClassVar[str] = "gem"
     section: ClassVar[str] = "gem"
     export_name: ClassVar[str] = DESCRIPTOR_MODEL
-    ddp: ClassVar[bool] = True
 
     @property
     def run_name(self) -> str:
@@ -94,7 +92,7 @@ class GemRequest(TrainingStage):
         return [LearningRateMonitor(logging_interval="epoch")]
 
     def trainer_options(self, params: Params) -> dict[str, Any]:
-        return {"max_epochs": self.cfg.epochs, "use_distributed_sampler": False,  # P×K batches are per rank
+        return {"max_epochs": self.cfg.epochs,
                 "limit_train_batches": self.iters, "limit_val_batches": 0, "log_every_n_steps": 10}
 
     def evaluates(self, params: Params) -> tuple[bool, bool]:
@@ -134,8 +132,8 @@ def _spec(cfg: GemConfig) -> dict:
 def train_loader(dataset: AugmentedSet, cfg: GemConfig, params: Params, iters: int) -> DataLoader:
     """P×K batches of ``dataset``: each DDP rank gets whole batches of one shared draw (a
     DistributedSampler would split identities)."""
-    sampler = PKSampler(dataset.labels, cfg.p, cfg.k, seed=params.seed, length=iters,
-                        num_replicas=params.runtime.devices, rank=tracking.launched_rank())
+    rank, ranks = training_shard(params.runtime)
+    sampler = PKSampler(dataset.labels, cfg.p, cfg.k, seed=params.seed, length=iters, num_replicas=ranks, rank=rank)
     return DataLoader(dataset, batch_size=cfg.p * cfg.k, sampler=sampler, collate_fn=collate_skipping_bad,
                       drop_last=True, **runtime_loader_options(params.runtime))
 

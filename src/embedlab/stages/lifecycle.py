@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import logging
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -34,7 +33,7 @@ from torch.utils.data import DataLoader
 from embedlab import tracking
 from embedlab.const import BEFORE, CHECKPOINTS, EVAL, RUN_STATE, last_checkpoint
 from embedlab.config import Params, flatten
-from embedlab.devices import lightning_precision, speed_tags, torch_device
+from embedlab.devices import launched_rank, lightning_precision, speed_tags, torch_device
 from embedlab.models.checkpoints import (
     AtomicCheckpointIO,
     checkpoint_epoch,
@@ -47,7 +46,6 @@ from embedlab.code_deps import stage_code
 from embedlab.digests import fingerprint
 from embedlab.stages.run_state import OutputFolders, RunState, open_run_dir, scores_before
 
-log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -70,7 +68,6 @@ class TrainingStage(OutputFolders, abc.ABC):
     export_name: str  # the exported model's file name in the run's folder
     monitor: Monitor | None = None  # None: no validation; ``last.ckpt`` only
     history_plot: str = "history"  # folder of the per-epoch plot CSVs under plots_root
-    ddp: bool = False  # trains on runtime.devices DDP ranks (else on one device)
     plots_root: Path
 
     # --- what the run is ---------------------------------------------------------------------
@@ -158,7 +155,7 @@ def run_stage(stage: TrainingStage, params: Params, callbacks: Sequence[pl.Callb
     resume_from = last_ckpt if mode == "resume" else None
     pl.seed_everything(params.seed, workers=True)
     module = stage.build(params, fresh=mode == "start")
-    if tracking.launched_rank() > 0:  # a DDP worker Lightning started: it trains, rank 0 logs
+    if launched_rank() > 0:  # a DDP worker Lightning started: it trains, rank 0 logs
         if mode != "evaluate":
             _fit(stage, module, params, None, resume_from, callbacks)
         return {}
@@ -222,16 +219,18 @@ def _fit(stage: TrainingStage, module: pl.LightningModule, params: Params, run_i
     pl.seed_everything(params.seed + done, workers=True)
     module.train()  # Lightning 2.x keeps the mode it finds: train, whatever happened to the module before
     runtime = params.runtime
-    devices = runtime.devices if stage.ddp else 1
-    if devices < runtime.devices:
-        log.warning("%s trains on one device: runtime.devices=%d applies to the GeM stage only so far",
-                    stage.command, runtime.devices)
+    devices = runtime.devices
     train, val = stage.loaders(params)
     checkpoints = stage.out_dir / CHECKPOINTS
     monitor = stage.monitor
     trainer = pl.Trainer(
         accelerator="cpu" if runtime.device == "cpu" else "auto", devices=devices,
         strategy="ddp" if devices > 1 else "auto",
+        # Each stage's training sampler takes its rank's share itself (devices.training_shard): P×K batches
+        # stay whole, and validation runs whole on every rank. On GPUs BatchNorm statistics span the ranks'
+        # batches (torch's SyncBatchNorm has no CPU kernel: gloo ranks keep their own).
+        use_distributed_sampler=False,
+        sync_batchnorm=devices > 1 and torch_device(runtime.device).type == "cuda",
         precision=lightning_precision(runtime.precision, torch_device(runtime.device)),
         default_root_dir=str(stage.out_dir), plugins=[AtomicCheckpointIO()], logger=tracking.epoch_logger(run_id),
         callbacks=[

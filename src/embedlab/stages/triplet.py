@@ -28,7 +28,7 @@ from embedlab.config import Params, TripletConfig, TripletPhase
 from embedlab.data.collate import collate_skipping_bad
 from embedlab.data.faces import FaceImages, PairImages, read_face_pairs, read_face_rows, read_test_pairs
 from embedlab.data.samplers import PKSampler
-from embedlab.devices import runtime_loader_options
+from embedlab.devices import runtime_loader_options, training_shard
 from embedlab.models.checkpoints import read_checkpoint
 from embedlab.models.face_encoder import FaceEncoderSpec
 from embedlab.models.triplet_module import TripletModule
@@ -201,8 +201,10 @@ def _load_encoder(module: TripletModule, checkpoint: Path) -> None:
 
 
 def train_loader(train: FaceImages, cfg: TripletConfig, params: Params) -> DataLoader:
-    """P×K batches: ``p`` labels (persons or deepfake classes), ``k`` images each."""
-    sampler = PKSampler(train.labels, cfg.p, cfg.k, seed=params.seed, length=cfg.iters)
+    """P×K batches: ``p`` labels (persons or deepfake classes), ``k`` images each; under DDP each rank takes
+    whole batches of one shared draw, ``iters`` per rank."""
+    rank, ranks = training_shard(params.runtime)
+    sampler = PKSampler(train.labels, cfg.p, cfg.k, seed=params.seed, length=cfg.iters, num_replicas=ranks, rank=rank)
     return DataLoader(train, batch_size=cfg.p * cfg.k, sampler=sampler, collate_fn=collate_skipping_bad,
                       drop_last=True, **runtime_loader_options(params.runtime))
 

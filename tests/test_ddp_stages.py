@@ -1,0 +1,61 @@
+"""Drip, triplet and decoder on two CPU DDP ranks (gloo): one MLflow run, a checkpoint that loads in one process.
+
+(GeM's two-rank runs, with its classifier split over the ranks, are in test_gem_stage.py.)
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from conftest import run
+from embedlab.models.checkpoints import load_descriptor_model, read_checkpoint
+from test_decoder_stage import _decoder_params
+
+
+def _one_finished_run(project: Path):
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("embedlab").experiment_id])
+    assert len(runs) == 1, "only rank 0 opens an MLflow run"
+    assert runs[0].info.status == "FINISHED"
+    return client, runs[0]
+
+
+def _drip(project: Path) -> tuple[list[str], str]:
+    return ["embedlab", "drip", "--n-facebook-samples", "32", "--batch-size", "4", "--epochs", "2", "--name", "ddp"], \
+        "models/drip/ddp"
+
+
+def _triplet(project: Path) -> tuple[list[str], str]:
+    run(["embedlab", "face-data"], project)
+    return ["embedlab", "triplet", "--phase", "pretrain"], "models/triplet/pretrain"
+
+
+def _decoder(project: Path) -> tuple[list[str], str]:
+    (project / "params.yaml").write_text(yaml.safe_dump(_decoder_params(project)))
+    run(["embedlab", "templates"], project)
+    return ["embedlab", "decoder"], "models/decoder"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [_drip, _triplet, _decoder], ids=["drip", "triplet", "decoder"])
+def test_a_stage_trains_on_two_cpu_ranks_into_one_run_with_a_checkpoint_one_process_loads(tiny_project: Path,
+                                                                                          tiny_faces: Path, stage):
+    shutil.copytree(tiny_faces, tiny_project / "data" / "raw" / "faces")
+    cmd, out = stage(tiny_project)
+    done = run([*cmd, "--devices", "2"], tiny_project, MLFLOW_TRACKING_URI=f"sqlite:///{tiny_project / 'mlflow.db'}")
+    assert "Starting with 2 processes" in done.stdout + done.stderr  # Lightning's DDP, not one device
+
+    client, finished = _one_finished_run(tiny_project)
+    epochs = read_checkpoint(tiny_project / out / "checkpoints" / "last.ckpt")["epoch"] + 1
+    assert finished.data.metrics["epochs"] == epochs >= 1
+    # Every epoch's training loss once (rank 0 logs the mean over the ranks), no second copy from rank 1.
+    assert len(client.get_metric_history(finished.info.run_id, "train_loss_epoch")) == epochs
+    exported = next(p for p in (tiny_project / out).glob("*.safetensors"))
+    assert load_descriptor_model(exported) is not None
+    assert json.loads(exported.with_suffix(".json").read_text())
