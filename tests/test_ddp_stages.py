@@ -59,3 +59,34 @@ def test_a_stage_trains_on_two_cpu_ranks_into_one_run_with_a_checkpoint_one_proc
     exported = next(p for p in (tiny_project / out).glob("*.safetensors"))
     assert load_descriptor_model(exported) is not None
     assert json.loads(exported.with_suffix(".json").read_text())
+
+
+def test_each_process_knows_its_global_rank_from_whichever_launcher_started_it(monkeypatch):
+    from embedlab.config import RuntimeConfig
+    from embedlab.devices import launched_rank, training_shard
+
+    for name in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    runtime = RuntimeConfig(devices=4, num_nodes=2)
+    assert training_shard(runtime) == (0, 8)  # the process the user started: rank 0 of 8
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("NODE_RANK", "1")  # Lightning's launcher on the second node: not rank 1, rank 5
+    assert training_shard(runtime) == (5, 8) and launched_rank(4) == 5
+    monkeypatch.setenv("NODE_RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert launched_rank(4) == 4  # the second node's first process logs nothing either
+    monkeypatch.setenv("RANK", "6")  # torchrun (and SLURM_PROCID under srun) give the global rank itself
+    assert launched_rank(4) == 6
+
+
+def test_more_gpus_than_the_machine_has_is_refused_naming_the_setting(monkeypatch):
+    import torch
+
+    import embedlab.devices as devices
+    from embedlab.config import RuntimeConfig
+
+    monkeypatch.setattr(devices, "torch_device", lambda device: torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    devices.check_devices(RuntimeConfig(devices=2))
+    with pytest.raises(ValueError, match=r"runtime.devices is 4 but this machine has 2 GPU\(s\)"):
+        devices.check_devices(RuntimeConfig(devices=4))

@@ -101,7 +101,8 @@ class RuntimeConfig:
     prefetch_factor: int | None = None  # batches each worker prepares ahead; None: torch's default (2)
     decode: str = "auto"  # embedding's JPEG decoding: auto | cpu | gpu (nvJPEG when the model runs there)
     inference_batch_size: int = 64  # images per batch when embedding or scoring (large batches feed a GPU)
-    devices: int = 1  # training processes (DDP ranks); the GeM classifier is split over them
+    devices: int = 1  # training processes (DDP ranks) per node; the GeM classifier is split over all ranks
+    num_nodes: int = 1  # machines of a multi-node run (launched under SLURM or torchrun, docs/multi_gpu.md)
     classifier_devices: int = 1  # one process: the GeM classifier split over this many GPUs
     augment_workers: int = 0  # processes generating augmented sets; 0: all cores
 
@@ -114,7 +115,7 @@ class RuntimeConfig:
             raise ConfigError(f"runtime.pin_memory must be true, false or 'auto', got {self.pin_memory!r}")
         if self.prefetch_factor is not None and self.prefetch_factor < 1:
             raise ConfigError(f"runtime.prefetch_factor must be at least 1 (or null), got {self.prefetch_factor}")
-        for name in ("inference_batch_size", "devices", "classifier_devices"):
+        for name in ("inference_batch_size", "devices", "num_nodes", "classifier_devices"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"runtime.{name} must be at least 1, got {getattr(self, name)}")
         if self.augment_workers < 0:

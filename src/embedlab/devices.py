@@ -7,16 +7,27 @@ import os
 import torch
 
 
-def launched_rank() -> int:
-    """This process's rank when a DDP launcher started it (Lightning, torchrun, SLURM); else 0.
+def launched_rank(devices_per_node: int = 1) -> int:
+    """This process's global rank when a DDP launcher started it (Lightning, torchrun, SLURM); else 0.
 
-    Lightning's DDP re-runs the stage command once per extra device: those
-    processes train their part but must not open MLflow runs of their own.
+    torchrun sets RANK and SLURM SLURM_PROCID; Lightning's own launcher sets
+    LOCAL_RANK in the processes it starts, and NODE_RANK on each node of a
+    multi-node run. Every process but rank 0 trains its part and logs nothing
+    (no MLflow run of its own).
     """
-    for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
+    for name in ("RANK", "SLURM_PROCID"):
         if os.environ.get(name, "").isdigit():
             return int(os.environ[name])
-    return 0
+    local, node = (int(os.environ[name]) if os.environ.get(name, "").isdigit() else 0
+                   for name in ("LOCAL_RANK", "NODE_RANK"))
+    return node * devices_per_node + local
+
+
+def check_devices(runtime) -> None:
+    """Refuse, before any work, more GPUs per node than this machine has (naming the setting)."""
+    if torch_device(runtime.device).type == "cuda" and runtime.devices > torch.cuda.device_count():
+        raise ValueError(f"runtime.devices is {runtime.devices} but this machine has {torch.cuda.device_count()} "
+                         "GPU(s); set runtime.devices (or --devices) to at most that")
 
 
 def training_shard(runtime) -> tuple[int, int]:
@@ -27,7 +38,7 @@ def training_shard(runtime) -> tuple[int, int]:
     (epoch, index) items need the epoch. Validation runs whole on every
     rank, so its metrics are the same everywhere.
     """
-    return launched_rank(), max(1, int(runtime.devices))
+    return launched_rank(runtime.devices), runtime.devices * runtime.num_nodes
 
 
 def torch_device(device: str = "auto") -> torch.device:

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader
 from embedlab import tracking
 from embedlab.const import BEFORE, CHECKPOINTS, EVAL, RUN_STATE, last_checkpoint
 from embedlab.config import Params, flatten
-from embedlab.devices import launched_rank, lightning_precision, speed_tags, torch_device
+from embedlab.devices import check_devices, launched_rank, lightning_precision, speed_tags, torch_device
 from embedlab.models.checkpoints import (
     AtomicCheckpointIO,
     checkpoint_epoch,
@@ -147,6 +147,7 @@ def run_stage(stage: TrainingStage, params: Params, callbacks: Sequence[pl.Callb
 
     ``callbacks`` join the Trainer's own (a sweep's pruning callback).
     """
+    check_devices(params.runtime)
     stage.setup(params)
     out_dir = stage.out_dir
     key = stage_fingerprint(stage, params)
@@ -155,7 +156,7 @@ def run_stage(stage: TrainingStage, params: Params, callbacks: Sequence[pl.Callb
     resume_from = last_ckpt if mode == "resume" else None
     pl.seed_everything(params.seed, workers=True)
     module = stage.build(params, fresh=mode == "start")
-    if launched_rank() > 0:  # a DDP worker Lightning started: it trains, rank 0 logs
+    if launched_rank(params.runtime.devices) > 0:  # a DDP worker Lightning started: it trains, rank 0 logs
         if mode != "evaluate":
             _fit(stage, module, params, None, resume_from, callbacks)
         return {}
@@ -224,13 +225,13 @@ def _fit(stage: TrainingStage, module: pl.LightningModule, params: Params, run_i
     checkpoints = stage.out_dir / CHECKPOINTS
     monitor = stage.monitor
     trainer = pl.Trainer(
-        accelerator="cpu" if runtime.device == "cpu" else "auto", devices=devices,
-        strategy="ddp" if devices > 1 else "auto",
+        accelerator="cpu" if runtime.device == "cpu" else "auto", devices=devices, num_nodes=runtime.num_nodes,
+        strategy="ddp" if devices * runtime.num_nodes > 1 else "auto",
         # Each stage's training sampler takes its rank's share itself (devices.training_shard): P×K batches
         # stay whole, and validation runs whole on every rank. On GPUs BatchNorm statistics span the ranks'
         # batches (torch's SyncBatchNorm has no CPU kernel: gloo ranks keep their own).
         use_distributed_sampler=False,
-        sync_batchnorm=devices > 1 and torch_device(runtime.device).type == "cuda",
+        sync_batchnorm=devices * runtime.num_nodes > 1 and torch_device(runtime.device).type == "cuda",
         precision=lightning_precision(runtime.precision, torch_device(runtime.device)),
         default_root_dir=str(stage.out_dir), plugins=[AtomicCheckpointIO()], logger=tracking.epoch_logger(run_id),
         callbacks=[
