@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import run
 from embedlab.models.checkpoints import load_descriptor_model, read_checkpoint
+from embedlab.models.sharded_state import OPTIMIZER_KEY
 from test_decoder_stage import _decoder_params
 
 
@@ -56,6 +57,12 @@ def test_a_stage_trains_on_two_cpu_ranks_into_one_run_with_a_checkpoint_one_proc
     assert finished.data.metrics["epochs"] == epochs >= 1
     # Every epoch's training loss once (rank 0 logs the mean over the ranks), no second copy from rank 1.
     assert len(client.get_metric_history(finished.info.run_id, "train_loss_epoch")) == epochs
+    if stage is _drip:  # the ArcFace kernel was split over the ranks; the checkpoint holds it whole
+        checkpoint = read_checkpoint(tiny_project / out / "checkpoints" / "last.ckpt")
+        kernel = checkpoint["state_dict"]["head.weight"]
+        assert kernel.shape[1] == 32  # --n-facebook-samples 32: one class each
+        (moments,) = checkpoint[OPTIMIZER_KEY]
+        assert moments["exp_avg"].shape == kernel.shape
     exported = next(p for p in (tiny_project / out).glob("*.safetensors"))
     assert load_descriptor_model(exported) is not None
     assert json.loads(exported.with_suffix(".json").read_text())

@@ -186,10 +186,10 @@ def _reference(world: int):
 
 
 class _Net(nn.Module):
-    def __init__(self, body: nn.Module) -> None:
+    def __init__(self, body: nn.Module, head: nn.Module | None = None) -> None:
         super().__init__()
         self.body = body
-        self.head = DistributedShardedCrossEntropy(FEAT_DIM, N_CLASSES, label_smoothing=0.1)
+        self.head = head or DistributedShardedCrossEntropy(FEAT_DIM, N_CLASSES, label_smoothing=0.1)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.body(inputs)
@@ -378,3 +378,56 @@ def test_a_gem_checkpoint_holds_the_classifier_and_its_optimizer_state_whole_for
     assert torch.equal(three.classifier.full_weight(), one.classifier.full_weight())
     assert torch.equal(torch.cat([resumed.state[s]["exp_avg"] for s in three.classifier.shards]), moments)
     assert int(resumed.state[three.classifier.shards[2]]["step"]) == 2
+
+
+# ---------------------------------------------------------------- the ArcFace head split over ranks
+
+EMBED_DIM, ARC_CLASSES = 6, 10  # 10 classes on 3 ranks: 4 + 3 + 3
+
+
+def _arcface_reference(world: int):
+    from embedlab.models.arcface import ArcFaceHead
+
+    torch.manual_seed(1)
+    body = nn.Linear(IN_DIM, EMBED_DIM)
+    head = ArcFaceHead(EMBED_DIM, ARC_CLASSES, m=0.3, s=20.0)
+    inputs = torch.randn(world * LOCAL_BATCH, IN_DIM)
+    labels = torch.randint(0, ARC_CLASSES, (world * LOCAL_BATCH,))
+    reference_body = nn.Linear(IN_DIM, EMBED_DIM)
+    reference_body.load_state_dict(body.state_dict())
+    loss = F.cross_entropy(head(reference_body(inputs), labels, m=0.2), labels)
+    loss.backward()
+    return body, head.weight.detach().clone(), inputs, labels, loss.detach(), reference_body.weight.grad, \
+        head.weight.grad
+
+
+def _arcface_worker(rank: int, world: int, init_file: str) -> None:
+    import torch.distributed as dist
+
+    from embedlab.models.sharded_classifier import DistributedArcFace
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        body, kernel, inputs, labels, ref_loss, ref_body_grad, ref_kernel_grad = _arcface_reference(world)
+        net = _Net(body, DistributedArcFace(EMBED_DIM, ARC_CLASSES, m=0.3, s=20.0))
+        net.head.load_full_weight(kernel)
+        assert exclude_shards_from_ddp(net) == ["head.weight"]
+        ddp = nn.parallel.DistributedDataParallel(net)
+        rows = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
+        loss = net.head(ddp(inputs[rows]), labels[rows], m=0.2)
+        loss.backward()
+        start, size = net.head.shard_offset, net.head.n_local
+        assert size == shard_sizes(ARC_CLASSES, world)[rank]
+        torch.testing.assert_close(loss.detach(), ref_loss)
+        torch.testing.assert_close(net.head.weight.grad, ref_kernel_grad[:, start:start + size])
+        torch.testing.assert_close(net.body.weight.grad, ref_body_grad)  # after DDP's averaging
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_arcface_split_over_ranks_gives_the_unsplit_loss_and_gradients(world, tmp_path):
+    """Each rank holds a block of the kernel's classes (10 on 3 ranks: 4 + 3 + 3); the margin goes on the rank
+    that owns the target class; loss and gradients equal one ArcFaceHead over the global batch."""
+    mp.spawn(_arcface_worker, args=(world, str(tmp_path / "rendezvous")), nprocs=world, join=True)

@@ -15,15 +15,19 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def add_margin(target: torch.Tensor, m: float) -> torch.Tensor:
+    """cos(θ + m) of target cosines cos θ, or cos θ − m·sin m where θ + m would pass π."""
+    sine = (1.0 - target.pow(2)).clamp(min=0.0).sqrt()
+    with_margin = target * math.cos(m) - sine * math.sin(m)  # cos(θ + m)
+    fallback = target - m * math.sin(m)
+    return torch.where(target > math.cos(math.pi - m), with_margin, fallback)
+
+
 def arcface_logits(cosine: torch.Tensor, labels: torch.Tensor, m: float, s: float) -> torch.Tensor:
     """Scaled logits with the angular margin ``m`` added to each target class."""
     cosine = cosine.float().clamp(-1.0, 1.0)
     target = cosine.gather(1, labels[:, None])
-    sine = (1.0 - target.pow(2)).clamp(min=0.0).sqrt()
-    with_margin = target * math.cos(m) - sine * math.sin(m)  # cos(θ + m)
-    fallback = target - m * math.sin(m)
-    target_logit = torch.where(target > math.cos(math.pi - m), with_margin, fallback)
-    return s * cosine.scatter(1, labels[:, None], target_logit)
+    return s * cosine.scatter(1, labels[:, None], add_margin(target, m))
 
 
 class ArcFaceHead(nn.Module):

@@ -2,7 +2,9 @@
 
 The loss is computed on augmented query views only (docs/originals/drip.md); the
 validation loss averages the loss of the plain reference view and of a
-query view. The ArcFace kernel gets no weight decay.
+query view. The ArcFace kernel gets no weight decay. Under DDP the kernel is
+split by class over the ranks (``DistributedArcFace``); checkpoints hold it
+whole, so a run resumes on any rank count.
 """
 
 from __future__ import annotations
@@ -11,10 +13,15 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from embedlab.models.arcface import ArcFaceHead
 from embedlab.models.backbone import DescriptorModel, DescriptorSpec
+from embedlab.models.sharded_classifier import DistributedArcFace, exclude_shards_from_ddp
+from embedlab.models.sharded_state import HeadLayout, load_sliced, save_whole
+
+HEAD_KEY = "head.weight"
 
 
 class DripModule(pl.LightningModule):
@@ -46,7 +53,40 @@ class DripModule(pl.LightningModule):
             return self.hparams.arcface_m
         return self.hparams.arcface_m * min(1.0, (self.current_epoch + 1) / (warmup + 1))
 
+    @property
+    def split_head(self) -> bool:
+        return isinstance(self.head, DistributedArcFace)
+
+    def setup(self, stage: str) -> None:
+        """Under DDP: each rank holds its block of the ArcFace kernel's classes (1.5M × 256 is not replicated
+        and all-reduced on every GPU), kept out of DDP's broadcast and gradient sync."""
+        if self._trainer is None or self.trainer.world_size <= 1 or self.split_head:
+            return
+        whole = self.head.weight.detach().clone()
+        dist.broadcast(whole, src=0)  # rank 0's kernel: it alone computed the W matrix before training
+        self.head = DistributedArcFace(self.model.spec.embedding_dim, self.hparams.n_classes, self.hparams.arcface_m,
+                                       self.hparams.arcface_s).to(whole.device)
+        self.head.load_full_weight(whole)
+        exclude_shards_from_ddp(self)
+
+    def _head_layout(self) -> HeadLayout:
+        if self.split_head:
+            return HeadLayout(HEAD_KEY, [HEAD_KEY], [(self.head.shard_offset, self.head.n_local)], axis=1,
+                              n_classes=self.hparams.n_classes, ranks=self.trainer.world_size)
+        return HeadLayout(HEAD_KEY, [HEAD_KEY], [(0, self.head.n_classes)], axis=1,
+                          n_classes=self.hparams.n_classes, ranks=1)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """The kernel and its optimizer state saved whole, whatever the split (models/sharded_state.py)."""
+        save_whole(checkpoint, self._head_layout(), [self.head.weight])
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if HEAD_KEY in checkpoint["state_dict"]:  # (a model-only state dict has no head)
+            load_sliced(checkpoint, self._head_layout())
+
     def loss(self, images: torch.Tensor, labels: torch.Tensor, m: float | None = None) -> torch.Tensor:
+        if self.split_head:  # the CE over every rank's classes and the global batch
+            return self.head(self.model(images), labels, m=m)
         return F.cross_entropy(self.head(self.model(images), labels, m=m), labels)
 
     def training_step(self, batch, batch_idx: int):

@@ -22,7 +22,6 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-import torch.distributed as dist
 
 from embedlab.models.gem_net import GemNet, GemNetSpec
 from embedlab.models.losses import combine_gem_loss, gem_loss, soft_batch_hard_triplet
@@ -31,16 +30,10 @@ from embedlab.models.sharded_classifier import (
     DistributedShardedCrossEntropy,
     ShardedLinear,
     exclude_shards_from_ddp,
-    shard_sizes,
 )
+from embedlab.models.sharded_state import HeadLayout, load_sliced, save_whole
 
 CLASSIFIER_KEY = "classifier.weight"
-CLASSIFIER_OPTIMIZER_KEY = "classifier_optimizer_states"  # per optimizer: its classifier state, whole
-
-
-def _per_row(value: Any) -> bool:
-    """An optimizer state entry with one row per class (Adam's moments), not a scalar (its step)."""
-    return torch.is_tensor(value) and value.dim() >= 1
 
 
 class GemModule(pl.LightningModule):
@@ -88,64 +81,24 @@ class GemModule(pl.LightningModule):
         self.classifier.load_full_weight(full)
         exclude_shards_from_ddp(self)
 
-    def _classifier_rows(self) -> list[tuple[int, int]]:
-        """(first class, classes) of each classifier parameter this process holds, in parameter order."""
+    def _head_layout(self) -> HeadLayout:
+        """The classifier as blocks of rows: one per rank under DDP, else one per device of this process."""
         if self.distributed_classifier:
-            return [(self.classifier.shard_offset, self.classifier.weight.shape[0])]
-        return list(zip(self.classifier.offsets, self.classifier.sizes))
-
-    def _whole(self, local: list[torch.Tensor]) -> torch.Tensor:
-        """The [n_classes, ...] tensor whose rows this process holds as ``local`` (one per classifier
-        parameter), on the CPU. Under DDP every rank must call it (a collective)."""
-        if not self.distributed_classifier:
-            return torch.cat([t.detach().cpu() for t in local])
-        (rows,) = local
-        rows = rows.detach()
-        sizes = shard_sizes(self.n_classes, self.trainer.world_size)
-        padded = rows.new_zeros(max(sizes), *rows.shape[1:])
-        padded[: rows.shape[0]] = rows
-        gathered = [torch.empty_like(padded) for _ in sizes]
-        dist.all_gather(gathered, padded)  # every rank saves (Lightning writes rank 0's file)
-        return torch.cat([g[:n] for g, n in zip(gathered, sizes)]).cpu()
+            return HeadLayout(CLASSIFIER_KEY, [CLASSIFIER_KEY], [(self.classifier.shard_offset,
+                                                                  self.classifier.weight.shape[0])],
+                              axis=0, n_classes=self.n_classes, ranks=self.trainer.world_size)
+        return HeadLayout(CLASSIFIER_KEY, [f"classifier.shards.{i}" for i in range(len(self.classifier.sizes))],
+                          list(zip(self.classifier.offsets, self.classifier.sizes)), axis=0, n_classes=self.n_classes,
+                          ranks=1)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """The classifier and its optimizer state saved whole, whatever the sharding: a run resumes on any
-        number of ranks or devices (the optimizer's per-parameter state would otherwise hold rank 0's shard)."""
-        state = checkpoint["state_dict"]
-        for key in [k for k in state if k.startswith("classifier.")]:
-            del state[key]
-        state[CLASSIFIER_KEY] = self._whole(list(self.classifier.parameters()))
-        n_local = len(self._classifier_rows())
-        for optimizer_state in checkpoint.get("optimizer_states", []):
-            group = optimizer_state["param_groups"][-1]  # the classifier's parameters come last (registered last)
-            held = [optimizer_state["state"].pop(i, None) for i in group["params"][-n_local:]]
-            group["params"] = group["params"][:-n_local]
-            whole = {}
-            if all(held):  # Adam's step and its two moments per parameter (none before the first step)
-                whole = {k: self._whole([h[k] for h in held]) if _per_row(v) else v for k, v in held[0].items()}
-            checkpoint.setdefault(CLASSIFIER_OPTIMIZER_KEY, []).append(whole)
+        """The classifier and its optimizer state saved whole, whatever the split (models/sharded_state.py)."""
+        save_whole(checkpoint, self._head_layout(), list(self.classifier.parameters()))
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """The checkpoint's whole classifier and its optimizer state → this module's shards (any device or
+        """The checkpoint's whole classifier and its optimizer state → this module's blocks (any device or
         rank count)."""
-        state = checkpoint["state_dict"]
-        full = state.pop(CLASSIFIER_KEY)
-        rows = self._classifier_rows()
-        if self.distributed_classifier:
-            offset, size = rows[0]
-            state[CLASSIFIER_KEY] = full[offset:offset + size]
-        else:
-            for i, (offset, size) in enumerate(rows):
-                state[f"classifier.shards.{i}"] = full[offset:offset + size]
-        for optimizer_state, whole in zip(checkpoint.get("optimizer_states", []),
-                                          checkpoint.pop(CLASSIFIER_OPTIMIZER_KEY, [])):
-            group = optimizer_state["param_groups"][-1]
-            first = sum(len(g["params"]) for g in optimizer_state["param_groups"])
-            for j, (offset, size) in enumerate(rows):
-                group["params"].append(first + j)
-                if whole:
-                    optimizer_state["state"][first + j] = {k: v[offset:offset + size] if _per_row(v) else v
-                                                           for k, v in whole.items()}
+        load_sliced(checkpoint, self._head_layout())
 
     def training_step(self, batch, batch_idx: int):
         if batch is None:  # every image of the batch was unreadable and skipped

@@ -30,6 +30,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from embedlab.models.arcface import add_margin
+
 
 def shard_sizes(n_classes: int, n_shards: int) -> list[int]:
     """Row counts of ``n_shards`` shards of ``n_classes`` rows: the first ``n_classes % n_shards`` get one more."""
@@ -184,7 +186,42 @@ class _GatherRows(torch.autograd.Function):
         return own * ctx.grad_scale, None, None
 
 
-class DistributedShardedCrossEntropy(nn.Module):
+class _RankShard(nn.Module):
+    """What every class-split head of a DDP rank shares: its block of classes, and the global batch."""
+
+    def __init__(self, n_classes: int, group=None) -> None:
+        super().__init__()
+        if not dist.is_available() or not dist.is_initialized():
+            raise RuntimeError(f"{type(self).__name__} needs torch.distributed initialised "
+                               "(use the unsplit head in a single process)")
+        self.group = group
+        self.world_size = dist.get_world_size(group)
+        self.rank = dist.get_rank(group)
+        self.n_classes = n_classes
+        self.sizes = shard_sizes(n_classes, self.world_size)
+        self.shard_offset = shard_offsets(self.sizes)[self.rank]
+        self.n_local = self.sizes[self.rank]
+        # Ranks share the seed (seed_everything): offset it by the shard, or equal shards would start equal.
+        self.generator = torch.Generator().manual_seed((torch.initial_seed() + self.shard_offset) % 2**63)
+
+    def global_batch(self, local_features: torch.Tensor, local_labels: torch.Tensor) -> tuple[torch.Tensor,
+                                                                                                torch.Tensor]:
+        """Every rank's features (gathered with gradients, DDP's scaling folded in) and labels, in rank order."""
+        sizes = [torch.zeros(1, dtype=torch.long, device=local_labels.device) for _ in range(self.world_size)]
+        dist.all_gather(sizes, torch.tensor([local_labels.shape[0]], device=local_labels.device), group=self.group)
+        if len({int(s) for s in sizes}) != 1:
+            raise ValueError(f"local batch sizes differ across ranks ({[int(s) for s in sizes]}): "
+                             "use equal batches (drop_last, PKSampler)")
+        labels = [torch.empty_like(local_labels) for _ in range(self.world_size)]
+        dist.all_gather(labels, local_labels.contiguous(), group=self.group)
+        features = _GatherRows.apply(local_features, self.group, float(self.world_size))
+        return features, torch.cat(labels)
+
+    def classes(self) -> str:
+        return f"rank={self.rank}, classes=[{self.shard_offset}, {self.shard_offset + self.n_local})"
+
+
+class DistributedShardedCrossEntropy(_RankShard):
     """The classifier shard of this rank plus the CE over all ranks' shards (for DDP).
 
     ``forward(local_features, local_labels)`` takes this rank's batch (every
@@ -197,53 +234,74 @@ class DistributedShardedCrossEntropy(nn.Module):
     """
 
     def __init__(self, in_features: int, n_classes: int, label_smoothing: float = 0.1, group=None) -> None:
-        super().__init__()
-        if not dist.is_available() or not dist.is_initialized():
-            raise RuntimeError("DistributedShardedCrossEntropy needs torch.distributed initialised "
-                               "(use ShardedLinear in a single process)")
-        self.group = group
-        self.world_size = dist.get_world_size(group)
-        self.rank = dist.get_rank(group)
-        self.in_features, self.n_classes, self.label_smoothing = in_features, n_classes, label_smoothing
-        sizes = shard_sizes(n_classes, self.world_size)
-        self.shard_offset = shard_offsets(sizes)[self.rank]
-        # Ranks share the seed (seed_everything): offset it by the shard, or equal shards would start equal.
-        generator = torch.Generator().manual_seed((torch.initial_seed() + self.shard_offset) % 2**63)
-        self.weight = nn.Parameter(linear_init_(torch.empty(sizes[self.rank], in_features), in_features, generator))
+        super().__init__(n_classes, group)
+        self.in_features, self.label_smoothing = in_features, label_smoothing
+        self.weight = nn.Parameter(linear_init_(torch.empty(self.n_local, in_features), in_features, self.generator))
 
     @torch.no_grad()
     def load_full_weight(self, weight: torch.Tensor) -> None:
         """Take this rank's rows of a whole [n_classes, in_features] weight."""
         if tuple(weight.shape) != (self.n_classes, self.in_features):
             raise ValueError(f"weight {tuple(weight.shape)} != classifier ({self.n_classes}, {self.in_features})")
-        self.weight.copy_(weight[self.shard_offset:self.shard_offset + self.weight.shape[0]])
+        self.weight.copy_(weight[self.shard_offset:self.shard_offset + self.n_local])
 
     def forward(self, local_features: torch.Tensor, local_labels: torch.Tensor) -> torch.Tensor:
-        sizes = [torch.zeros(1, dtype=torch.long, device=local_labels.device) for _ in range(self.world_size)]
-        dist.all_gather(sizes, torch.tensor([local_labels.shape[0]], device=local_labels.device), group=self.group)
-        if len({int(s) for s in sizes}) != 1:
-            raise ValueError(f"local batch sizes differ across ranks ({[int(s) for s in sizes]}): "
-                             "use equal batches (drop_last, PKSampler)")
-        labels = [torch.empty_like(local_labels) for _ in range(self.world_size)]
-        dist.all_gather(labels, local_labels.contiguous(), group=self.group)
-        features = _GatherRows.apply(local_features, self.group, float(self.world_size))
+        features, labels = self.global_batch(local_features, local_labels)
         logits = F.linear(features.to(self.weight.dtype), self.weight)
-        return sharded_cross_entropy(logits, torch.cat(labels), self.shard_offset, self.n_classes,
-                                     self.label_smoothing, self.group)
+        return sharded_cross_entropy(logits, labels, self.shard_offset, self.n_classes, self.label_smoothing,
+                                     self.group)
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, n_classes={self.n_classes}, rank={self.rank}, "
-                f"classes=[{self.shard_offset}, {self.shard_offset + self.weight.shape[0]})")
+        return f"in_features={self.in_features}, n_classes={self.n_classes}, {self.classes()}"
+
+
+class DistributedArcFace(_RankShard):
+    """An ArcFace head whose kernel columns (classes) are split over DDP ranks; returns the CE over the
+    global batch, as ``F.cross_entropy(ArcFaceHead(...)(embeddings, labels), labels)`` would.
+
+    The kernel keeps :class:`~embedlab.models.arcface.ArcFaceHead`'s layout,
+    [embedding_dim, classes of this rank], column-normalised, so the W matrix of
+    class centroids loads into it block by block. Gradients follow
+    :class:`DistributedShardedCrossEntropy`'s convention.
+    """
+
+    def __init__(self, embedding_dim: int, n_classes: int, m: float = 0.4, s: float = 40.0, group=None) -> None:
+        super().__init__(n_classes, group)
+        self.embedding_dim, self.m, self.s = embedding_dim, m, s
+        bound = math.sqrt(6.0 / (embedding_dim + n_classes))  # xavier's, from the whole kernel's shape
+        self.weight = nn.Parameter(torch.empty(embedding_dim, self.n_local).uniform_(-bound, bound,
+                                                                                    generator=self.generator))
+
+    @torch.no_grad()
+    def load_full_weight(self, weight: torch.Tensor) -> None:
+        """Take this rank's columns of a whole [embedding_dim, n_classes] kernel."""
+        if tuple(weight.shape) != (self.embedding_dim, self.n_classes):
+            raise ValueError(f"W matrix {tuple(weight.shape)} != head ({self.embedding_dim}, {self.n_classes})")
+        self.weight.copy_(weight[:, self.shard_offset:self.shard_offset + self.n_local])
+
+    def forward(self, local_embeddings: torch.Tensor, local_labels: torch.Tensor, m: float | None = None) -> torch.Tensor:
+        features, labels = self.global_batch(local_embeddings, local_labels)
+        with torch.autocast(features.device.type, enabled=False):  # fp32 cosines, as ArcFaceHead computes them
+            cosine = (F.normalize(features.float(), dim=1) @ F.normalize(self.weight.float(), dim=0)).clamp(-1, 1)
+        local = labels - self.shard_offset
+        owned = ((local >= 0) & (local < self.n_local)).nonzero().squeeze(1)  # rows whose class is on this rank
+        target = add_margin(cosine[owned, local[owned]], self.m if m is None else m)
+        logits = self.s * cosine.index_put((owned, local[owned]), target)
+        return sharded_cross_entropy(logits, labels, self.shard_offset, self.n_classes, 0.0, self.group)
+
+    def extra_repr(self) -> str:
+        return f"embedding_dim={self.embedding_dim}, n_classes={self.n_classes}, {self.classes()}"
 
 
 def exclude_shards_from_ddp(model: nn.Module) -> list[str]:
-    """Keep every ``DistributedShardedCrossEntropy`` weight in ``model`` out of DDP's gradient sync.
+    """Keep every rank's head block (``DistributedShardedCrossEntropy``, ``DistributedArcFace``) in ``model`` out
+    of DDP's gradient sync.
 
     Call before DDP wraps ``model`` (Lightning: in the module's ``__init__``
     or ``setup``). Returns the excluded parameter names.
     """
     names = [f"{prefix}.weight" if prefix else "weight" for prefix, module in model.named_modules()
-             if isinstance(module, DistributedShardedCrossEntropy)]
+             if isinstance(module, _RankShard)]
     ignored = sorted(set(getattr(model, "_ddp_params_and_buffers_to_ignore", ())) | set(names))
     nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignored)
     return names
