@@ -216,3 +216,29 @@ def test_step_interrupted_before_its_first_checkpoint_reuses_its_run_and_w_matri
     assert state.mlflow_run_id == earlier and state.complete
     assert torch.equal(load_file(str(request.out_dir / "w_matrix.safetensors"))["w"], saved_w)
     assert MlflowClient().get_run(earlier).info.status == "FINISHED"
+
+
+def test_runs_of_one_model_classes_and_views_share_one_w_matrix(tiny_project: Path, monkeypatch):
+    """A sweep's trials that tune the learning rate start from the same W matrix: it is computed once."""
+    import dataclasses
+
+    import embedlab.stages.drip as drip_stage
+    from embedlab.config import DripStep
+    from embedlab.stages.drip import DripRequest
+
+    params = load_params("params.yaml")
+    params = dataclasses.replace(params, drip=dataclasses.replace(params.drip, evaluate=False, w_init="centroids"))
+    run_drip(params, DripRequest(name="a", step=DripStep(8, epochs=1)))
+    computed, real = [], drip_stage.class_centroids
+    monkeypatch.setattr(drip_stage, "class_centroids", lambda *args, **kw: computed.append(1) or real(*args, **kw))
+
+    faster = dataclasses.replace(params, drip=dataclasses.replace(params.drip, lr=params.drip.lr * 3))
+    run_drip(faster, DripRequest(name="b", step=DripStep(8, epochs=1)))
+    assert computed == []
+    w = {name: load_file(str(tiny_project / f"models/drip/{name}/w_matrix.safetensors"))["w"] for name in "ab"}
+    assert torch.equal(w["a"], w["b"])
+
+    more_views = dataclasses.replace(params, drip=dataclasses.replace(
+        params.drip, w_matrix_augmentations=params.drip.w_matrix_augmentations + 1))
+    run_drip(more_views, DripRequest(name="c", step=DripStep(8, epochs=1)))
+    assert computed == [1]  # other views: another W matrix

@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import tempfile
 import zipfile
 from pathlib import Path
@@ -73,3 +74,17 @@ def write_npz_atomic(path: str | os.PathLike, **arrays: np.ndarray) -> None:
             with archive.open(zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0)), "w",
                               force_zip64=True) as member:
                 np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
+
+
+def share_file(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """``target`` as a hard link of ``source`` (no space; a link appears whole), or an atomic copy across
+    filesystems. An existing ``target`` is left as it is."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        pass
+    except OSError:  # another filesystem
+        with atomic_path(target) as tmp:
+            shutil.copyfile(source, tmp)

@@ -15,6 +15,8 @@ Start, resume and re-evaluation follow :mod:`embedlab.stages.lifecycle`.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
@@ -34,7 +36,7 @@ from embedlab.const import (
     W_MATRIX,
     last_checkpoint,
 )
-from embedlab.atomic import atomic_path
+from embedlab.atomic import atomic_path, share_file
 from embedlab.augment import OverlayPool, QueryAugmenter
 from embedlab.config import DripConfig, DripStep, Params
 from embedlab.data.classes import ClassSource, select_classes
@@ -43,6 +45,7 @@ from embedlab.data.drip import ClassImages, QueryViews, ReferenceViews, Validati
 from embedlab.data.image_cache import build_drip_cache, cache_folder
 from embedlab.data.samplers import EpochIndices
 from embedlab.devices import loader_workers, runtime_loader_options, torch_device, training_shard
+from embedlab.descriptor_chunks import images_digest, weights_digest
 from embedlab.images import count_bad_images
 from embedlab.models.centroids import class_centroids
 from embedlab.models.checkpoints import restore_matching_weights
@@ -210,14 +213,31 @@ def step_loader(dataset, cfg: DripConfig, params: Params, sampler: EpochIndices 
                       drop_last=False, **runtime_loader_options(params.runtime, keep_workers=sampler is not None))
 
 
+W_MATRIX_CACHE = "w_matrix_cache"  # beside the runs' folder: W matrices by what they were computed from
+
+
+def w_matrix_key(module: DripModule, images: ClassImages, cfg: DripConfig, params: Params) -> str:
+    """What a W matrix is computed from: the model's weights, the class images in order, the views (size,
+    augmented copies and, when there are any, their intensity) and the seed of their draws."""
+    parts = [weights_digest(module.model), images_digest(images.paths), cfg.img_size, cfg.w_matrix_augmentations,
+             cfg.qry_augs_intensity if cfg.w_matrix_augmentations else None, params.seed]
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:20]
+
+
 def init_w_matrix(module: DripModule, request: DripRequest, images: ClassImages, augment, cfg: DripConfig,
                   params: Params) -> Path:
     """Set the ArcFace kernel to class centroids of the current model, saved beside the run.
 
-    A W matrix already saved by an interrupted run of the same settings is
-    loaded instead of computed again (at 1M+ classes it is hours of work).
+    At 1M+ classes a W matrix is hours of work, so it is computed once: a
+    run reuses the one saved by an interrupted run of the same settings, or
+    one another run computed from the same model, classes and views (a sweep's
+    trials that tune the learning rate or the margin share one; kept in
+    ``<models_root>/../w_matrix_cache``).
     """
     path = request.out_dir / W_MATRIX
+    cached = request.models_root.parent / W_MATRIX_CACHE / f"{w_matrix_key(module, images, cfg, params)}.safetensors"
+    if not path.is_file() and cached.is_file():
+        share_file(cached, path)
     if path.is_file():
         module.head.load_centroids(load_file(str(path))["w"])
         return path
@@ -231,6 +251,7 @@ def init_w_matrix(module: DripModule, request: DripRequest, images: ClassImages,
     module.head.load_centroids(w)
     with atomic_path(path) as tmp:
         save_file({"w": w}, str(tmp))
+    share_file(path, cached)
     return path
 
 
