@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import mlflow
@@ -372,3 +373,23 @@ def test_workers_share_the_study_and_run_exactly_n_trials(sweep_project: Path):
     client = _client(sweep_project)
     assert len(_trial_runs(client, study.user_attrs["mlflow.parent_run_id"])) == 4
     assert os.path.isfile(sweep_project / "reports/sweeps/par/best_params.yaml")
+
+
+def test_each_sweep_worker_gets_its_own_gpus(monkeypatch):
+    """Not every trial on cuda:0: the launcher splits the visible GPUs among its workers."""
+    import embedlab.sweep.runner as runner
+    from embedlab.sweep.gpus import visible_gpus, worker_gpus
+
+    assert [worker_gpus(i, 4, list("01234567")) for i in range(4)] == [["0", "1"], ["2", "3"], ["4", "5"], ["6", "7"]]
+    assert [worker_gpus(i, 4, ["0", "1"]) for i in range(4)] == [["0"], ["1"], ["0"], ["1"]]  # fewer GPUs: shared
+    assert worker_gpus(1, 2, []) == []
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5,6,7")
+    assert visible_gpus() == ["2", "5", "6", "7"]  # the launcher's own GPUs are the pool
+
+    started = []
+    monkeypatch.setattr(runner.subprocess, "Popen", lambda cmd, env: started.append((cmd, env)))
+    plan = types.SimpleNamespace(storage_url="sqlite:///x.db", stage=types.SimpleNamespace(name="drip_stage"),
+                                 n_trials=4, study_name="s")
+    runner._spawn_workers(plan, runner.SweepRequest("drip_stage", workers=2), "launch")
+    assert [env["CUDA_VISIBLE_DEVICES"] for _, env in started] == ["6,7"]
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "2,5"  # the launcher runs trials on the first share

@@ -27,6 +27,7 @@ from embedlab.atomic import write_json_atomic
 from embedlab.config import ConfigError, Params
 from embedlab.sweep import study as studies
 from embedlab.sweep.best import set_param_command, write_best_params, write_plots
+from embedlab.sweep.gpus import visible_gpus, worker_gpus
 from embedlab.sweep.objective import REPORTS_ROOT, SweepPlan, make_objective
 from embedlab.sweep.runs import finish_parent, mark_killed, open_parent_run, parent_of
 from embedlab.sweep.space import check_values, parse_space, with_values
@@ -143,11 +144,19 @@ def _wait_for_other_machines(study: optuna.Study, poll: float = 5.0) -> None:
 
 
 def _spawn_workers(plan: SweepPlan, request: SweepRequest, launch: str) -> list[subprocess.Popen]:
-    """``workers - 1`` more processes on this machine, sharing the study through its storage."""
+    """``workers - 1`` more processes on this machine, sharing the study through its storage, each on its own
+    GPUs (sweep/gpus.py); this process keeps the first share."""
     env = {**os.environ, STORAGE_ENV: plan.storage_url, LAUNCH_ENV: launch}
     cmd = [sys.executable, "-m", "embedlab", "sweep", plan.stage.name, "--params", request.params_file,
            "--n-trials", str(plan.n_trials), "--study", plan.study_name]
-    return [subprocess.Popen([*cmd, "--worker-index", str(i)], env=env) for i in range(1, request.workers)]
+    gpus = visible_gpus()
+    shares = {i: worker_gpus(i, request.workers, gpus) for i in range(request.workers)}
+    if gpus:
+        log.info("sweep: GPUs per worker %s", shares)
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(shares[0])  # before this process touches CUDA
+    return [subprocess.Popen([*cmd, "--worker-index", str(i)],
+                             env={**env, **({"CUDA_VISIBLE_DEVICES": ",".join(shares[i])} if gpus else {})})
+            for i in range(1, request.workers)]
 
 
 def _wait_until_ready(study: optuna.Study, workers: list[subprocess.Popen], launch: str,
