@@ -190,6 +190,24 @@ def cmd_embed(args) -> None:
                      indent=2))
 
 
+def cmd_index(args) -> None:
+    from embedlab.search_index import build_index
+
+    params = _params(args, anywhere=True)
+    print(json.dumps(build_index(args.model, args.images, args.out, args.kind, args.threshold, args.threshold_from,
+                                 args.nlist, args.m, args.on_bad_image or params.data.on_bad_image,
+                                 _with_runtime(params, args).runtime), indent=2))
+
+
+def cmd_search(args) -> None:
+    from embedlab.search_index import search_images
+
+    params = _params(args, anywhere=True)
+    print(json.dumps(search_images(args.index, args.images, args.out, args.k, args.threshold, args.model,
+                                   args.on_bad_image or params.data.on_bad_image,
+                                   _with_runtime(params, args).runtime), indent=2))
+
+
 def cmd_evaluate_disc(args) -> None:
     from embedlab.evaluation.disc_search import evaluate_disc, format_metrics
 
@@ -392,6 +410,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", required=True, help="a folder of images (searched recursively)")
     p.add_argument("--out", required=True, help="the descriptor file to write (h5, ISC layout)")
     p.add_argument("--img-size", type=o_int, help="model input size (default: the checkpoint's)")
+    p.add_argument("--on-bad-image", type=o_str, help="fail | skip (default: data.on_bad_image)")
+    add_runtime_flags(p, tuple(name for name in RUNTIME_FLAGS if name != "devices"), batch=True)
+
+    p = command("index", cmd_index, "embed reference images with a trained model and save their search index",
+                "embedlab index build --model models/drip/s2/descriptor_model.safetensors --images "
+                "data/raw/disc/reference --out indexes/disc --threshold-from models/drip/s2/eval/metrics.json")
+    p.add_argument("action", choices=("build",), help="build: embed the references and write the index folder")
+    p.add_argument("--model", required=True, help="an exported descriptor model (.safetensors) or a .ckpt")
+    p.add_argument("--images", required=True, help="the reference images (a folder or an image store)")
+    p.add_argument("--out", required=True, help="the index folder to write")
+    p.add_argument("--kind", choices=("flat", "ivfpq"), default="flat",
+                   help="flat: exact inner product (default); ivfpq: compressed, for references beyond memory")
+    p.add_argument("--threshold", type=o_float, help="score a match must reach")
+    p.add_argument("--threshold-from", type=o_str, help="an evaluation's metrics.json: its threshold_at_p90")
+    p.add_argument("--nlist", type=o_int, help="ivfpq: inverted lists (default: 4·√references)")
+    p.add_argument("--m", type=o_int, help="ivfpq: sub-quantisers, dividing the descriptor size (default: dim/4)")
+    p.add_argument("--on-bad-image", type=o_str, help="fail | skip (default: data.on_bad_image)")
+    add_runtime_flags(p, tuple(name for name in RUNTIME_FLAGS if name != "devices"), batch=True)
+
+    p = command("search", cmd_search, "match new images against a saved index: query_id,reference_id,score "
+                "of the pairs above the index's threshold (CSV)",
+                "embedlab search --index indexes/disc --images new_photos --out matches.csv")
+    p.add_argument("--index", required=True, help="an index folder of `embedlab index build`")
+    p.add_argument("--images", required=True, help="the images to match (a folder or an image store)")
+    p.add_argument("--out", required=True, help="the CSV to write")
+    p.add_argument("--k", type=int, default=10, help="nearest references looked at per image (default: 10)")
+    p.add_argument("--threshold", type=o_float, help="default: the index's (the evaluation's P90 threshold)")
+    p.add_argument("--model", type=o_str, help="default: the index's model (another one is refused)")
     p.add_argument("--on-bad-image", type=o_str, help="fail | skip (default: data.on_bad_image)")
     add_runtime_flags(p, tuple(name for name in RUNTIME_FLAGS if name != "devices"), batch=True)
 

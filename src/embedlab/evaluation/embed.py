@@ -155,7 +155,7 @@ class _Plan:
         return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
 
     def settings(self) -> dict:
-        return {"device": str(self.dev), "precision": self.precision,
+        return {"device": str(self.dev), "img_size": self.size, "precision": self.precision,
                 "decode": "cpu" if self.decode_dev is None else "gpu",
                 "num_workers": self.options["num_workers"], "compile": self.compile}
 
