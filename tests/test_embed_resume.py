@@ -129,3 +129,29 @@ def test_precision_is_part_of_what_a_resume_must_match(tmp_path, tiny_demo):
     paths[36].write_bytes(bad)
     bf16 = embed_to_file(model, paths, out, runtime=dataclasses.replace(RUNTIME, precision="bf16"), progress=False)
     assert bf16.settings["resumed_after"] == 0 and bf16.settings["precision"] == "bf16"
+
+
+def test_two_processes_write_the_file_one_writes_and_a_failed_range_resumes(tmp_path, tiny_demo):
+    """`embedlab embed --devices 2` (a process per GPU; CPU processes here): each embeds half of the images into
+    the shared chunks, which chain into the one-process file. A range that failed resumes after its last chunk."""
+    images = _image_folder(tiny_demo, tmp_path / "images", 150)
+    paths = sorted(images.glob("*.jpg"))
+    torch.manual_seed(0)
+    model = DescriptorModel(SPEC)
+    one = tmp_path / "one.h5"
+    embed_to_file(model, paths, one, runtime=RUNTIME, progress=False)
+
+    good = paths[140].read_bytes()
+    paths[140].write_bytes(good[:200])  # in the second process's range (75-149), after its second chunk
+    two = tmp_path / "two.h5"
+    with pytest.raises(Exception, match="I00140"):
+        embed_to_file(model, paths, two, runtime=RUNTIME, progress=False, processes=2)
+    assert not two.exists()
+    paths[140].write_bytes(good)
+    resumed = embed_to_file(model, paths, two, runtime=RUNTIME, progress=False, processes=2)
+    assert resumed.settings["resumed_after"] == 75 + 64  # the first range whole, two chunks of the second
+
+    names, vectors = read_descriptors(two)
+    one_names, one_vectors = read_descriptors(one)
+    assert names == one_names == [f"I{i:05d}" for i in range(150)]
+    np.testing.assert_allclose(vectors, one_vectors, atol=1e-5)

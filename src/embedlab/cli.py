@@ -43,7 +43,7 @@ RUNTIME_FLAGS = {
     "pin_memory": (auto_or(parse_bool), "true | false | auto (on with CUDA)"),
     "prefetch_factor": (int, "batches each worker prepares ahead"),
     "decode": (str, "embedding's JPEG decoding: auto | cpu | gpu"),
-    "devices": (int, "training processes (DDP ranks)"),
+    "devices": (int, "processes: DDP ranks when training, one per GPU when embedding"),
 }
 
 
@@ -411,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the descriptor file to write (h5, ISC layout)")
     p.add_argument("--img-size", type=o_int, help="model input size (default: the checkpoint's)")
     p.add_argument("--on-bad-image", type=o_str, help="fail | skip (default: data.on_bad_image)")
-    add_runtime_flags(p, tuple(name for name in RUNTIME_FLAGS if name != "devices"), batch=True)
+    add_runtime_flags(p, tuple(RUNTIME_FLAGS), batch=True)
 
     p = command("index", cmd_index, "embed reference images with a trained model and save their search index",
                 "embedlab index build --model models/drip/s2/descriptor_model.safetensors --images "
@@ -427,7 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nlist", type=o_int, help="ivfpq: inverted lists (default: 4·√references)")
     p.add_argument("--m", type=o_int, help="ivfpq: sub-quantisers, dividing the descriptor size (default: dim/4)")
     p.add_argument("--on-bad-image", type=o_str, help="fail | skip (default: data.on_bad_image)")
-    add_runtime_flags(p, tuple(name for name in RUNTIME_FLAGS if name != "devices"), batch=True)
+    add_runtime_flags(p, tuple(RUNTIME_FLAGS), batch=True)
 
     p = command("search", cmd_search, "match new images against a saved index: query_id,reference_id,score "
                 "of the pairs above the index's threshold (CSV)",
@@ -439,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=o_float, help="default: the index's (the evaluation's P90 threshold)")
     p.add_argument("--model", type=o_str, help="default: the index's model (another one is refused)")
     p.add_argument("--on-bad-image", type=o_str, help="fail | skip (default: data.on_bad_image)")
-    add_runtime_flags(p, tuple(name for name in RUNTIME_FLAGS if name != "devices"), batch=True)
+    add_runtime_flags(p, tuple(RUNTIME_FLAGS), batch=True)
 
     p = command("evaluate-disc", cmd_evaluate_disc, "search and score query vs. reference descriptors (μAP)",
                 "embedlab evaluate-disc --query query.h5 --reference reference.h5 "

@@ -89,8 +89,10 @@ class ChunkedDescriptors:
     def manifest(self) -> Path:
         return self.parts / "manifest.json"
 
-    def resume(self) -> int:
-        """The input index to start at: after the complete chunks of the same embedding, else 0 (parts cleared)."""
+    def resume(self, start: int = 0, end: int | None = None) -> int:
+        """The input index to start at: after the complete chunks of the same embedding that follow one another
+        from ``start`` up to ``end`` (a process's range when several share the embedding), else ``start``;
+        parts of another embedding are cleared."""
         if self.parts.is_dir():
             try:
                 found = json.loads(self.manifest.read_text())
@@ -103,21 +105,23 @@ class ChunkedDescriptors:
         if not self.parts.is_dir():
             self.parts.mkdir(parents=True)
             write_json_atomic(self.manifest, self.identity)
-            return 0
-        done = self._complete()[-1][1] if self._complete() else 0
-        if done:
-            log.info("%s: resuming after %d images already embedded", self.out, done)
+            return start
+        chain = self._complete(start, end)
+        done = chain[-1][1] if chain else start
+        if done > start:
+            log.info("%s: resuming after %d images already embedded", self.out, done - start)
         return done
 
-    def _complete(self) -> list[tuple[int, int, Path]]:
-        """(start, stop, file) of the chunks that follow one another from input 0; stray ones are ignored."""
+    def _complete(self, start: int = 0, end: int | None = None) -> list[tuple[int, int, Path]]:
+        """(start, stop, file) of the chunks that follow one another from input ``start`` (up to ``end``);
+        stray ones are ignored."""
         found = {}
         for path in self.parts.glob("chunk_*.npz"):
             match = _CHUNK.fullmatch(path.name)
             if match:
                 found[int(match.group(1))] = (int(match.group(1)), int(match.group(2)), path)
-        chunks, at = [], 0
-        while at in found:
+        chunks, at = [], start
+        while at in found and (end is None or at < end):
             chunks.append(found[at])
             at = found[at][1]
         return chunks

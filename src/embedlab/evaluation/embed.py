@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
@@ -162,8 +163,8 @@ class _Plan:
 
 @torch.no_grad()
 def _embedding_chunks(model: torch.nn.Module, paths: Sequence[Path], plan: _Plan, on_bad_image: str,
-                      progress: bool, start: int = 0) -> Iterator[Chunk]:
-    """Descriptors of ``paths[start:]`` in chunks of ``_FLUSH_EVERY`` batches of consecutive inputs.
+                      progress: bool, start: int = 0, end: int | None = None) -> Iterator[Chunk]:
+    """Descriptors of ``paths[start:end]`` in chunks of ``_FLUSH_EVERY`` batches of consecutive inputs.
 
     The loader is iterated once, so its workers are never kept alive between passes.
     """
@@ -172,7 +173,8 @@ def _embedding_chunks(model: torch.nn.Module, paths: Sequence[Path], plan: _Plan
         model.use_channels_last(plan.channels_last)
     model.to(plan.dev)
     forward = torch.compile(model, dynamic=False) if plan.compile else model
-    batch_size, todo = plan.batch_size, path_table(paths)[start:]
+    end = len(paths) if end is None else end
+    batch_size, todo = plan.batch_size, path_table(paths)[start:end]
     loader = DataLoader(ImageFiles(todo, plan.size, on_bad_image, encoded=plan.decode_dev is not None),
                         batch_size=batch_size, collate_fn=_collate, **plan.options)
     pending: list[torch.Tensor] = []
@@ -182,7 +184,7 @@ def _embedding_chunks(model: torch.nn.Module, paths: Sequence[Path], plan: _Plan
     try:
         with eval_mode(model):
             bar = tqdm(loader, desc="embed", unit="batch", disable=not progress, leave=False,
-                       initial=start // batch_size, total=-(-len(paths) // batch_size))
+                       total=-(-len(todo) // batch_size))
             for number, batch in enumerate(bar):
                 images, kept_here, bad = _device_images(batch, todo, plan.size, on_bad_image, plan.dev,
                                                         plan.decode_dev)
@@ -196,8 +198,8 @@ def _embedding_chunks(model: torch.nn.Module, paths: Sequence[Path], plan: _Plan
                         vectors = forward(images)
                     pending.append(vectors[:n].float())
                     kept.extend(start + i for i in kept_here)
-                stop = min(start + (number + 1) * batch_size, len(paths))
-                if (number + 1) % _FLUSH_EVERY == 0 or stop == len(paths):
+                stop = min(start + (number + 1) * batch_size, end)
+                if (number + 1) % _FLUSH_EVERY == 0 or stop == end:
                     vectors = (torch.cat(pending).cpu().numpy() if pending
                                else np.zeros((0, model.descriptor_dim), np.float32))
                     yield Chunk(chunk_start, stop, [Path(paths[i]).stem for i in kept], vectors, skipped, kept)
@@ -230,26 +232,72 @@ def embed_paths(model: torch.nn.Module, paths: Sequence[Path], img_size: int | N
                       seconds, plan.settings())
 
 
+def process_ranges(n: int, processes: int) -> list[tuple[int, int]]:
+    """``processes`` contiguous (start, end) ranges of ``n`` inputs, sizes differing by at most one."""
+    bounds = np.linspace(0, n, processes + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _process_device(runtime: RuntimeConfig, rank: int) -> str:
+    device = torch_device(runtime.device)
+    return f"cuda:{rank}" if device.type == "cuda" else str(device)
+
+
+def _embed_range(rank: int, model: torch.nn.Module, paths: list[Path], parts: ChunkedDescriptors,
+                 img_size: int | None, on_bad_image: str, runtime: RuntimeConfig, ranges: list[tuple[int, int]]) -> None:
+    """One process of a multi-process embedding: its range of inputs, on its own GPU, into the shared parts."""
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // len(ranges)))
+    plan = _Plan.of(model, img_size, dataclasses.replace(runtime, device=_process_device(runtime, rank)))
+    start, end = ranges[rank]
+    at = parts.resume(start, end)
+    if at < end:
+        for chunk in _embedding_chunks(model, paths, plan, on_bad_image, False, at, end):
+            parts.write(chunk)
+
+
+def _embed_in_processes(model: torch.nn.Module, paths: list[Path], parts: ChunkedDescriptors,
+                        img_size: int | None, on_bad_image: str, runtime: RuntimeConfig, processes: int) -> int:
+    """Embed ``paths`` in ``processes`` processes (one per GPU, or CPU processes), each a contiguous range whose
+    chunks continue where the next range starts, so the chunks of all ranges chain into one file. Each range
+    resumes after its own last complete chunk. Returns the inputs already embedded before this run."""
+    import torch.multiprocessing as mp
+
+    device = torch_device(runtime.device)
+    if device.type == "cuda" and processes > torch.cuda.device_count():
+        raise ValueError(f"runtime.devices is {processes} but this machine has {torch.cuda.device_count()} GPU(s)")
+    ranges = process_ranges(len(paths), processes)
+    before = sum(parts.resume(start, end) - start for start, end in ranges)
+    mp.spawn(_embed_range, args=(model.cpu(), paths, parts, img_size, on_bad_image, runtime, ranges),
+             nprocs=processes, join=True)
+    return before
+
+
 def embed_to_file(model: torch.nn.Module, paths: Sequence[Path], out: str | Path, img_size: int | None = None,
                   on_bad_image: str = "fail", runtime: RuntimeConfig | None = None,
-                  progress: bool = True) -> Embeddings:
+                  progress: bool = True, processes: int = 1) -> Embeddings:
     """Embed ``paths`` into the h5 ``out`` chunk by chunk (:mod:`embedlab.descriptor_chunks`).
 
     Memory holds one chunk of descriptors, whatever the number of images; a run
     killed part-way resumes after its last complete chunk when rerun with the
-    same images, weights, image size and precision. The returned Embeddings
-    hold the names, skipped paths and settings, not the vectors (read ``out``).
+    same images, weights, image size and precision. ``processes`` > 1 splits
+    the images over that many processes (one per GPU; the file is the same).
+    The returned Embeddings hold the names, skipped paths and settings, not
+    the vectors (read ``out``).
     """
     out = Path(out)
     paths = list(paths)
     check_names(out, paths)
-    plan = _Plan.of(model, img_size, runtime or RuntimeConfig())
+    runtime = runtime or RuntimeConfig()
+    plan = _Plan.of(model, img_size, runtime)
     parts = ChunkedDescriptors(out, {"images": images_digest(paths), "count": len(paths),
                                      "weights": weights_digest(model), "img_size": plan.size,
                                      "precision": plan.precision})
     start, resumed_after = time.perf_counter(), parts.resume()
-    for chunk in _embedding_chunks(model, paths, plan, on_bad_image, progress, resumed_after):
-        parts.write(chunk)
+    if processes > 1:
+        resumed_after = _embed_in_processes(model, paths, parts, img_size, on_bad_image, runtime, processes)
+    else:
+        for chunk in _embedding_chunks(model, paths, plan, on_bad_image, progress, resumed_after):
+            parts.write(chunk)
     seconds = time.perf_counter() - start
     rows, skipped = parts.finish(len(paths), model.descriptor_dim)
     return Embeddings([], np.zeros((0, model.descriptor_dim), np.float32), [Path(paths[i]) for i in skipped],
@@ -258,11 +306,13 @@ def embed_to_file(model: torch.nn.Module, paths: Sequence[Path], out: str | Path
 
 def embed_folder(checkpoint: str | Path, images: str | Path, out: str | Path, img_size: int | None = None,
                  on_bad_image: str = "fail", runtime: RuntimeConfig | None = None, progress: bool = True) -> dict:
-    """Embed every image of ``images`` with ``checkpoint`` and write ``out`` (h5), resumably."""
+    """Embed every image of ``images`` with ``checkpoint`` and write ``out`` (h5), resumably, in
+    ``runtime.devices`` processes (one per GPU)."""
     start = time.perf_counter()
     model = load_descriptor_model(checkpoint)
     paths = list_images(images)
-    result = embed_to_file(model, paths, out, img_size, on_bad_image, runtime, progress)
+    processes = runtime.devices if runtime is not None else 1
+    result = embed_to_file(model, paths, out, img_size, on_bad_image, runtime, progress, processes)
     for path in result.skipped:
         log.warning("skipped unreadable image %s", path)
     seconds = time.perf_counter() - start
