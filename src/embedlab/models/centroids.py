@@ -26,13 +26,17 @@ def class_centroids(
     batch_size: int = 64,
     num_workers: int = 0,
     device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """W [embedding_dim, n_classes]: normalised mean embedding over ``views``.
 
     ``views`` are datasets of (image tensor, class index): the reference view
     and each fixed-seed augmentation. A class whose image was skipped as
-    unreadable keeps a zero column.
+    unreadable keeps a zero column. ``dtype``: the forward passes under
+    autocast (bf16 / fp16 on a GPU: several times faster at 7.5M passes);
+    the sums stay fp32.
     """
+    device = torch.device(device)
     model.to(device)
     sums = torch.zeros(n_classes, model.spec.embedding_dim)
     with eval_mode(model):
@@ -42,5 +46,7 @@ def class_centroids(
                 if batch is None:
                     continue
                 images, labels = batch
-                sums.index_add_(0, labels, model(images.to(device)).float().cpu())
+                with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                    embeddings = model(images.to(device, non_blocking=True))
+                sums.index_add_(0, labels, embeddings.float().cpu())
     return F.normalize(sums, dim=1).T.contiguous()

@@ -44,7 +44,7 @@ from embedlab.data.collate import collate_skipping_bad
 from embedlab.data.drip import ClassImages, QueryViews, ReferenceViews, ValidationPairs, class_folders
 from embedlab.data.image_cache import build_drip_cache, cache_folder
 from embedlab.data.samplers import EpochIndices
-from embedlab.devices import loader_workers, runtime_loader_options, torch_device, training_shard
+from embedlab.devices import autocast_dtype, loader_workers, runtime_loader_options, torch_device, training_shard
 from embedlab.descriptor_chunks import images_digest, weights_digest
 from embedlab.images import count_bad_images
 from embedlab.models.centroids import class_centroids
@@ -218,9 +218,10 @@ W_MATRIX_CACHE = "w_matrix_cache"  # beside the runs' folder: W matrices by what
 
 def w_matrix_key(module: DripModule, images: ClassImages, cfg: DripConfig, params: Params) -> str:
     """What a W matrix is computed from: the model's weights, the class images in order, the views (size,
-    augmented copies and, when there are any, their intensity) and the seed of their draws."""
+    augmented copies and, when there are any, their intensity), the seed of their draws and the precision."""
     parts = [weights_digest(module.model), images_digest(images.paths), cfg.img_size, cfg.w_matrix_augmentations,
-             cfg.qry_augs_intensity if cfg.w_matrix_augmentations else None, params.seed]
+             cfg.qry_augs_intensity if cfg.w_matrix_augmentations else None, params.seed,
+             str(autocast_dtype(params.runtime.precision, torch_device(params.runtime.device)))]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:20]
 
 
@@ -245,8 +246,10 @@ def init_w_matrix(module: DripModule, request: DripRequest, images: ClassImages,
         QueryViews(images, augment, cfg.img_size, params.seed, stream=1 + a) for a in range(cfg.w_matrix_augmentations)
     ]
     device = torch_device(params.runtime.device)
-    w = class_centroids(module.model, views, len(images), cfg.batch_size,
-                        loader_workers(params.runtime.num_workers, device), device)
+    # Inference: the embedding batch size and precision, not training's (7.5M forward passes at 1.5M classes).
+    w = class_centroids(module.model, views, len(images), params.runtime.inference_batch_size,
+                        loader_workers(params.runtime.num_workers, device), device,
+                        autocast_dtype(params.runtime.precision, device))
     module.model.cpu()
     module.head.load_centroids(w)
     with atomic_path(path) as tmp:
