@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/embed_throughput.py                                  # ViT-B/16 at 224, bf16, batch 256
     .venv/bin/python benchmarks/embed_throughput.py --model eca_nfnet_l1 --img 160   # the drip model (full profile)
     .venv/bin/python benchmarks/embed_throughput.py --tiny                           # CPU smoke run (seconds)
+    .venv/bin/python benchmarks/embed_throughput.py --devices 8                      # + 8 GPUs, one process each
 
 Bare: the descriptor model (random weights) on an in-memory batch already on
 the device, forward only, under the same autocast / channels-last / compile
@@ -103,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--steps", type=int, default=30, help="timed batches of the bare model")
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--devices", type=int, default=1,
+                        help="also embed with this many processes (`embed --devices N`: one per GPU) and print "
+                             "the scaling against N × one process")
     parser.add_argument("--tiny", action="store_true",
                         help="CPU smoke size: test_resnet at 48 px, batch 32, 256 images, fp32")
     args = parser.parse_args(argv)
@@ -134,6 +138,12 @@ def main(argv: list[str] | None = None) -> int:
                   min(2 * args.batch, args.images))
         embed_folder(checkpoint, tmp / "warmup", tmp / "warmup.h5", **settings)
         summary = embed_folder(checkpoint, tmp / "images", tmp / "out.h5", **settings)
+        many = None
+        if args.devices > 1:
+            import dataclasses
+
+            many = embed_folder(checkpoint, tmp / "images", tmp / "many.h5",
+                                **{**settings, "runtime": dataclasses.replace(runtime, devices=args.devices)})
 
     e2e = summary["images"] / summary["seconds"]
     loop = summary["images"] / summary["embed_seconds"]
@@ -148,6 +158,11 @@ def main(argv: list[str] | None = None) -> int:
         (f"`embedlab embed` end to end (load, decode, model, h5; {summary['seconds']:.2f} s)", e2e),
         ("its loader + model loop alone", loop),
     ], GOAL, dev.type == "cuda", "the model and the decoding")
+    if many is not None:
+        rate = many["images"] / many["seconds"]
+        print(f"\n`embedlab embed --devices {args.devices}`: {rate:,.0f} images/s end to end, "
+              f"{rate / (args.devices * e2e):.2f}× {args.devices} × one process (goal on GPUs: >= 0.9; "
+              "on a CPU the processes share its cores: a smoke figure)")
     return 0
 
 
