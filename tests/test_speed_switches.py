@@ -328,7 +328,7 @@ def test_params_runtime_section_drives_embed_paths(model, references):
                         prefetch_factor=2)
     result = embed_paths(model, references[:8], runtime=cfg, progress=False)
     assert result.vectors.shape == (8, 32)
-    assert result.settings == {"device": "cpu", "precision": "bf16", "decode": "cpu",
+    assert result.settings == {"device": "cpu", "img_size": 48, "precision": "bf16", "decode": "cpu",
                                "num_workers": loader_workers("auto", CPU), "compile": False}
 
 
