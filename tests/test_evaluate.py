@@ -158,3 +158,37 @@ def test_torch_search_finds_the_same_neighbours_as_faiss_across_reference_blocks
     got_s, got_i = torch_knn_search(qry, ref, 10, "cpu", batch_size=5, reference_block=37)
     np.testing.assert_array_equal(got_i, want_i)
     np.testing.assert_allclose(got_s, want_s, rtol=1e-5, atol=1e-5)
+
+
+def test_a_fixed_scoring_subset_keeps_the_chosen_queries_matches(tmp_path, tiny_project):
+    """evaluate.queries / references (what a sweep's score_queries / score_references fix per trial): a seeded
+    subset, the same for every trial, whose references include every match of its queries."""
+    import dataclasses
+
+    import torch
+
+    from embedlab.config import load_params
+    from embedlab.data.disc import DiscLayout, read_ground_truth
+    from embedlab.descriptors import DescriptorReader
+    from embedlab.evaluation.disc_model import evaluate_descriptor_model, scoring_subset
+    from embedlab.images import list_images
+    from embedlab.models.backbone import DescriptorModel, DescriptorSpec
+
+    params = load_params("params.yaml")
+    layout = DiscLayout(params.data.disc)
+    queries, references = list_images(layout.query_dir), list_images(layout.reference_dir)
+    picked_q, picked_r = scoring_subset(queries, references, layout.ground_truth_csv, 10, 16, params.seed)
+    assert len(picked_q) == 10 and len(picked_r) == 16
+    assert (picked_q, picked_r) == scoring_subset(queries, references, layout.ground_truth_csv, 10, 16, params.seed)
+    chosen = {q.stem for q in picked_q}
+    matches = {r for q, r in read_ground_truth(layout.ground_truth_csv) if q in chosen}
+    assert matches and matches <= {r.stem for r in picked_r}
+
+    subset = dataclasses.replace(params, evaluate=dataclasses.replace(params.evaluate, queries=10, references=16,
+                                                                      train_descriptors=0))
+    torch.manual_seed(0)
+    model = DescriptorModel(DescriptorSpec(backbone="test_resnet", embedding_dim=32, gem_p=3.0, img_size=48))
+    summary = evaluate_descriptor_model(model, subset, tmp_path / "eval")
+    assert 0.0 <= summary["uAP"] <= 1.0
+    assert len(DescriptorReader(tmp_path / "eval" / "descriptors" / "query.h5")) == 10
+    assert len(DescriptorReader(tmp_path / "eval" / "descriptors" / "reference.h5")) == 16

@@ -31,7 +31,7 @@ from embedlab.sweep.stages import get_stage
 from embedlab.sweep.runs import mark_killed
 from embedlab.sweep.study import MLFLOW_RUN, RETRY_OF, WORKER, counts, recover_killed
 
-from conftest import cli_env, run, tiny_params
+from conftest import PROJECT, cli_env, run, tiny_params
 
 SPACE = {"qry_augs_intensity": {"low": 0.3, "high": 0.9}, "lr": {"low": 1.0e-4, "high": 1.0e-2, "log": True}}
 
@@ -393,3 +393,19 @@ def test_each_sweep_worker_gets_its_own_gpus(monkeypatch):
     runner._spawn_workers(plan, runner.SweepRequest("drip_stage", workers=2), "launch")
     assert [env["CUDA_VISIBLE_DEVICES"] for _, env in started] == ["6,7"]
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "2,5"  # the launcher runs trials on the first share
+
+
+def test_a_sweep_can_score_every_trial_on_one_fixed_subset():
+    import dataclasses
+
+    from embedlab.sweep.space import with_values
+    from embedlab.sweep.stages import get_stage
+
+    params = load_params(str(PROJECT / "params.yaml"))
+    drip = dataclasses.replace(params.sweep.drip_stage, score_queries=50, score_references=1000)
+    params = dataclasses.replace(params, sweep=dataclasses.replace(params.sweep, drip_stage=drip))
+    fixed = get_stage("drip_stage").fixed(params)
+    assert fixed[("evaluate", "queries")] == 50 and fixed[("evaluate", "references")] == 1000
+    trial = with_values(params, fixed, "sweep.drip_stage")
+    assert (trial.evaluate.queries, trial.evaluate.references) == (50, 1000)
+    assert ("evaluate", "queries") not in get_stage("gem_stage").fixed(params)  # gem's own section sets none

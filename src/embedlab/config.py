@@ -233,6 +233,10 @@ class EvaluateConfig:
     # DISC training images embedded as the post-processing "training set"
     # (whitening, score normalisation); 0 scores the plain descriptors only.
     train_descriptors: int = 0
+    # Score on a fixed subset (0: all): this many queries drawn with the seed, and this many references,
+    # the chosen queries' matches first. A sweep at DISC21 scale need not embed 1M references per trial.
+    queries: int = 0
+    references: int = 0
     postprocess: PostprocessConfig = dataclasses.field(default_factory=PostprocessConfig)
     # `embedlab ensemble`: trained models (<stage>/<name>) whose descriptors are concatenated.
     ensemble: list[str] = dataclasses.field(default_factory=list)
@@ -435,6 +439,9 @@ class StageSweep:
 
     epochs: int | None = None  # epochs per trial; None: the stage's own
     space: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    # DISC-scored stages (drip, gem): each trial scores on evaluate.queries / references of this size (0: all)
+    score_queries: int = 0
+    score_references: int = 0
 
 
 @dataclasses.dataclass

@@ -8,11 +8,12 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from embedlab.const import DISC_HEADLINE
 from embedlab.config import Params
-from embedlab.data.disc import DiscLayout
+from embedlab.data.disc import DiscLayout, read_ground_truth
 from embedlab.images import list_images
 from embedlab.postprocess import PostprocessConfig, postprocess_files
 from embedlab.evaluation.embed import embed_to_file
@@ -31,6 +32,12 @@ def evaluate_descriptor_model(model: torch.nn.Module, params: Params, out_dir: P
     layout = DiscLayout(Path(params.data.disc))
     layout.validate()
     sets = {"query": list_images(layout.query_dir), "reference": list_images(layout.reference_dir)}
+    ids = {name: [p.stem for p in sets[name]] for name in ("query", "reference")}  # all: the ground truth's
+    fixed_subset = bool(params.evaluate.queries or params.evaluate.references)
+    if fixed_subset:
+        sets["query"], sets["reference"] = scoring_subset(sets["query"], sets["reference"], layout.ground_truth_csv,
+                                                          params.evaluate.queries, params.evaluate.references,
+                                                          params.seed)
     n_train = params.evaluate.train_descriptors
     if n_train > 0:
         sets["train"] = list_images(layout.training_dir)[:n_train]
@@ -41,11 +48,12 @@ def evaluate_descriptor_model(model: torch.nn.Module, params: Params, out_dir: P
                                runtime=params.runtime)
         embedded[subset] = result.settings["vectors"]
         skipped += len(result.skipped)
-    ids = {subset: [p.stem for p in sets[subset]] for subset in ("query", "reference")}
+    scored = [p.stem for p in sets["query"]] if fixed_subset else None
 
     def score(query: Path, reference: Path, folder: Path, tag: str) -> dict:
         metrics = evaluate_disc(query, reference, layout.ground_truth_csv, folder, k=params.evaluate.k,
-                                all_query_ids=ids["query"], all_reference_ids=ids["reference"])
+                                all_query_ids=ids["query"], all_reference_ids=ids["reference"],
+                                scored_query_ids=scored)
         return {f"{prefix}{tag}{k}": metrics[k] for k in DISC_HEADLINE}
 
     summary = {**score(files["query"], files["reference"], out_dir, ""), f"{prefix}skipped_images": skipped}
@@ -55,6 +63,25 @@ def evaluate_descriptor_model(model: torch.nn.Module, params: Params, out_dir: P
                                                 postprocess_settings(params, embedded["train"], model.descriptor_dim))
         summary.update(score(query, reference, out_dir / "post", "post_"))
     return summary
+
+
+def scoring_subset(queries: list[Path], references: list[Path], ground_truth: Path, n_queries: int,
+                   n_references: int, seed: int) -> tuple[list[Path], list[Path]]:
+    """A fixed subset to score on (0: all of a set): ``n_queries`` queries drawn with ``seed``, and
+    ``n_references`` references: every match of the chosen queries, then others drawn with ``seed``
+    (all matches stay when they alone are more)."""
+    rng = np.random.default_rng([seed, 14])
+    if n_queries and n_queries < len(queries):
+        queries = [queries[i] for i in sorted(rng.choice(len(queries), n_queries, replace=False))]
+    if n_references and n_references < len(references):
+        chosen = {q.stem for q in queries}
+        matched = {r for q, r in read_ground_truth(ground_truth) if q in chosen}
+        others = [i for i, r in enumerate(references) if r.stem not in matched]
+        extra = rng.choice(len(others), max(0, n_references - len(matched)), replace=False) \
+            if n_references > len(matched) else []
+        keep = matched | {references[others[i]].stem for i in extra}
+        references = [r for r in references if r.stem in keep]
+    return queries, references
 
 
 def postprocess_settings(params: Params, n_train: int, dim: int) -> PostprocessConfig:

@@ -78,6 +78,7 @@ def evaluate_disc(
     device: str = "auto",
     all_query_ids: Sequence[str] | None = None,
     all_reference_ids: Sequence[str] | None = None,
+    scored_query_ids: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Search every query among the references, score against the ground truth.
 
@@ -86,7 +87,8 @@ def evaluate_disc(
     metrics. ``recall_at_rank10`` can only reach its true value when k >= 10.
     ``all_query_ids`` / ``all_reference_ids``: the ids of the whole image sets
     when the h5 files lack images skipped as unreadable (default: the h5
-    names); ground-truth pairs of skipped images then count as misses.
+    names); ground-truth pairs of skipped images then count as misses. ``scored_query_ids``: score on
+    these queries only (a fixed subset; the ground truth is still checked against all ids).
     """
     out = Path(out_dir)
     q_names, q_vecs = read_descriptors(query_h5, query_subset)
@@ -100,6 +102,9 @@ def evaluate_disc(
         )
     gt = read_ground_truth(ground_truth_csv, query_ids=all_query_ids or q_names,
                            reference_ids=all_reference_ids or r_names)
+    if scored_query_ids is not None:
+        scored = set(scored_query_ids)
+        gt = [(q, r) for q, r in gt if q in scored]
     if not gt:
         raise GroundTruthError(f"{ground_truth_csv}: no ground-truth pairs, metrics would be undefined")
 

@@ -80,11 +80,16 @@ _FIXED = ("epochs", "evaluate", "evaluate_before")
 
 
 def _scoring(section: str, params: Params, epochs_path: ParamPath) -> dict[ParamPath, Any]:
-    """Trials are always scored; the starting model's score would be the same for every trial."""
+    """Trials are always scored (on the sweep's fixed subset of the DISC sets, when it sets one); the starting
+    model's score would be the same for every trial."""
     fixed: dict[ParamPath, Any] = {(section, "evaluate"): True, (section, "evaluate_before"): False}
-    epochs = getattr(params.sweep, f"{section}_stage").epochs
-    if epochs:
-        fixed[epochs_path] = epochs
+    sweep = getattr(params.sweep, f"{section}_stage")
+    if sweep.epochs:
+        fixed[epochs_path] = sweep.epochs
+    if sweep.score_queries:
+        fixed[("evaluate", "queries")] = sweep.score_queries
+    if sweep.score_references:
+        fixed[("evaluate", "references")] = sweep.score_references
     return fixed
 
 
