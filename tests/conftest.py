@@ -98,6 +98,26 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def kill_after_first_checkpoint(cmd: list[str], cwd: Path, checkpoint: Path, **extra_env: str) -> None:
+    """Start ``cmd`` (DDP ranks and all, in a process group of its own) and SIGKILL the group as soon as
+    ``checkpoint`` is written: a training run killed mid-way."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(cmd, cwd=cwd, env=cli_env(**extra_env), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while not checkpoint.is_file() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert checkpoint.is_file() and proc.poll() is None, "no checkpoint, or the run ended before it could be killed"
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 def run(cmd: list[str], cwd: Path, timeout: float = 600, **extra_env: str) -> subprocess.CompletedProcess:
     result = subprocess.run(cmd, cwd=cwd, env=cli_env(**extra_env), capture_output=True, text=True, timeout=timeout)
     if result.returncode != 0:

@@ -103,32 +103,16 @@ def test_more_gpus_than_the_machine_has_is_refused_naming_the_setting(monkeypatc
 def test_a_killed_two_rank_drip_step_resumes_on_one_rank_with_its_split_kernel_whole(tiny_project: Path):
     """The ArcFace kernel split over 2 ranks is saved whole (weights and Adam's moments): the step resumes on
     1 rank into the same MLflow run and finishes its epochs."""
-    import os
-    import signal
-    import subprocess
-    import time
+    from conftest import kill_after_first_checkpoint
 
-    from conftest import cli_env
-
-    env = cli_env(MLFLOW_TRACKING_URI=f"sqlite:///{tiny_project / 'mlflow.db'}")
+    uri = f"sqlite:///{tiny_project / 'mlflow.db'}"
     cmd = ["embedlab", "drip", "--n-facebook-samples", "32", "--batch-size", "4", "--epochs", "6", "--name", "k"]
     last = tiny_project / "models/drip/k/checkpoints/last.ckpt"
-    proc = subprocess.Popen([*cmd, "--devices", "2"], cwd=tiny_project, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.time() + 300
-        while not last.is_file() and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.1)
-        assert last.is_file() and proc.poll() is None, "no checkpoint, or the step ended before it could be killed"
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    kill_after_first_checkpoint([*cmd, "--devices", "2"], tiny_project, last, MLFLOW_TRACKING_URI=uri)
     assert read_checkpoint(last)["epoch"] + 1 < 6
     run_id = json.loads((tiny_project / "models/drip/k/run.json").read_text())["mlflow_run_id"]
 
-    run([*cmd, "--devices", "1"], tiny_project, MLFLOW_TRACKING_URI=env["MLFLOW_TRACKING_URI"])
+    run([*cmd, "--devices", "1"], tiny_project, MLFLOW_TRACKING_URI=uri)
 
     checkpoint = read_checkpoint(last)
     assert checkpoint["epoch"] + 1 == 6 and checkpoint["state_dict"]["head.weight"].shape[1] == 32

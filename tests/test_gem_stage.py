@@ -100,38 +100,22 @@ def test_gem_ddp_on_two_cpu_ranks_with_an_odd_class_count(tiny_project: Path):
 def test_a_killed_two_rank_run_resumes_on_two_ranks_or_one_into_the_same_run(tiny_project: Path, resume_devices):
     """A 2-rank run killed mid-way resumes on 2 ranks and on 1 (the optimizer state of the classifier shards is
     saved whole: before, resuming crashed on the shard sizes), into the same MLflow run, to the same epoch count."""
-    import os
-    import signal
-    import subprocess
-    import time
-
-    from conftest import cli_env
+    from conftest import kill_after_first_checkpoint
 
     params = yaml.safe_load(Path("params.yaml").read_text())
     params["augment"]["classes"] = 5  # 3 + 2 classes on 2 ranks
     Path("params.yaml").write_text(yaml.safe_dump(params))
     _generate()
-    env = cli_env(MLFLOW_TRACKING_URI=f"sqlite:///{tiny_project / 'mlflow.db'}")
+    uri = f"sqlite:///{tiny_project / 'mlflow.db'}"
     cmd = ["embedlab", "gem", "--recipe", "big", "--epochs", "6", "--iters", "2"]
     last = tiny_project / "models/gem/big/checkpoints/last.ckpt"
-    proc = subprocess.Popen([*cmd, "--devices", "2"], cwd=tiny_project, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)  # its own group: the ranks die too
-    try:
-        deadline = time.time() + 300
-        while not last.is_file() and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.1)
-        assert last.is_file() and proc.poll() is None, "no checkpoint, or the run ended before it could be killed"
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    kill_after_first_checkpoint([*cmd, "--devices", "2"], tiny_project, last, MLFLOW_TRACKING_URI=uri)
     done_before = read_checkpoint(last)["epoch"] + 1
     assert done_before < 6
     _, runs = _runs(tiny_project)
     run_id = runs[0].info.run_id
 
-    run([*cmd, "--devices", str(resume_devices)], tiny_project, MLFLOW_TRACKING_URI=env["MLFLOW_TRACKING_URI"])
+    run([*cmd, "--devices", str(resume_devices)], tiny_project, MLFLOW_TRACKING_URI=uri)
 
     assert read_checkpoint(last)["epoch"] + 1 == 6
     _, runs = _runs(tiny_project)

@@ -52,7 +52,7 @@ def _threshold(threshold: float | None, metrics: str | os.PathLike | None) -> fl
         raise SearchIndexError(f"{path}: cannot read the evaluation's metrics ({err})") from err
     if value is None:
         raise SearchIndexError(f"{path}: no threshold_at_p90 (the evaluation never reached 90 % precision); "
-                          "give --threshold")
+                               "give --threshold")
     return float(value)
 
 
@@ -138,7 +138,7 @@ def search_images(index_dir: str | os.PathLike, images: str | os.PathLike, out: 
         raise SearchIndexError(f"{model}: the index's model is not there (give --model)")
     if file_digest(model) != info["model_sha256"]:
         raise SearchIndexError(f"{model}: not the model {index_dir / INFO} was built with ({info['model']}): "
-                          "descriptors of two models do not compare; build the index again with this model")
+                               "descriptors of two models do not compare; build the index again with this model")
     threshold = info["threshold"] if threshold is None else threshold
     if threshold is None:
         raise SearchIndexError(f"{index_dir / INFO}: holds no threshold; give --threshold")

@@ -78,8 +78,9 @@ def import_kryptonite(src: str | Path, out: str | Path, on_bad_image: str = "fai
     with staged_output(out, KryptoniteImportError) as staging:
         if images == "store":
             store_files(staging / "train" / "images", train / "images", sorted(kept_meta))
-        for key in kept_meta if images != "store" else ():
-            link_or_copy(train_images[key], staging / "train" / "images" / key, link)
+        else:
+            for key in kept_meta:
+                link_or_copy(train_images[key], staging / "train" / "images" / key, link)
         (staging / "train" / "meta.json").write_text(json.dumps(kept_meta, indent=0) + "\n")
         for pair_id, a, b, _ in kept_pairs:
             link_or_copy(a, staging / "test_public" / pair_id / "0.jpg", link)

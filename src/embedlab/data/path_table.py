@@ -66,7 +66,7 @@ class PathTable(Sequence[Path]):
         if isinstance(index, slice):
             start, stop, step = index.indices(len(self))
             if step != 1:
-                return PathTable(self[i] for i in range(start, stop, step))
+                return self.take(np.arange(start, stop, step))
             part = PathTable(())  # a contiguous run: views of the same buffers, no copy
             stop = max(start, stop)
             part._offsets = self._offsets[start:stop + 1] - self._offsets[start]

@@ -25,6 +25,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
@@ -124,6 +125,12 @@ def _path_table(strings) -> PathTable:
     offsets = np.frombuffer(strings.buffers()[1], np.int64)[strings.offset:strings.offset + len(strings) + 1]
     data = np.frombuffer(strings.buffers()[2], np.uint8)
     return PathTable.from_buffers(data[offsets[0]:offsets[-1]], offsets - offsets[0])
+
+
+def person_indices(names: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(int32 index of each row's person, the person names sorted, as bytes) of one name per row."""
+    persons, person = np.unique(np.array([name.encode() for name in names], dtype=bytes), return_inverse=True)
+    return person.reshape(-1).astype(np.int32), persons
 
 
 def _encoded_persons(strings) -> tuple[np.ndarray, np.ndarray]:

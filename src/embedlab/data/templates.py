@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 
 from embedlab.atomic import write_csv_atomic
 from embedlab.data.path_table import PathTable, path_table
-from embedlab.data.photo_list import PhotoListError, read_path_person_table
+from embedlab.data.photo_list import PhotoListError, person_indices, read_path_person_table
 from embedlab.data.transforms import resize_square
 from embedlab.descriptors import DescriptorReader, rows_per_slice, write_descriptors
 from embedlab.images import load_or_skip
@@ -48,8 +48,7 @@ class TemplateSet:
     @classmethod
     def from_rows(cls, paths: Sequence[str], persons: Sequence[str], templates: np.ndarray) -> "TemplateSet":
         """A set from one path and one person name per template (small sets: tests, demos)."""
-        names, person = np.unique(np.array([p.encode() for p in persons], dtype=bytes), return_inverse=True)
-        return cls(PathTable(paths), person.reshape(-1).astype(np.int32), names, templates)
+        return cls(PathTable(paths), *person_indices(persons), templates)
 
     def __len__(self) -> int:
         return len(self.paths)

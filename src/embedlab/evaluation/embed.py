@@ -33,7 +33,7 @@ from embedlab.data.path_table import path_table
 from embedlab.data.transforms import resize_square
 from embedlab.descriptor_chunks import Chunk, ChunkedDescriptors, check_names, images_digest, weights_digest
 from embedlab.config import RuntimeConfig
-from embedlab.devices import autocast_dtype, runtime_loader_options, torch_device
+from embedlab.devices import autocast_dtype, check_devices, runtime_loader_options, torch_device
 from embedlab.images import list_images, load_or_skip
 from embedlab.models.checkpoints import load_descriptor_model
 from embedlab.models.eval_mode import eval_mode
@@ -262,9 +262,7 @@ def _embed_in_processes(model: torch.nn.Module, paths: list[Path], parts: Chunke
     resumes after its own last complete chunk. Returns the inputs already embedded before this run."""
     import torch.multiprocessing as mp
 
-    device = torch_device(runtime.device)
-    if device.type == "cuda" and processes > torch.cuda.device_count():
-        raise ValueError(f"runtime.devices is {processes} but this machine has {torch.cuda.device_count()} GPU(s)")
+    check_devices(dataclasses.replace(runtime, devices=processes))
     ranges = process_ranges(len(paths), processes)
     before = sum(parts.resume(start, end) - start for start, end in ranges)
     mp.spawn(_embed_range, args=(model.cpu(), paths, parts, img_size, on_bad_image, runtime, ranges),

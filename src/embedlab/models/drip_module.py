@@ -70,11 +70,10 @@ class DripModule(pl.LightningModule):
         exclude_shards_from_ddp(self)
 
     def _head_layout(self) -> HeadLayout:
-        if self.split_head:
-            return HeadLayout(HEAD_KEY, [HEAD_KEY], [(self.head.shard_offset, self.head.n_local)], axis=1,
-                              n_classes=self.hparams.n_classes, ranks=self.trainer.world_size)
-        return HeadLayout(HEAD_KEY, [HEAD_KEY], [(0, self.head.n_classes)], axis=1,
-                          n_classes=self.hparams.n_classes, ranks=1)
+        """The kernel's columns: this rank's block under DDP, else all of them."""
+        block, ranks = ((self.head.shard_offset, self.head.n_local), self.trainer.world_size) if self.split_head \
+            else ((0, self.head.n_classes), 1)
+        return HeadLayout(HEAD_KEY, [HEAD_KEY], [block], axis=1, n_classes=self.hparams.n_classes, ranks=ranks)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """The kernel and its optimizer state saved whole, whatever the split (models/sharded_state.py)."""

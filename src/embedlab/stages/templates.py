@@ -21,7 +21,7 @@ from embedlab.config import Params, RuntimeConfig
 from embedlab.data.collate import collate_skipping_bad
 from embedlab.data.faces import natural_key, split_persons, read_face_meta
 from embedlab.data.path_table import PathTable
-from embedlab.data.photo_list import PhotoList
+from embedlab.data.photo_list import PhotoList, person_indices
 from embedlab.data.templates import PhotoFiles, check_templates
 from embedlab.descriptor_chunks import Chunk, ChunkedDescriptors, images_digest
 from embedlab.devices import runtime_loader_options, torch_device
@@ -83,9 +83,8 @@ def _photo_list(params: Params) -> PhotoList:
         return PhotoList.load(cfg.photos)
     faces_root = Path(params.data.faces)
     keys = [key for key, fake in read_face_meta(faces_root / "train").items() if cfg.include_fakes or not fake]
-    names, person = np.unique(np.array([key.split("/")[0].encode() for key in keys], dtype=bytes), return_inverse=True)
-    return PhotoList(faces_root, PathTable(f"train/images/{key}" for key in keys), person.reshape(-1).astype(np.int32),
-                     names)
+    return PhotoList(faces_root, PathTable(f"train/images/{key}" for key in keys),
+                     *person_indices(key.split("/")[0] for key in keys))
 
 
 def build_templates(params: Params) -> dict:
