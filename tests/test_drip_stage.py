@@ -222,15 +222,15 @@ def test_runs_of_one_model_classes_and_views_share_one_w_matrix(tiny_project: Pa
     """A sweep's trials that tune the learning rate start from the same W matrix: it is computed once."""
     import dataclasses
 
-    import embedlab.stages.drip as drip_stage
+    import embedlab.stages.w_matrix as w_matrix
     from embedlab.config import DripStep
     from embedlab.stages.drip import DripRequest
 
     params = load_params("params.yaml")
     params = dataclasses.replace(params, drip=dataclasses.replace(params.drip, evaluate=False, w_init="centroids"))
     run_drip(params, DripRequest(name="a", step=DripStep(8, epochs=1)))
-    computed, real = [], drip_stage.class_centroids
-    monkeypatch.setattr(drip_stage, "class_centroids", lambda *args, **kw: computed.append(1) or real(*args, **kw))
+    computed, real = [], w_matrix.class_centroids
+    monkeypatch.setattr(w_matrix, "class_centroids", lambda *args, **kw: computed.append(1) or real(*args, **kw))
 
     faster = dataclasses.replace(params, drip=dataclasses.replace(params.drip, lr=params.drip.lr * 3))
     run_drip(faster, DripRequest(name="b", step=DripStep(8, epochs=1)))

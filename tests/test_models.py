@@ -17,7 +17,8 @@ from embedlab.models.backbone import DescriptorModel, DescriptorSpec, GeM
 from embedlab.models.checkpoints import CheckpointError, restore_matching_weights
 from embedlab.models.drip_module import DripModule
 from embedlab.models.pretrained import PretrainedWeightsError, load_backbone_weights
-from embedlab.stages.drip import DripRequest, init_w_matrix
+from embedlab.stages.drip import DripRequest
+from embedlab.stages.w_matrix import init_w_matrix
 from embedlab.config import DripConfig, DripStep, Params, RuntimeConfig
 
 SPEC = {"backbone": "test_resnet", "embedding_dim": 32, "gem_p": 3.0, "img_size": 48}
@@ -113,7 +114,7 @@ def test_w_matrix_is_the_normalised_centroids_and_lowers_the_first_loss(tmp_path
     with torch.no_grad():
         random_loss = module.loss(images, labels).item()
 
-    saved = init_w_matrix(module, request, class_images, augment, cfg, params)
+    saved = init_w_matrix(module, request.out_dir, request.models_root, class_images, augment, cfg, params)
 
     # Centroids by hand: reference view + 4 augmentations, mean, L2.
     views = [ReferenceViews(class_images, 48)] + [
@@ -129,6 +130,45 @@ def test_w_matrix_is_the_normalised_centroids_and_lowers_the_first_loss(tmp_path
     with torch.no_grad():
         centroid_loss = module.loss(images, labels).item()
     assert centroid_loss < 0.5 * random_loss, (centroid_loss, random_loss)
+
+
+def _centroid_views(paths: list[Path]) -> list:
+    images = ClassImages(paths, aug_size=64, on_bad_image="fail")
+    return [ReferenceViews(images, 48), QueryViews(images, QueryAugmenter(0.5, OverlayPool.from_paths(paths)), 48,
+                                                   seed=0, stream=1)]
+
+
+def _centroids_on_rank(rank: int, ranks: int, init_file: str, paths: list[Path], out: str) -> None:
+    import torch.distributed as dist
+
+    from embedlab.models.centroids import class_centroids
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=ranks)
+    try:
+        torch.manual_seed(0)
+        model = DescriptorModel(DescriptorSpec(**SPEC))
+        w = class_centroids(model, _centroid_views(paths), len(paths), batch_size=2, rank=rank, ranks=ranks)
+        torch.save(w, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_w_matrix_computed_on_two_ranks_equals_one_process(tmp_path, class_images):
+    """Each rank embeds its block of every view (7 classes: 3 + 4) and the centroid sums are all-reduced:
+    every rank holds the W matrix one process computes."""
+    import torch.multiprocessing as mp
+
+    from embedlab.models.centroids import class_centroids
+
+    paths = class_images.paths[:7]
+    out = str(tmp_path / "w")
+    mp.spawn(_centroids_on_rank, args=(2, str(tmp_path / "rendezvous"), paths, out), nprocs=2, join=True)
+    torch.manual_seed(0)
+    alone = class_centroids(DescriptorModel(DescriptorSpec(**SPEC)), _centroid_views(paths), len(paths), batch_size=2)
+    for rank in range(2):
+        torch.testing.assert_close(torch.load(f"{out}.{rank}"), alone, atol=1e-5, rtol=0)
+    assert alone.shape == (32, 7) and bool((alone.norm(dim=0) > 0.99).all())  # every class embedded once
 
 
 def test_restoring_a_checkpoint_of_another_backbone_is_a_clear_error(tmp_path):

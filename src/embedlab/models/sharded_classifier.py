@@ -30,7 +30,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from embedlab.models.arcface import add_margin
+from embedlab.models.arcface import add_margin, columns_of, sample_class_columns
 
 
 def shard_sizes(n_classes: int, n_shards: int) -> list[int]:
@@ -265,9 +265,10 @@ class DistributedArcFace(_RankShard):
     :class:`DistributedShardedCrossEntropy`'s convention.
     """
 
-    def __init__(self, embedding_dim: int, n_classes: int, m: float = 0.4, s: float = 40.0, group=None) -> None:
+    def __init__(self, embedding_dim: int, n_classes: int, m: float = 0.4, s: float = 40.0, group=None,
+                 sample_rate: float = 1.0) -> None:
         super().__init__(n_classes, group)
-        self.embedding_dim, self.m, self.s = embedding_dim, m, s
+        self.embedding_dim, self.m, self.s, self.sample_rate = embedding_dim, m, s, sample_rate
         bound = math.sqrt(6.0 / (embedding_dim + n_classes))  # xavier's, from the whole kernel's shape
         self.weight = nn.Parameter(torch.empty(embedding_dim, self.n_local).uniform_(-bound, bound,
                                                                                     generator=self.generator))
@@ -279,15 +280,26 @@ class DistributedArcFace(_RankShard):
             raise ValueError(f"W matrix {tuple(weight.shape)} != head ({self.embedding_dim}, {self.n_classes})")
         self.weight.copy_(weight[:, self.shard_offset:self.shard_offset + self.n_local])
 
+    def load_centroids(self, centroids: torch.Tensor) -> None:
+        """This rank's columns of the W matrix ([embedding_dim, n_classes]), normalised as ArcFaceHead's."""
+        self.load_full_weight(F.normalize(centroids.float(), dim=0))
+
     def forward(self, local_embeddings: torch.Tensor, local_labels: torch.Tensor, m: float | None = None) -> torch.Tensor:
         features, labels = self.global_batch(local_embeddings, local_labels)
-        with torch.autocast(features.device.type, enabled=False):  # fp32 cosines, as ArcFaceHead computes them
-            cosine = (F.normalize(features.float(), dim=1) @ F.normalize(self.weight.float(), dim=0)).clamp(-1, 1)
         local = labels - self.shard_offset
-        owned = ((local >= 0) & (local < self.n_local)).nonzero().squeeze(1)  # rows whose class is on this rank
+        mine = (local >= 0) & (local < self.n_local)
+        weight, offset = self.weight, self.shard_offset
+        if self.training and self.sample_rate < 1.0:  # Partial FC: this rank's batch classes and random others
+            columns = sample_class_columns(local[mine].unique(), self.n_local, self.sample_rate, self.generator)
+            weight, offset = weight[:, columns], 0
+            local = torch.where(mine, columns_of(local.clamp(0, self.n_local - 1), columns, self.n_local), -1)
+            labels = local  # the CE finds each row's target by its position among this rank's sampled columns
+        with torch.autocast(features.device.type, enabled=False):  # fp32 cosines, as ArcFaceHead computes them
+            cosine = (F.normalize(features.float(), dim=1) @ F.normalize(weight.float(), dim=0)).clamp(-1, 1)
+        owned = mine.nonzero().squeeze(1)  # rows whose class is on this rank
         target = add_margin(cosine[owned, local[owned]], self.m if m is None else m)
         logits = self.s * cosine.index_put((owned, local[owned]), target)
-        return sharded_cross_entropy(logits, labels, self.shard_offset, self.n_classes, 0.0, self.group)
+        return sharded_cross_entropy(logits, labels, offset, self.n_classes, 0.0, self.group)
 
     def extra_repr(self) -> str:
         return f"embedding_dim={self.embedding_dim}, n_classes={self.n_classes}, {self.classes()}"

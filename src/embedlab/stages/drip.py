@@ -7,7 +7,8 @@
 
 With ``build_w_matrix`` the new model restores every same-shaped weight of
 the previous checkpoint, its ArcFace kernel is set to the class centroids
-(saved as ``w_matrix.safetensors``) and training starts at epoch 0. At the
+(saved as ``w_matrix.safetensors``, computed across the DDP ranks:
+:mod:`embedlab.stages.w_matrix`) and training starts at epoch 0. At the
 end the model embeds the DISC query and reference sets and scores μAP.
 Start, resume and re-evaluation follow :mod:`embedlab.stages.lifecycle`.
 """
@@ -15,16 +16,12 @@ Start, resume and re-evaluation follow :mod:`embedlab.stages.lifecycle`.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
-import mlflow
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import LearningRateMonitor
-from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
 from embedlab.const import (
@@ -33,27 +30,24 @@ from embedlab.const import (
     PR_CURVE_CSV,
     PR_CURVE_HEADER,
     SKIPPED_IMAGES,
-    W_MATRIX,
     last_checkpoint,
 )
-from embedlab.atomic import atomic_path, share_file
 from embedlab.augment import OverlayPool, QueryAugmenter
 from embedlab.config import DripConfig, DripStep, Params
 from embedlab.data.classes import ClassSource, select_classes
 from embedlab.data.collate import collate_skipping_bad
-from embedlab.data.drip import ClassImages, QueryViews, ReferenceViews, ValidationPairs, class_folders
+from embedlab.data.drip import ClassImages, QueryViews, ValidationPairs, class_folders
 from embedlab.data.image_cache import build_drip_cache, cache_folder
 from embedlab.data.samplers import EpochIndices
-from embedlab.devices import autocast_dtype, loader_workers, runtime_loader_options, torch_device, training_shard
-from embedlab.descriptor_chunks import images_digest, weights_digest
+from embedlab.devices import runtime_loader_options, training_shard
 from embedlab.images import count_bad_images
-from embedlab.models.centroids import class_centroids
 from embedlab.models.checkpoints import restore_matching_weights
 from embedlab.models.drip_module import DripModule
 from embedlab.models.stop_rule import StopRule
 from embedlab.evaluation.disc_model import evaluate_descriptor_model
 from embedlab.stages.init_weights import INIT_STEP, initial_weights_path
 from embedlab.stages.lifecycle import Monitor, TrainingStage, run_stage
+from embedlab.stages.w_matrix import CentroidInit
 
 
 @dataclasses.dataclass
@@ -137,16 +131,13 @@ class DripRequest(TrainingStage):
             spec, len(self.classes), cfg.arcface_m, cfg.arcface_s, cfg.margin_warmup_epochs, cfg.lr,
             cfg.weight_decay, cfg.plateau_factor, cfg.plateau_patience,
             pretrained=(self.pretrained or cfg.pretrained) if fresh and not self.build_w_matrix else None,
-            channels_last=params.runtime.channels_last,
+            channels_last=params.runtime.channels_last, partial_fc=cfg.partial_fc,
         )
 
     def prepare(self, module: DripModule, params: Params) -> None:
-        """Parent weights and the W matrix (reused when an interrupted run of the same settings saved it)."""
+        """The parent's weights (DDP gives them to every rank; the W matrix follows when training starts)."""
         if self.build_w_matrix:
             restore_matching_weights(module, self.build_w_matrix, module.model.spec)
-        if self.build_w_matrix or self.cfg.w_init == "centroids":
-            mlflow.log_artifact(str(init_w_matrix(module, self, self.images, self.augment, self.cfg, params)),
-                                "w_matrix")
 
     def loaders(self, params: Params) -> tuple[DataLoader, DataLoader]:
         g = torch.Generator().manual_seed(params.seed)
@@ -160,7 +151,8 @@ class DripRequest(TrainingStage):
 
     def callbacks(self, params: Params, run_id: str | None) -> list[pl.Callback]:
         stop = [StopRule(self.cfg.stop_train_loss, self.cfg.stop_val_loss)] if self.cfg.stop_rule else []
-        return [LearningRateMonitor(logging_interval="epoch"), *stop]
+        centroids = [CentroidInit(self, params)] if self.build_w_matrix or self.cfg.w_init == "centroids" else []
+        return [LearningRateMonitor(logging_interval="epoch"), *centroids, *stop]
 
     def trainer_options(self, params: Params) -> dict[str, Any]:
         return {"max_epochs": self.cfg.epochs, "gradient_clip_val": self.cfg.grad_clip,
@@ -211,51 +203,6 @@ def step_loader(dataset, cfg: DripConfig, params: Params, sampler: EpochIndices 
     """A training loader (``sampler``: shuffled (epoch, index) items) or a validation loader."""
     return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate_skipping_bad,
                       drop_last=False, **runtime_loader_options(params.runtime, keep_workers=sampler is not None))
-
-
-W_MATRIX_CACHE = "w_matrix_cache"  # beside the runs' folder: W matrices by what they were computed from
-
-
-def w_matrix_key(module: DripModule, images: ClassImages, cfg: DripConfig, params: Params) -> str:
-    """What a W matrix is computed from: the model's weights, the class images in order, the views (size,
-    augmented copies and, when there are any, their intensity), the seed of their draws and the precision."""
-    parts = [weights_digest(module.model), images_digest(images.paths), cfg.img_size, cfg.w_matrix_augmentations,
-             cfg.qry_augs_intensity if cfg.w_matrix_augmentations else None, params.seed,
-             str(autocast_dtype(params.runtime.precision, torch_device(params.runtime.device)))]
-    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:20]
-
-
-def init_w_matrix(module: DripModule, request: DripRequest, images: ClassImages, augment, cfg: DripConfig,
-                  params: Params) -> Path:
-    """Set the ArcFace kernel to class centroids of the current model, saved beside the run.
-
-    At 1M+ classes a W matrix is hours of work, so it is computed once: a
-    run reuses the one saved by an interrupted run of the same settings, or
-    one another run computed from the same model, classes and views (a sweep's
-    trials that tune the learning rate or the margin share one; kept in
-    ``<models_root>/../w_matrix_cache``).
-    """
-    path = request.out_dir / W_MATRIX
-    cached = request.models_root.parent / W_MATRIX_CACHE / f"{w_matrix_key(module, images, cfg, params)}.safetensors"
-    if not path.is_file() and cached.is_file():
-        share_file(cached, path)
-    if path.is_file():
-        module.head.load_centroids(load_file(str(path))["w"])
-        return path
-    views = [ReferenceViews(images, cfg.img_size)] + [
-        QueryViews(images, augment, cfg.img_size, params.seed, stream=1 + a) for a in range(cfg.w_matrix_augmentations)
-    ]
-    device = torch_device(params.runtime.device)
-    # Inference: the embedding batch size and precision, not training's (7.5M forward passes at 1.5M classes).
-    w = class_centroids(module.model, views, len(images), params.runtime.inference_batch_size,
-                        loader_workers(params.runtime.num_workers, device), device,
-                        autocast_dtype(params.runtime.precision, device))
-    module.model.cpu()
-    module.head.load_centroids(w)
-    with atomic_path(path) as tmp:
-        save_file({"w": w}, str(tmp))
-    share_file(path, cached)
-    return path
 
 
 def run_drip(params: Params, request: DripRequest, callbacks: Sequence[pl.Callback] = ()) -> dict:
