@@ -21,6 +21,7 @@ from embedlab.models.sharded_classifier import (
     DistributedShardedCrossEntropy,
     ShardedLinear,
     exclude_shards_from_ddp,
+    shard_offsets,
     shard_sizes,
 )
 
@@ -431,3 +432,55 @@ def test_arcface_split_over_ranks_gives_the_unsplit_loss_and_gradients(world, tm
     """Each rank holds a block of the kernel's classes (10 on 3 ranks: 4 + 3 + 3); the margin goes on the rank
     that owns the target class; loss and gradients equal one ArcFaceHead over the global batch."""
     mp.spawn(_arcface_worker, args=(world, str(tmp_path / "rendezvous")), nprocs=world, join=True)
+
+
+def _partial_fc_worker(rank: int, world: int, init_file: str) -> None:
+    """Partial FC on split ranks: each rank samples its own block's columns; the loss is the CE over the union."""
+    import torch.distributed as dist
+
+    from embedlab.models.arcface import arcface_logits, columns_of, sample_class_columns
+    from embedlab.models.sharded_classifier import DistributedArcFace
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        body, kernel, inputs, labels, *_ = _arcface_reference(world)
+        head = DistributedArcFace(EMBED_DIM, ARC_CLASSES, m=0.3, s=20.0, sample_rate=0.5)
+        head.load_full_weight(kernel)
+        rows = slice(rank * LOCAL_BATCH, (rank + 1) * LOCAL_BATCH)
+        with torch.no_grad():
+            loss = head(body(inputs[rows]), labels[rows], m=0.2)
+        # Every rank's draw, as its head makes it (its generator: the seed offset by its first class).
+        sizes, union = shard_sizes(ARC_CLASSES, world), []
+        for r, first in enumerate(shard_offsets(sizes)):
+            own = labels - first
+            positives = own[(own >= 0) & (own < sizes[r])].unique()
+            columns = sample_class_columns(positives, sizes[r], 0.5, torch.Generator().manual_seed(1 + first))
+            assert len(columns) == max(len(positives), -(-sizes[r] // 2)) and set(positives.tolist()) <= set(
+                columns.tolist())
+            union.append(first + columns)
+        union = torch.cat(union)
+        with torch.no_grad():
+            cosine = F.normalize(body(inputs), dim=1) @ F.normalize(kernel[:, union], dim=0)
+        sampled = columns_of(labels, union, ARC_CLASSES)
+        torch.testing.assert_close(loss, F.cross_entropy(arcface_logits(cosine, sampled, 0.2, 20.0), sampled))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_partial_fc_over_split_ranks_is_the_ce_over_the_sampled_class_centres(tmp_path):
+    mp.spawn(_partial_fc_worker, args=(3, str(tmp_path / "rendezvous")), nprocs=3, join=True)
+
+
+def test_partial_fc_in_one_process_samples_in_training_and_scores_every_class_in_evaluation():
+    from embedlab.models.arcface import ArcFaceHead
+
+    torch.manual_seed(0)
+    head = ArcFaceHead(EMBED_DIM, 40, m=0.3, s=20.0, sample_rate=0.25)
+    embeddings, labels = torch.randn(6, EMBED_DIM), torch.tensor([0, 3, 3, 17, 39, 5])
+    head.loss(embeddings, labels).backward()
+    touched = (head.weight.grad.abs().sum(0) > 0).nonzero().squeeze(1)
+    assert len(touched) == 10 and set(labels.tolist()) <= set(touched.tolist())  # ⌈0.25 · 40⌉ centres, the batch's
+    head.eval()
+    full = F.cross_entropy(head(embeddings, labels), labels)
+    torch.testing.assert_close(head.loss(embeddings, labels), full)

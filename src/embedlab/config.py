@@ -172,11 +172,16 @@ class DripConfig:
     # model's embeddings (as build_w_matrix does), or "random" (the original's first step).
     w_init: str = "centroids"
     limit_train_batches: int | None = None
+    # Partial FC: the share of class centres in each training step's softmax (the batch's classes always);
+    # 1.0: all. Measured in benchmarks/partial_fc.py; not a default (docs/multi_gpu.md).
+    partial_fc: float = 1.0
     evaluate: bool = True  # embed the DISC query/reference sets and score μAP at the end
     evaluate_before: bool = True  # also score the starting model (the table's "μAP before")
 
     def __post_init__(self) -> None:
         _check_choice("drip.w_init", self.w_init, ("centroids", "random"))
+        if not 0.0 < float(self.partial_fc) <= 1.0:
+            raise ConfigError(f"drip.partial_fc must be in (0, 1], got {self.partial_fc}")
         if not 0.0 <= float(self.qry_augs_intensity) <= 1.0:
             raise ConfigError(f"drip.qry_augs_intensity must be in [0, 1], got {self.qry_augs_intensity}")
 

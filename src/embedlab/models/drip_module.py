@@ -14,7 +14,6 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 from embedlab.models.arcface import ArcFaceHead
 from embedlab.models.backbone import DescriptorModel, DescriptorSpec
@@ -38,12 +37,14 @@ class DripModule(pl.LightningModule):
         plateau_patience: int = 2,
         pretrained: str | None = None,
         channels_last: bool = False,
+        partial_fc: float = 1.0,
     ) -> None:
         super().__init__()
         # Plain types only: checkpoints must load with torch.load(weights_only=True).
         self.save_hyperparameters(ignore=["pretrained", "channels_last"])
         self.model = DescriptorModel(DescriptorSpec(**spec), pretrained=pretrained).use_channels_last(channels_last)
-        self.head = ArcFaceHead(self.model.spec.embedding_dim, n_classes, m=arcface_m, s=arcface_s)
+        self.head = ArcFaceHead(self.model.spec.embedding_dim, n_classes, m=arcface_m, s=arcface_s,
+                                sample_rate=partial_fc)
 
     def margin(self) -> float:
         """ArcFace m, grown linearly over the warm-up epochs (a from-scratch head
@@ -65,7 +66,7 @@ class DripModule(pl.LightningModule):
         whole = self.head.weight.detach().clone()
         dist.broadcast(whole, src=0)  # rank 0's kernel: it alone computed the W matrix before training
         self.head = DistributedArcFace(self.model.spec.embedding_dim, self.hparams.n_classes, self.hparams.arcface_m,
-                                       self.hparams.arcface_s).to(whole.device)
+                                       self.hparams.arcface_s, sample_rate=self.hparams.partial_fc).to(whole.device)
         self.head.load_full_weight(whole)
         exclude_shards_from_ddp(self)
 
@@ -86,7 +87,7 @@ class DripModule(pl.LightningModule):
     def loss(self, images: torch.Tensor, labels: torch.Tensor, m: float | None = None) -> torch.Tensor:
         if self.split_head:  # the CE over every rank's classes and the global batch
             return self.head(self.model(images), labels, m=m)
-        return F.cross_entropy(self.head(self.model(images), labels, m=m), labels)
+        return self.head.loss(self.model(images), labels, m=m)
 
     def training_step(self, batch, batch_idx: int):
         if batch is None:  # every image of the batch was unreadable and skipped
