@@ -65,3 +65,20 @@ def test_a_compressed_index_reports_its_recall_and_another_model_is_refused(tmp_
     assert not (tmp_path / "m.csv").exists()
     with pytest.raises(SearchIndexError, match=r"nothing\.json: cannot read the evaluation's metrics"):
         build_index(model, tiny_demo / "disc" / "reference", tmp_path / "x", metrics=tmp_path / "nothing.json")
+
+
+def test_an_fp16_index_holds_half_the_bytes_and_finds_the_exact_neighbours(tmp_path: Path, tiny_demo: Path):
+    model = _model(tmp_path / "model.safetensors", seed=0)
+    references = tiny_demo / "disc" / "reference"
+    build_index(model, references, tmp_path / "flat", threshold=0.5)
+    info = build_index(model, references, tmp_path / "half", kind="flat16", threshold=0.5)
+    assert info["recall_at_10"] == 1.0  # fp16 rounding does not reorder this set's neighbours
+    sizes = {kind: (tmp_path / kind / "index.faiss").stat().st_size for kind in ("flat", "half")}
+    assert sizes["half"] < 0.6 * sizes["flat"], sizes
+    for kind in ("flat", "half"):
+        search_images(tmp_path / kind, tiny_demo / "disc" / "query", tmp_path / f"{kind}.csv", k=3)
+    with open(tmp_path / "flat.csv", newline="") as exact, open(tmp_path / "half.csv", newline="") as half:
+        pairs = [{(r["query_id"], r["reference_id"]): float(r["score"]) for r in csv.DictReader(f)}
+                 for f in (exact, half)]
+    assert pairs[0].keys() == pairs[1].keys() and pairs[0]
+    assert all(abs(pairs[0][key] - pairs[1][key]) < 2e-3 for key in pairs[0])

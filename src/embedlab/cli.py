@@ -420,8 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="an exported descriptor model (.safetensors) or a .ckpt")
     p.add_argument("--images", required=True, help="the reference images (a folder or an image store)")
     p.add_argument("--out", required=True, help="the index folder to write")
-    p.add_argument("--kind", choices=("flat", "ivfpq"), default="flat",
-                   help="flat: exact inner product (default); ivfpq: compressed, for references beyond memory")
+    p.add_argument("--kind", choices=("flat", "flat16", "ivfpq"), default="flat",
+                   help="flat: exact inner product (default); flat16: the same in half the bytes; ivfpq: "
+                        "compressed, for references beyond memory")
     p.add_argument("--threshold", type=o_float, help="score a match must reach")
     p.add_argument("--threshold-from", type=o_str, help="an evaluation's metrics.json: its threshold_at_p90")
     p.add_argument("--nlist", type=o_int, help="ivfpq: inverted lists (default: 4·√references)")

@@ -16,7 +16,7 @@ import numpy as np
 from embedlab.descriptors import DescriptorReader, rows_per_slice
 
 # faiss GPU flat search supports at most this k (GpuIndexFlat limit).
-_GPU_MAX_K = 2048
+GPU_MAX_K = 2048
 
 
 class Predictions(NamedTuple):
@@ -33,7 +33,7 @@ def _faiss():
     return faiss
 
 
-def _faiss_gpus() -> int:
+def faiss_gpus() -> int:
     faiss = _faiss()
     return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
 
@@ -50,7 +50,7 @@ def resolve_device(device: str = "auto") -> str:
         raise ValueError(f"device must be 'auto', 'cuda' or 'cpu', got {device!r}")
     if device == "cpu":
         return "cpu"
-    if _faiss_gpus() > 0 or _torch_cuda():
+    if faiss_gpus() > 0 or _torch_cuda():
         return "cuda"
     if device == "cuda":
         raise RuntimeError(
@@ -64,7 +64,7 @@ def search_backend(device: str = "auto") -> str:
     """Which code searches on ``device``: "faiss-cpu", "faiss-gpu" or "torch-cuda"."""
     if resolve_device(device) == "cpu":
         return "faiss-cpu"
-    return "faiss-gpu" if _faiss_gpus() > 0 else "torch-cuda"
+    return "faiss-gpu" if faiss_gpus() > 0 else "torch-cuda"
 
 
 def _as_matrix(x: np.ndarray, what: str) -> np.ndarray:
@@ -135,15 +135,31 @@ def knn_search(
     if backend == "faiss-cpu":
         return _blocked_cpu_search(q, r, k, progress)
     faiss = _faiss()
-    if k > _GPU_MAX_K:
+    if k > GPU_MAX_K:
         if device == "cuda":
-            raise ValueError(f"k={k} exceeds the faiss GPU limit of {_GPU_MAX_K}; use device='cpu'")
+            raise ValueError(f"k={k} exceeds the faiss GPU limit of {GPU_MAX_K}; use device='cpu'")
         return _blocked_cpu_search(q, r, k, progress)  # device="auto" with a huge k: the CPU rather than fail
-    index = faiss.IndexFlatIP(r.shape[1])
-    for _, part in r.slices():
+    index = on_all_gpus(faiss.IndexFlatIP(r.shape[1]))
+    for _, part in r.slices():  # into the GPUs' shards slice by slice: no whole copy in host memory
         index.add(part)
-    index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
     return _search_in_batches(q, k, batch_size, progress, lambda batch: index.search(batch, k))
+
+
+def on_all_gpus(index, fp16: bool = False):
+    """``index`` (faiss, CPU) sharded over every GPU: each holds 1/N of the vectors (fp16: half the bytes), so
+    references beyond one GPU's memory fit and every GPU searches its share. A fp16 scalar-quantised flat
+    index (which faiss has no GPU kernel for) becomes a fp16 GPU flat index of its decoded vectors."""
+    faiss = _faiss()
+    options = faiss.GpuMultipleClonerOptions()
+    options.shard, options.useFloat16 = True, fp16
+    if isinstance(index, faiss.IndexScalarQuantizer):
+        options.useFloat16 = True
+        gpu = faiss.index_cpu_to_all_gpus(faiss.IndexFlat(index.d, index.metric_type), co=options)
+        step = rows_per_slice(index.d)
+        for start in range(0, index.ntotal, step):
+            gpu.add(index.reconstruct_n(start, min(step, index.ntotal - start)))
+        return gpu
+    return faiss.index_cpu_to_all_gpus(index, co=options)
 
 
 def _search_in_batches(q: np.ndarray, k: int, batch_size: int, progress: bool,

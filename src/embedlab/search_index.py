@@ -7,8 +7,9 @@
 An index folder holds::
 
     references.h5   the references' descriptors (ISC layout; written in resumable chunks)
-    index.faiss     the faiss index of them: exact inner product (flat), or IVF-PQ for references
-                    beyond memory (about 1/16 of the bytes at m = dim / 4)
+    index.faiss     the faiss index of them: exact inner product (flat), the same in fp16 (flat16:
+                    half the bytes, scores within fp16 rounding), or IVF-PQ for references beyond
+                    memory (about 1/16 of the bytes at m = dim / 4)
     index.json      the model (path, sha256, image size), the index kind and its settings, the match
                     threshold, counts, and for IVF-PQ its recall@10 against the exact index
 
@@ -16,6 +17,7 @@ An index folder holds::
 nearest references and writes the pairs scoring at least the threshold:
 by default the one at which the model's evaluation reached 90 % precision
 (``threshold_at_p90``). A model other than the index's is refused, naming both.
+On a machine with faiss-gpu the index is sharded over every GPU for the search.
 """
 
 from __future__ import annotations
@@ -32,9 +34,9 @@ from embedlab.config import RuntimeConfig
 from embedlab.descriptors import DescriptorReader, read_descriptors
 from embedlab.digests import file_digest
 from embedlab.evaluation.embed import embed_folder
-from embedlab.retrieval import knn_search
+from embedlab.retrieval import GPU_MAX_K, faiss_gpus, knn_search, on_all_gpus
 
-KINDS = ("flat", "ivfpq")
+KINDS = ("flat", "flat16", "ivfpq")
 REFERENCES, INDEX, INFO = "references.h5", "index.faiss", "index.json"
 
 
@@ -62,6 +64,8 @@ def _faiss_index(vectors: np.ndarray, kind: str, nlist: int | None, m: int | Non
     dim = vectors.shape[1]
     if kind == "flat":
         index = faiss.IndexFlatIP(dim)
+    elif kind == "flat16":
+        index = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
     else:
         m = m or max(1, dim // 4)
         if dim % m:
@@ -106,8 +110,9 @@ def build_index(model: str | os.PathLike, images: str | os.PathLike, out: str | 
             "images": str(images), "references": len(names), "dim": int(vectors.shape[1]), "kind": kind,
             "threshold": threshold, "skipped": embedded["skipped"]}
     if kind == "ivfpq":
-        info.update(nlist=int(index.nlist), m=int(index.pq.M), bits=int(index.pq.nbits), nprobe=int(index.nprobe),
-                    recall_at_10=round(_recall_at_10(index, vectors), 4))
+        info.update(nlist=int(index.nlist), m=int(index.pq.M), bits=int(index.pq.nbits), nprobe=int(index.nprobe))
+    if kind != "flat":
+        info["recall_at_10"] = round(_recall_at_10(index, vectors), 4)
     write_json_atomic(out / INFO, info)
     return info
 
@@ -147,6 +152,8 @@ def search_images(index_dir: str | os.PathLike, images: str | os.PathLike, out: 
                                 on_bad_image=on_bad_image, runtime=runtime, progress=False)
         queries, vectors = read_descriptors(Path(tmp) / "queries.h5")
     k = min(k, len(names))
+    if faiss_gpus() and k <= GPU_MAX_K and info["kind"] != "ivfpq":  # IVF-PQ: the CPU index fits, as built
+        index = on_all_gpus(index, fp16=info["kind"] == "flat16")
     scores, found = index.search(vectors, k) if len(vectors) else (np.zeros((0, k)), np.zeros((0, k), int))
     rows = [(q, names[j], f"{s:.6f}") for q, row_scores, row_found in zip(queries, scores, found)
             for s, j in zip(row_scores, row_found) if j >= 0 and s >= threshold]
