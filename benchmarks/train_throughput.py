@@ -23,13 +23,19 @@ Source images: ``--distinct`` 512×384 photos cycled over ``--classes``
 classes (files in the page cache, as on a warm training machine); for the
 GeM trainer square images at its training size, as the generated sets are.
 ``--data-only`` times the stage's DataLoader alone, on any machine.
+``--devices N`` also times the stage's steps under DDP on N devices (one
+process each, as ``runtime.devices: N`` runs it; on the CPU gloo ranks share
+the cores: smoke figures only) and prints the global images/s and its ratio
+to N × one device (goal on GPUs: >= 0.9).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
+import subprocess
 import platform
 import sys
 import tempfile
@@ -46,11 +52,12 @@ from ratios import print_ratio_table, workers_arg  # noqa: E402
 import pytorch_lightning as pl  # noqa: E402
 
 from embedlab.config import PRECISIONS, TripletConfig, load_params  # noqa: E402
-from embedlab.devices import lightning_precision, runtime_loader_options, torch_device  # noqa: E402
+from embedlab.devices import launched_rank, lightning_precision, runtime_loader_options, torch_device  # noqa: E402
 from embedlab.models.compiled import compiled_trunk  # noqa: E402
 from embedlab.stages.lifecycle import _fit  # noqa: E402
 
 GOAL = 0.85
+SCALING_GOAL = 0.9  # N devices >= 0.9 × N × one device
 PROJECT = Path(__file__).resolve().parents[1]
 
 
@@ -155,9 +162,10 @@ def drip_rates(params, args, sources: list[Path], tmp: Path) -> Rates:
     from embedlab.models.backbone import DescriptorModel, DescriptorSpec
     from embedlab.stages import drip
 
-    cfg = dataclasses.replace(params.drip, epochs=1, limit_train_batches=args.warmup + args.steps + 2)
-    # One image per class, one epoch: enough classes for every step (the timer stops the epoch early).
-    n_classes = max(args.classes, cfg.batch_size * (args.warmup + args.steps + 2))
+    # A random head: the W matrix of 50k classes is inference, timed by embed_throughput.py.
+    cfg = dataclasses.replace(params.drip, epochs=1, limit_train_batches=args.warmup + args.steps + 2, w_init="random")
+    # One image per class, one epoch: enough classes for every step of every rank (the timer stops the epoch early).
+    n_classes = max(args.classes, cfg.batch_size * (args.warmup + args.steps + 2) * params.runtime.devices)
     classes = [sources[i % len(sources)] for i in range(n_classes)]
 
     @dataclasses.dataclass
@@ -176,14 +184,14 @@ def drip_rates(params, args, sources: list[Path], tmp: Path) -> Rates:
     loader, _ = stage.loaders(params)  # the stage's training loader: (epoch, index) views of the classes
     what = (f"drip: {cfg.backbone} at {cfg.img_size} px (augmented at {cfg.aug_size}, intensity "
             f"{cfg.qry_augs_intensity}), batch {cfg.batch_size}, {len(classes):,} classes, {_speed(params)}")
-    data = data_rate(loader, args.warmup, args.steps)
+    data = None if args.ddp_run else data_rate(loader, args.warmup, args.steps)
     if args.data_only:
         return what, None, data, None
 
     runtime = params.runtime
     spec = {"backbone": cfg.backbone, "embedding_dim": cfg.embedding_dim, "gem_p": cfg.gem_p, "img_size": cfg.img_size}
     torch.manual_seed(0)
-    bare = bare_rate(DescriptorModel(DescriptorSpec(**spec)).use_channels_last(runtime.channels_last), cfg.batch_size,
+    bare = None if args.ddp_run else bare_rate(DescriptorModel(DescriptorSpec(**spec)).use_channels_last(runtime.channels_last), cfg.batch_size,
                      cfg.img_size, lightning_precision(runtime.precision), args.warmup, args.steps, runtime.compile)
     module = stage.build(params, fresh=True)
     return what, bare, data, _stage_rate(stage, module, params, StepTimer(args.warmup, args.steps), tmp)
@@ -196,7 +204,8 @@ def gem_rates(params, args, sources: list[Path], tmp: Path) -> Rates:
     from embedlab.stages import gem
 
     iters = args.warmup + args.steps + 2  # the timer stops the epoch after the timed steps
-    params.runtime = dataclasses.replace(params.runtime, devices=1)
+    if not args.ddp_run:
+        params.runtime = dataclasses.replace(params.runtime, devices=1)
     cfg = params.gem
     spec = gem._spec(cfg)
     batch = cfg.p * cfg.k
@@ -215,13 +224,13 @@ def gem_rates(params, args, sources: list[Path], tmp: Path) -> Rates:
     stage.setup(params)
     what = (f"gem: {cfg.backbone} at {cfg.img_size} px, P×K {cfg.p}×{cfg.k} = batch {batch}, {args.classes:,} classes, "
             f"{_speed(params)}")
-    data = data_rate(stage.loaders(params)[0], args.warmup, args.steps)
+    data = None if args.ddp_run else data_rate(stage.loaders(params)[0], args.warmup, args.steps)
     if args.data_only:
         return what, None, data, None
 
     runtime = params.runtime
     torch.manual_seed(0)
-    bare = bare_rate(GemNet(GemNetSpec(**spec)).use_channels_last(runtime.channels_last), batch, cfg.img_size,
+    bare = None if args.ddp_run else bare_rate(GemNet(GemNetSpec(**spec)).use_channels_last(runtime.channels_last), batch, cfg.img_size,
                      lightning_precision(runtime.precision), args.warmup, args.steps, runtime.compile)
     pl.seed_everything(0, workers=True)
     module = GemModule(spec, args.classes, cfg.ce_weight, cfg.triplet_weight, cfg.label_smoothing, cfg.lr,
@@ -258,13 +267,13 @@ def triplet_rates(params, args, sources: list[Path], tmp: Path) -> Rates:
     stage.setup(params)
     what = (f"triplet ({args.phase}, {phase.miner} triplets): {cfg.backbone} at {cfg.img_size} px, "
             f"P×K {cfg.p}×{cfg.k} = batch {batch}, {args.classes:,} labels, {_speed(params)}")
-    data = data_rate(stage.loaders(params)[0], args.warmup, args.steps)
+    data = None if args.ddp_run else data_rate(stage.loaders(params)[0], args.warmup, args.steps)
     if args.data_only:
         return what, None, data, None
 
     runtime = params.runtime
     torch.manual_seed(0)
-    bare = bare_rate(FaceEncoder(FaceEncoderSpec(**spec)), batch, cfg.img_size, lightning_precision(runtime.precision),
+    bare = None if args.ddp_run else bare_rate(FaceEncoder(FaceEncoderSpec(**spec)), batch, cfg.img_size, lightning_precision(runtime.precision),
                      args.warmup, args.steps, runtime.compile)
     pl.seed_everything(0, workers=True)
     module = TripletModule(spec, phase.miner, cfg.margin, phase.lr, cfg.weight_decay, valid_pairs=[(0, 1, 0)])
@@ -318,6 +327,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--data-only", action="store_true",
                         help="time the stage's DataLoader alone (no model; any machine): the ceiling it sets")
+    parser.add_argument("--devices", type=int, default=1,
+                        help="also time the stage's steps on N devices under DDP (one process each) and print the "
+                             "global images/s and its ratio to N × one device")
+    parser.add_argument("--ddp-run", type=Path, help=argparse.SUPPRESS)  # internal: the N-device run's rate file
     parser.add_argument("--tiny", action="store_true",
                         help="CPU smoke size: test_resnet at 48 px, batch 16, 64 classes (triplet: the demo's ViT)")
     args = parser.parse_args(argv)
@@ -327,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     drip_full = raw.get("profiles", {}).get("full", {}).get("drip", {})  # the drip goal is about the full profile
     # The speed settings are params.yaml's runtime section; the stage sections shape the model only.
     params.runtime = dataclasses.replace(params.runtime, num_workers=args.workers, precision=args.precision,
-                                         compile=args.compile)
+                                         compile=args.compile, devices=args.devices if args.ddp_run else 1)
     speed = {"pretrained": None}
     if args.stage == "drip":
         base = {k: drip_full.get(k, getattr(params.drip, k)) for k in ("backbone", "img_size", "aug_size", "batch_size")}
@@ -369,6 +382,10 @@ def main(argv: list[str] | None = None) -> int:
 
             mlflow.end_run()  # before its temporary store goes
 
+    if args.ddp_run:  # every rank stepped in lockstep: the global rate is N × one rank's
+        if launched_rank(args.devices) == 0:
+            args.ddp_run.write_text(json.dumps({"rate": stage * args.devices}))
+        return 0
     dev = torch_device()
     where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU {cpu_model()}"
     print(f"\n{what}; {args.steps} timed steps after {args.warmup}; {where}, {os.cpu_count()} CPUs; "
@@ -382,7 +399,21 @@ def main(argv: list[str] | None = None) -> int:
         (f"{args.stage} stage steps (its DataLoader from JPEG files, head and loss, Lightning, logging)", stage),
         (data_row, data),
     ], GOAL, dev.type == "cuda", "the data path and the model")
+    if args.devices > 1:
+        scaled = ddp_stage_rate(argv if argv is not None else sys.argv[1:], args.devices)
+        print(f"\n{args.stage} stage steps on {args.devices} devices (DDP, batch {args.devices}× per step): "
+              f"{scaled:,.1f} img/s, {scaled / (args.devices * stage):.2f}× {args.devices} × one device "
+              f"(goal on GPUs: >= {SCALING_GOAL}; CPU gloo ranks share the cores: a smoke figure)")
     return 0
+
+
+def ddp_stage_rate(argv: list[str], devices: int) -> float:
+    """The stage's global images/s on ``devices`` DDP ranks: this script again, stage steps only, in a process
+    of its own (Lightning's launcher starts the other ranks by re-running its command line)."""
+    with tempfile.TemporaryDirectory(prefix="train_bench_ddp_") as tmp:
+        out = Path(tmp) / "rate.json"
+        subprocess.run([sys.executable, str(Path(__file__).resolve()), *argv, "--ddp-run", str(out)], check=True)
+        return json.loads(out.read_text())["rate"]
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
+from safetensors.torch import load_file
 
 from conftest import run
 from embedlab.models.checkpoints import load_descriptor_model, read_checkpoint
@@ -63,6 +64,11 @@ def test_a_stage_trains_on_two_cpu_ranks_into_one_run_with_a_checkpoint_one_proc
         assert kernel.shape[1] == 32  # --n-facebook-samples 32: one class each
         (moments,) = checkpoint[OPTIMIZER_KEY]
         assert moments["exp_avg"].shape == kernel.shape
+        # The W matrix was computed by both ranks (each its half of the views), whole and logged once.
+        w = load_file(str(tiny_project / out / "w_matrix.safetensors"))["w"]
+        assert w.shape == kernel.shape and bool((w.norm(dim=0) > 0.99).all())
+        assert [a.path for a in client.list_artifacts(finished.info.run_id, "w_matrix")] == \
+            ["w_matrix/w_matrix.safetensors"]
     exported = next(p for p in (tiny_project / out).glob("*.safetensors"))
     assert load_descriptor_model(exported) is not None
     assert json.loads(exported.with_suffix(".json").read_text())
@@ -118,3 +124,26 @@ def test_a_killed_two_rank_drip_step_resumes_on_one_rank_with_its_split_kernel_w
     assert checkpoint["epoch"] + 1 == 6 and checkpoint["state_dict"]["head.weight"].shape[1] == 32
     client, finished = _one_finished_run(tiny_project)
     assert finished.info.run_id == run_id
+
+
+@pytest.mark.slow
+def test_two_drip_ranks_take_the_first_step_of_one_rank_at_the_same_global_batch(tiny_project: Path):
+    """2 ranks × batch 4 see the 8 views 1 rank × batch 8 sees (the sampler interleaves one shuffled order), and
+    the split head's loss is the CE over the gathered global batch. A backbone without BatchNorm (ConvNeXt's
+    LayerNorm): on the CPU, with no SyncBatchNorm kernel for gloo, each rank would normalise by its own 4 images
+    (2 % apart here with MobileNetV2); on GPUs SyncBatchNorm spans the ranks."""
+    params = yaml.safe_load((tiny_project / "params.yaml").read_text())
+    params["drip"].update(backbone="test_convnext", pretrained=None, limit_train_batches=1, evaluate=False,
+                          w_init="random")
+    (tiny_project / "params.yaml").write_text(yaml.safe_dump(params))
+    uri = f"sqlite:///{tiny_project / 'mlflow.db'}"
+    first_loss = {}
+    for devices, batch in ((1, 8), (2, 4)):
+        run(["embedlab", "drip", "--n-facebook-samples", "32", "--batch-size", str(batch), "--epochs", "1",
+             "--name", f"r{devices}", "--devices", str(devices)], tiny_project, MLFLOW_TRACKING_URI=uri)
+        client = MlflowClient(tracking_uri=uri)
+        (found,) = client.search_runs([client.get_experiment_by_name("embedlab").experiment_id],
+                                      f"tags.`embedlab.drip_step` = 'r{devices}'")
+        (point,) = client.get_metric_history(found.info.run_id, "train_loss_epoch")  # one step: its loss
+        first_loss[devices] = point.value
+    assert first_loss[2] == pytest.approx(first_loss[1], rel=1e-5), first_loss
