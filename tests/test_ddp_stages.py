@@ -99,6 +99,10 @@ def test_more_gpus_than_the_machine_has_is_refused_naming_the_setting(monkeypatc
     from embedlab.config import RuntimeConfig
 
     monkeypatch.setattr(devices, "torch_device", lambda device: torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="runtime.device is cuda but this machine has no GPU"):
+        devices.check_devices(RuntimeConfig(device="cuda"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     devices.check_devices(RuntimeConfig(devices=2))
     with pytest.raises(ValueError, match=r"runtime.devices is 4 but this machine has 2 GPU\(s\)"):

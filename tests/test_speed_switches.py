@@ -30,6 +30,7 @@ from embedlab.config import (
     GemConfig,
     RuntimeConfig,
     TripletConfig,
+    apply_overrides,
     load_params,
 )
 from embedlab.data.decode import decode_resize, gpu_decodable, normalize_uint8, pil_to_uint8, read_encoded
@@ -221,14 +222,15 @@ def test_loader_options_resolve_the_auto_settings():
 
 @pytest.mark.parametrize("setting, message", [
     ({"num_workers": "many"}, "runtime.num_workers must be a number >= 0 or 'auto'"),
-    ({"num_workers": -1}, "runtime.num_workers must be a number >= 0 or 'auto'"),
+    ({"num_workers": -1}, "runtime.num_workers: must not be negative"),
     ({"pin_memory": "yes"}, "runtime.pin_memory must be true, false or 'auto'"),
-    ({"prefetch_factor": 0}, "runtime.prefetch_factor must be at least 1"),
+    ({"prefetch_factor": 0}, "runtime.prefetch_factor: must be at least 1"),
     ({"precision": "16-mixed"}, "runtime.precision"),  # Lightning's spelling is not a setting
+    ({"device": "banana"}, "runtime.device: 'banana' is not a device"),
 ])
 def test_training_speed_settings_are_checked_naming_the_setting(setting, message):
-    with pytest.raises(ConfigError, match=message):
-        RuntimeConfig(**setting)
+    with pytest.raises(ConfigError, match=message):  # as params.yaml and the command-line flags set them
+        apply_overrides(RuntimeConfig(), setting)
 
 
 def test_precision_settings_map_to_lightning():

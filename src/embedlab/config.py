@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import io
 import math
 import os
+import re
 import typing
 from pathlib import Path
 from typing import Any, Mapping
@@ -113,13 +115,9 @@ class RuntimeConfig:
             raise ConfigError(f"runtime.num_workers must be a number >= 0 or 'auto', got {self.num_workers!r}")
         if self.pin_memory != "auto" and not isinstance(self.pin_memory, bool):
             raise ConfigError(f"runtime.pin_memory must be true, false or 'auto', got {self.pin_memory!r}")
-        if self.prefetch_factor is not None and self.prefetch_factor < 1:
-            raise ConfigError(f"runtime.prefetch_factor must be at least 1 (or null), got {self.prefetch_factor}")
-        for name in ("inference_batch_size", "devices", "num_nodes", "classifier_devices"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"runtime.{name} must be at least 1, got {getattr(self, name)}")
-        if self.augment_workers < 0:
-            raise ConfigError(f"runtime.augment_workers must be >= 0, got {self.augment_workers}")
+        # (counts below 1, negative numbers: _check_range, as for every section)
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
+            raise ConfigError(f"runtime.device: {self.device!r} is not a device: auto, cpu, cuda, cuda:N or mps")
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -522,23 +520,60 @@ def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(fields))
     if unknown:
-        raise ConfigError(f"{where}: unknown parameter(s) {unknown}; known: {sorted(fields)}")
+        raise ConfigError(f"{where}: unknown parameter(s) {unknown}{_did_you_mean(unknown, fields)}; "
+                          f"known: {sorted(fields)}")
     hints = typing.get_type_hints(cls)  # the annotations as types (nested sections, schedules)
     kwargs = {}
     for name, value in values.items():
         hint = hints[name]
+        sections = typing.get_origin(hint) is dict and dataclasses.is_dataclass(typing.get_args(hint)[1])
+        if (dataclasses.is_dataclass(hint) or sections) and not isinstance(value, Mapping | None):
+            raise ConfigError(f"{where}.{name}: expected a mapping, got {type(value).__name__}")
         if dataclasses.is_dataclass(hint) and isinstance(value, Mapping):
             value = _build(hint, value, f"{where}.{name}")
-        elif typing.get_origin(hint) is dict and dataclasses.is_dataclass(typing.get_args(hint)[1]):
+        elif sections:
             item = typing.get_args(hint)[1]
             value = {str(k): _build(item, v, f"{where}.{name}.{k}") for k, v in (value or {}).items()}
         else:
-            value = _coerce(value, fields[name].type, f"{where}.{name}")
+            value = _check_range(name, _coerce(value, fields[name].type, f"{where}.{name}"), f"{where}.{name}")
         kwargs[name] = value
     return cls(**kwargs)
 
 
 _SCALARS = {"int": int, "float": float, "str": str, "bool": bool}
+
+# Counts and sizes a run cannot work with at 0 (Lightning reads epochs -1 as "forever", torch fails deep inside
+# on a 0-sized batch or image, a 0-d descriptor is no descriptor).
+AT_LEAST_ONE = frozenset({
+    "epochs", "batch_size", "embedding_dim", "img_size", "aug_size", "image_size", "output_size",
+    "inference_batch_size", "devices", "num_nodes", "classifier_devices", "p", "k", "iters", "proj_dim",
+    "proj_hidden", "per_class", "size", "every", "patch_size", "depth", "restart_epochs", "visualize_every",
+    "n_trials", "prefetch_factor", "score_norm_n", "stretch_n", "limit_train_batches", "whiten_dim",
+    "perceptor_layers",
+})
+POSITIVE = frozenset({"lr", "arcface_s", "gem_p", "width", "fmr", "partial_fc"})  # > 0
+SIGNED = frozenset({"threshold", "whiten_power"})  # any finite number; every other number is >= 0
+
+
+def _check_range(name: str, value: Any, where: str) -> Any:
+    """Refuse a number the setting cannot take, naming it: NaN or infinite anywhere, below 1 for counts and
+    sizes, not above 0 for rates and scales, negative elsewhere."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value
+    if not math.isfinite(value):
+        raise ConfigError(f"{where}: {value} is not a finite number")
+    if name in AT_LEAST_ONE and value < 1:
+        raise ConfigError(f"{where}: must be at least 1, got {value}")
+    if name in POSITIVE and value <= 0:
+        raise ConfigError(f"{where}: must be above 0, got {value}")
+    if name not in SIGNED and value < 0:
+        raise ConfigError(f"{where}: must not be negative, got {value}")
+    return value
+
+
+def _did_you_mean(unknown: list[str], known) -> str:
+    guesses = [f"{u!r} → {m[0]!r}" for u in unknown if (m := difflib.get_close_matches(u, list(known), n=1))]
+    return f" (did you mean {', '.join(guesses)}?)" if guesses else ""
 
 
 def _coerce(value: Any, annotation: str, where: str) -> Any:
@@ -574,20 +609,52 @@ def _coerce(value: Any, annotation: str, where: str) -> Any:
     raise ConfigError(f"{where}: {value!r} is not a valid {annotation}")
 
 
+class _DuplicateKey(yaml.YAMLError):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys; a parameter file with both means a mistake."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise _DuplicateKey(f"line {line}: duplicate key {key!r} (first at line {seen[key]})")
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise ConfigError(f"{path}: parameter file not found (run from the project root)")
     try:
-        return yaml.safe_load(path.read_text()) or {}
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+    except _DuplicateKey as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if raw is None:
+        raise ConfigError(f"{path}: the parameter file is empty (copy the project's params.yaml)")
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    return raw
+
+
+NOT_PARAMS = frozenset({"profiles"})  # read by `embedlab use-profile`, not by the stages
 
 
 def load_params(path: str | os.PathLike = "params.yaml") -> Params:
-    """Read params.yaml and type-check it (sections of later stages pass through untyped)."""
+    """Read params.yaml and type-check it; an unknown section is an error (a typo would run on defaults)."""
     path = Path(path)
     raw = _read_yaml(path)
     known = {f.name for f in dataclasses.fields(Params)}
+    unknown = sorted(set(raw) - known - NOT_PARAMS)
+    if unknown:
+        raise ConfigError(f"{path}: unknown section(s) {unknown}{_did_you_mean(unknown, known)}; "
+                          f"known: {sorted(known)}")
     return _build(Params, {k: v for k, v in raw.items() if k in known}, str(path))
 
 
@@ -637,10 +704,17 @@ def use_profile(path: str | os.PathLike, name: str) -> None:
     write_text_atomic(path, text)
 
 
-def apply_overrides(cfg: Any, overrides: Mapping[str, Any], where: str = "override") -> Any:
-    """Return a copy of dataclass ``cfg`` with ``overrides`` (None values skipped)."""
+def apply_overrides(cfg: Any, overrides: Mapping[str, Any], where: str | None = None) -> Any:
+    """Return a copy of dataclass ``cfg`` with ``overrides`` (None values skipped); errors name the setting as
+    params.yaml spells it (``runtime.devices``) unless ``where`` says otherwise."""
     values = {k: v for k, v in overrides.items() if v is not None}
-    return _build(type(cfg), {**dataclasses.asdict(cfg), **values}, where)
+    return _build(type(cfg), {**dataclasses.asdict(cfg), **values}, where or _section_of(type(cfg)))
+
+
+def _section_of(cls: type) -> str:
+    """The params.yaml section a config class is read from (``RuntimeConfig`` → ``runtime``)."""
+    hints = typing.get_type_hints(Params)
+    return next((name for name, hint in hints.items() if hint is cls), cls.__name__)
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:

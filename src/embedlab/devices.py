@@ -24,7 +24,10 @@ def launched_rank(devices_per_node: int = 1) -> int:
 
 
 def check_devices(runtime) -> None:
-    """Refuse, before any work, more GPUs per node than this machine has (naming the setting)."""
+    """Refuse, before any work, a GPU this machine lacks or more GPUs per node than it has (naming the setting)."""
+    if torch_device(runtime.device).type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"runtime.device is {runtime.device} but this machine has no GPU "
+                         "(torch.cuda.is_available() is false); use --device auto or cpu")
     if torch_device(runtime.device).type == "cuda" and runtime.devices > torch.cuda.device_count():
         raise ValueError(f"runtime.devices is {runtime.devices} but this machine has {torch.cuda.device_count()} "
                          "GPU(s); set runtime.devices (or --devices) to at most that")

@@ -8,6 +8,7 @@ exponent, projected without bias to the embedding size and L2-normalised.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 
 import timm
 import torch
@@ -15,6 +16,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from embedlab.models.pretrained import load_backbone_weights
+
+
+def create_backbone(name: str, **kwargs) -> nn.Module:
+    """The timm model ``name`` without weights (they are loaded from files, never downloaded). A name timm does
+    not know, a typo or a hub id (``hf-hub:...``, fetched over the network) is refused naming it."""
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"backbone {name!r} is not a timm model{hint}; timm.list_models() lists them")
+    return timm.create_model(name, pretrained=False, **kwargs)
 
 
 class GeM(nn.Module):
@@ -45,7 +56,7 @@ class DescriptorModel(nn.Module):
     def __init__(self, spec: DescriptorSpec, pretrained: str | None = None) -> None:
         super().__init__()
         self.spec = spec
-        self.body = timm.create_model(spec.backbone, pretrained=False, num_classes=0, global_pool="")
+        self.body = create_backbone(spec.backbone, num_classes=0, global_pool="")
         if pretrained:
             load_backbone_weights(self.body, pretrained)
         self.pool = GeM(spec.gem_p)

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 
-import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from embedlab.models.backbone import create_backbone
 from embedlab.models.pretrained import load_backbone_weights
 
 FACE_ENCODER_KIND = "face_encoder"
@@ -44,8 +44,8 @@ class FaceEncoder(nn.Module):
         self.spec = spec
         extra = {k: v for k, v in (("patch_size", spec.patch_size), ("depth", spec.depth)) if v is not None}
         try:
-            self.body = timm.create_model(spec.backbone, pretrained=False, num_classes=0, global_pool="token",
-                                          img_size=spec.img_size, **extra)
+            self.body = create_backbone(spec.backbone, num_classes=0, global_pool="token", img_size=spec.img_size,
+                                        **extra)
         except TypeError as exc:
             raise ValueError(f"{spec.backbone}: not a timm Vision Transformer with a CLS token ({exc})") from exc
         if pretrained:

@@ -29,13 +29,12 @@ from __future__ import annotations
 
 import dataclasses
 
-import timm
 import torch
 import torch.nn.functional as F
 from timm.models.resnet import ResNet
 from torch import nn
 
-from embedlab.models.backbone import GeM
+from embedlab.models.backbone import GeM, create_backbone
 from embedlab.models.pretrained import load_backbone_weights
 
 GEM_NET_KIND = "gem_net"
@@ -146,14 +145,13 @@ def waveblock_stages(body: nn.Module) -> list[str]:
 
 def create_body(spec: GemNetSpec) -> nn.Module:
     """The timm backbone without head or pooling, with the last stride set as the spec says."""
-    body = timm.create_model(spec.backbone, pretrained=False, num_classes=0, global_pool="")
+    body = create_backbone(spec.backbone, num_classes=0, global_pool="")
     if spec.last_stride_1:
         if is_resnet(body):
             set_last_stride_1(body)
         else:
             try:
-                body = timm.create_model(spec.backbone, pretrained=False, num_classes=0, global_pool="",
-                                         output_stride=16)
+                body = create_backbone(spec.backbone, num_classes=0, global_pool="", output_stride=16)
             except TypeError as exc:
                 raise ValueError(f"{spec.backbone}: timm cannot build it with output_stride=16 "
                                  "(set last_stride_1: false)") from exc

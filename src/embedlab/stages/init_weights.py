@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import timm
 import torch
 from safetensors.torch import save_file
 
 from embedlab import tracking
 from embedlab.atomic import atomic_path, write_json_atomic
 from embedlab.config import Params
+from embedlab.models.backbone import create_backbone
 from embedlab.models.pretrained import load_backbone_weights
 
 INIT_STEP = "pretrained"  # the name steps use in ``init_from`` for this starting point
@@ -31,7 +31,7 @@ def initial_weights_path(models_root: Path = Path("models/drip")) -> Path:
 def write_initial_weights(params: Params, models_root: Path = Path("models/drip")) -> dict:
     cfg = params.drip
     torch.manual_seed(params.seed)
-    body = timm.create_model(cfg.backbone, pretrained=False, num_classes=0, global_pool="")
+    body = create_backbone(cfg.backbone, num_classes=0, global_pool="")
     if cfg.pretrained:
         load_backbone_weights(body, cfg.pretrained)
     path = initial_weights_path(models_root)
