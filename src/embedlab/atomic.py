@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 import zipfile
@@ -39,9 +41,48 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     try:
         yield tmp
         os.replace(tmp, final)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno == errno.ENOSPC and exc.filename is None:  # a failed write() names no file: name it
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(final)) from exc
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+# atomic_path's temporary names: "." + the final name + "." + mkstemp's 8 random characters + a suffix.
+_TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]{8}(\.[A-Za-z0-9]+)?$")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files and staging folders that writes killed mid-way left under ``folder`` (so
+    they are never taken for output or uploaded); returns them. Only names :func:`atomic_path` and
+    :func:`files_replaced_together` give."""
+    found = list(Path(folder).rglob(".*"))
+    stale = [p for p in found if p.is_file() and _TEMPORARY.match(p.name)]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    for staging in (p for p in found if p.is_dir() and p.name.startswith(".staging-")):  # files_replaced_together's
+        shutil.rmtree(staging, ignore_errors=True)
+        stale.append(staging)
+    return stale
+
+
+@contextlib.contextmanager
+def files_replaced_together(folder: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder inside ``folder``; on success, every file written into it replaces its namesake
+    in ``folder``. On an exception (a full disk half-way) nothing in ``folder`` changes: never a new file of a
+    set beside an old one of the same set (predictions beside another run's metrics)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder))
+    try:
+        yield staging
+        for path in sorted(staging.iterdir()):
+            os.replace(path, folder / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 RUN_STATE = "run.json"  # fingerprint, MLflow run id, complete (embedlab.stages.run_state)
 CHECKPOINTS = "checkpoints"
 LAST_CKPT = "last.ckpt"  # written every epoch: what a resume and the next step start from
+BEST_CKPT = "best.ckpt"  # the monitored metric's best epoch, written just before last.ckpt
 EVAL = "eval"  # the final evaluation's files
 EVAL_BEFORE = "eval_before"  # the starting model's evaluation ...
 EVAL_BEFORE_JSON = "eval_before.json"  # ... and its scores, kept for a resumed run

@@ -8,7 +8,10 @@ crosses machines (no pickle).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +32,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
         with atomic_path(path) as tmp:
-            torch.save(checkpoint, tmp)
+            try:
+                torch.save(checkpoint, tmp)
+            except RuntimeError as exc:  # torch's zip writer says "unexpected pos", not ENOSPC, on a full disk
+                if shutil.disk_usage(tmp.parent).free < 2**20:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from exc
+                raise
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -47,7 +55,18 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def checkpoint_epoch(path: str | Path) -> int:
     """The epoch index a Lightning checkpoint was saved at (tensors memory-mapped, not read)."""
-    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"])
+    return checkpoint_progress(path)[0]
+
+
+def checkpoint_progress(path: str | Path) -> tuple[int, int]:
+    """(epoch, global step) of a Lightning checkpoint, tensors memory-mapped; an unreadable file is a
+    :class:`CheckpointError` naming it."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return int(ckpt["epoch"]), int(ckpt["global_step"])
+    except Exception as exc:  # noqa: BLE001 - truncated, foreign or not a checkpoint at all
+        raise CheckpointError(f"{path}: not a readable checkpoint ({exc}); delete it to start the run "
+                              "afresh") from exc
 
 
 def checkpoint_spec(ckpt: dict[str, Any], path: Path) -> DescriptorSpec:

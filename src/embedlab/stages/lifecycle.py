@@ -44,7 +44,16 @@ from embedlab.models.compiled import compiled_trunk
 from embedlab.stages.reports import write_stage_reports
 from embedlab.code_deps import stage_code
 from embedlab.digests import fingerprint
-from embedlab.stages.run_state import OutputFolders, RunState, open_run_dir, scores_before
+from embedlab.atomic import remove_stale_temporaries
+from embedlab.stages.output_lock import output_lock
+from embedlab.stages.run_state import (
+    OutputFolders,
+    RunState,
+    drop_previous,
+    open_run_dir,
+    restore_previous,
+    scores_before,
+)
 
 
 
@@ -149,6 +158,17 @@ def run_stage(stage: TrainingStage, params: Params, callbacks: Sequence[pl.Callb
     """
     check_devices(params.runtime)
     stage.setup(params)
+    if launched_rank(params.runtime.devices) > 0:  # a DDP worker: rank 0 holds the folder's lock
+        return _run_stage(stage, params, callbacks)
+    with output_lock(stage.out_dir):  # one writer per output folder
+        try:
+            return _run_stage(stage, params, callbacks)
+        except BaseException:
+            restore_previous(stage.out_dir)  # failed before a checkpoint: the finished run it replaced returns
+            raise
+
+
+def _run_stage(stage: TrainingStage, params: Params, callbacks: Sequence[pl.Callback]) -> dict:
     out_dir = stage.out_dir
     key = stage_fingerprint(stage, params)
     state, mode = open_run_dir(out_dir, key)
@@ -160,6 +180,7 @@ def run_stage(stage: TrainingStage, params: Params, callbacks: Sequence[pl.Callb
         if mode != "evaluate":
             _fit(stage, module, params, None, resume_from, callbacks)
         return {}
+    remove_stale_temporaries(out_dir)  # a killed write's temporary file: never taken for output or uploaded
     evaluate_after, evaluate_before = stage.evaluates(params)
     with tracking.stage_run(stage.command, stage.mlflow_run_name, params.tracking.experiment, params.tracking.uri,
                             resume_run_id=state.mlflow_run_id if state.fingerprint == key else None,
@@ -200,6 +221,7 @@ def run_stage(stage: TrainingStage, params: Params, callbacks: Sequence[pl.Callb
         for path in (model_path, model_path.with_suffix(".json")):
             mlflow.log_artifact(str(path), "model")
         RunState(key, run_id, complete=True).save(out_dir / RUN_STATE)
+    drop_previous(out_dir)  # the finished run this one replaced, kept until now
     return summary
 
 
@@ -237,9 +259,10 @@ def _fit(stage: TrainingStage, module: pl.LightningModule, params: Params, run_i
         callbacks=[
             # Two callbacks: Lightning 2.6 writes save_last only when the monitored
             # checkpoint improved, but the next step and a resume need the latest weights.
-            *([ModelCheckpoint(dirpath=checkpoints, filename="best", monitor=monitor.metric, mode=monitor.mode)]
-              if monitor else []),
-            ModelCheckpoint(dirpath=checkpoints, filename="last"),
+            # No version counter: best.ckpt / last.ckpt are replaced, never joined by a "-v1" a resume would miss.
+            *([ModelCheckpoint(dirpath=checkpoints, filename="best", monitor=monitor.metric, mode=monitor.mode,
+                               enable_version_counter=False)] if monitor else []),
+            ModelCheckpoint(dirpath=checkpoints, filename="last", enable_version_counter=False),
             *stage.callbacks(params, run_id), *callbacks,
         ],
         enable_model_summary=False, num_sanity_val_steps=0, **stage.trainer_options(params),
