@@ -66,9 +66,11 @@ mlflow-ui: install
 	mlflow ui --backend-store-uri $(TRACKING_URI) --host 127.0.0.1 --port 5000
 
 # exec: the server replaces make's shell, so stopping the target stops the server.
+# The backend URI (and its password) goes through the environment: neither make's echo nor `ps` shows it.
 mlflow-server: install
 	mkdir -p $(MLFLOW_ARTIFACTS)
-	exec mlflow server --backend-store-uri $(MLFLOW_BACKEND_URI) --artifacts-destination $(MLFLOW_ARTIFACTS) \
+	@echo "mlflow server on http://$(MLFLOW_HOST):$(MLFLOW_PORT), artifacts in $(MLFLOW_ARTIFACTS)"
+	@MLFLOW_BACKEND_STORE_URI='$(MLFLOW_BACKEND_URI)' exec mlflow server --artifacts-destination $(MLFLOW_ARTIFACTS) \
 	  --host $(MLFLOW_HOST) --port $(MLFLOW_PORT) --workers $(MLFLOW_WORKERS)
 
 dvc-remote: install

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
 from embedlab.cli_args import auto_or, optional, parse_bool
+from embedlab.credentials import hide_passwords
 from embedlab.config import ConfigError, DripStep, Params, apply_overrides, load_params, use_profile
 from embedlab.postprocess.cli import add_parser as add_postprocess_parser
-from embedlab.sweep.cli import add_parser as add_sweep_parser
+from embedlab.stages.output_lock import OutputBusyError
+from embedlab.sweep.cli import SweepFailedError, add_parser as add_sweep_parser
 
 
 def _params(args, anywhere: bool = False):
@@ -285,7 +289,7 @@ def cmd_code_deps(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """Every command; a flag that is not given takes params.yaml's value (its help names the setting)."""
     parser = argparse.ArgumentParser(prog="embedlab", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging and full tracebacks")
+    parser.add_argument("-v", "--verbose", "--debug", action="store_true", help="debug logging and full tracebacks")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, func, help: str, example: str, params: bool = True) -> argparse.ArgumentParser:
@@ -494,17 +498,39 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # An unreachable tracking server fails in seconds, not after MLflow's default 7 retries (about 4 minutes).
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         args.func(args)
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
-        # Input problems (every such error names its file): one clear line, no traceback.
-        if args.verbose:
+    except Exception as exc:
+        # Input problems, a busy output folder, a full disk, a failed sweep, an unreachable tracking server (each
+        # names its file, setting or URI): one clear line, no traceback.
+        if args.verbose or not _user_facing(exc):
             raise
-        print(f"embedlab {args.command}: error: {exc}", file=sys.stderr)
+        print(f"embedlab {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     return 0
+
+
+USER_FACING = (ConfigError, ValueError, OSError, OutputBusyError, SweepFailedError)
+
+
+def _user_facing(exc: BaseException) -> bool:
+    """An error the user can act on from its message: the project's input errors, a busy folder, a full disk,
+    and MLflow's (an unreachable or refusing tracking server; matched by name: importing mlflow here would
+    cost every command a second)."""
+    return isinstance(exc, USER_FACING) or any(
+        c.__module__ == "mlflow.exceptions" and c.__name__ == "MlflowException" for c in type(exc).__mro__)
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return f"disk full while writing {exc.filename or 'an output file'}: free space and run again"
+    return hide_passwords(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc))
 
 
 if __name__ == "__main__":

@@ -148,8 +148,9 @@ class DescriptorReader:
             raise DescriptorFileError(self.path, f"image names must be 1-D, got shape {names_shape}")
         if len(self.shape) != 2:
             raise DescriptorFileError(self.path, f"vectors must be 2-D (N x D), got shape {self.shape}")
-        if dtype.kind not in "fiu":
-            raise DescriptorFileError(self.path, f"vectors must be real numbers, got dtype {dtype}")
+        if dtype.kind != "f":  # integers: a file of labels or indices, or a quantised set scored as if it were not
+            raise DescriptorFileError(self.path, f"vectors must be floating point (float32 as embedlab and the ISC "
+                                                 f"format write them), got dtype {dtype}")
         if raw_names is None:
             if names_shape[0] != self.shape[0]:
                 raise DescriptorFileError(self.path, f"{names_shape[0]} image names for {self.shape[0]} vectors")
@@ -223,6 +224,12 @@ class DescriptorReader:
         if bad:
             raise DescriptorFileError(self.path, f"{bad} of {len(self)} vectors contain NaN or infinite values")
         return out
+
+
+def zero_rows(vectors: np.ndarray) -> int:
+    """Vectors that are all zeros: no direction, so every score with them is 0 (an image the model never saw,
+    or a file filled with placeholders)."""
+    return int(np.count_nonzero(~vectors.any(axis=1))) if vectors.size else 0
 
 
 def read_descriptors(path: str | os.PathLike, subset: str | None = None) -> tuple[list[str], np.ndarray]:

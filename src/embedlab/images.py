@@ -55,9 +55,14 @@ class BadImageError(ValueError):
 
 
 def is_image_file(path: Path) -> bool:
-    """True for a visible file whose suffix is an image suffix (any case)."""
+    """True for a visible file whose suffix is an image suffix (any case), or a link by such a name.
+
+    A dangling or looping link is listed, not dropped: reading it then fails
+    like any unreadable image, as ``on_bad_image`` says (``fail`` names it).
+    """
     # Hidden names are temporary files of atomic writes (or OS litter).
-    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".") and path.is_file()
+    return (path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+            and (path.is_file() or path.is_symlink()))
 
 
 def list_images(folder: str | os.PathLike, recursive: bool = False, allow_empty: bool = False) -> list[Path]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from pathlib import Path
@@ -9,9 +10,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from embedlab.atomic import atomic_path, write_json_atomic, write_text_atomic
+from embedlab.atomic import atomic_path, files_replaced_together, write_json_atomic, write_text_atomic
 from embedlab.data.disc import GroundTruthError, read_ground_truth
-from embedlab.descriptors import DescriptorFileError, DescriptorReader, read_descriptors
+from embedlab.descriptors import DescriptorFileError, DescriptorReader, read_descriptors, zero_rows
 from embedlab.metrics import (
     label_predictions,
     micro_average_precision,
@@ -22,6 +23,8 @@ from embedlab.metrics import (
 from embedlab.retrieval import Predictions, knn_search, predictions_from_knn
 
 PR_CURVE_MAX_POINTS = 500
+
+log = logging.getLogger(__name__)
 
 
 def _json_float(x: float | None) -> float | None:
@@ -100,6 +103,13 @@ def evaluate_disc(
             query_h5,
             f"descriptor dimension {q_vecs.shape[1]} differs from {references.dim} in {reference_h5}",
         )
+    zero = {"query": zero_rows(q_vecs), "reference": sum(zero_rows(part) for _, part in references.slices())}
+    for (kind, count), (path, total) in zip(zero.items(), ((query_h5, len(q_names)), (reference_h5, len(r_names)))):
+        if count and count == total:
+            raise DescriptorFileError(path, f"all {total} {kind} vectors are zeros: nothing to score")
+        if count:
+            log.warning("%s: %d of %d %s vectors are zeros (they score 0 against everything)", path, count, total,
+                        kind)
     gt = read_ground_truth(ground_truth_csv, query_ids=all_query_ids or q_names,
                            reference_ids=all_reference_ids or r_names)
     if scored_query_ids is not None:
@@ -131,11 +141,11 @@ def evaluate_disc(
         "n_predictions": int(preds.scores.size),
     }
 
-    out.mkdir(parents=True, exist_ok=True)
-    write_predictions_csv(out / "predictions.csv", preds)
-    write_pr_curve(out, p, r, t, p90_index)
-    # metrics.json last: its presence means the whole evaluation finished.
-    write_json_atomic(out / "metrics.json", metrics)
+    # The four files replace the last evaluation's together, or (a full disk, a kill) not at all.
+    with files_replaced_together(out) as staging:
+        write_predictions_csv(staging / "predictions.csv", preds)
+        write_pr_curve(staging, p, r, t, p90_index)
+        write_json_atomic(staging / "metrics.json", metrics)
     return metrics
 
 

@@ -306,6 +306,8 @@ def embed_folder(checkpoint: str | Path, images: str | Path, out: str | Path, im
                  on_bad_image: str = "fail", runtime: RuntimeConfig | None = None, progress: bool = True) -> dict:
     """Embed every image of ``images`` with ``checkpoint`` and write ``out`` (h5), resumably, in
     ``runtime.devices`` processes (one per GPU)."""
+    if img_size is not None and img_size < 1:
+        raise ValueError(f"img_size (--img-size) must be at least 1 pixel, got {img_size}")
     start = time.perf_counter()
     model = load_descriptor_model(checkpoint)
     paths = list_images(images)

@@ -40,4 +40,11 @@ def run(args: argparse.Namespace) -> dict:
     result = run_sweep(load_params(args.params), request)
     if args.worker_index == 0:
         print(format_summary(result))
+        if result["failed"] and not result["complete"] and not result["pruned"]:
+            raise SweepFailedError(f"every trial of study {result['study']} failed ({result['failed']}): each "
+                                   f"trial's error is in its MLflow run, under the parent run {result['parent_run_id']}")
     return result
+
+
+class SweepFailedError(RuntimeError):
+    """A sweep none of whose trials finished: nothing was learnt, and the exit code says so."""

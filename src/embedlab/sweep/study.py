@@ -49,8 +49,8 @@ def masked(url: str) -> str:
 
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL SQLAlchemy can parse: hide anything between user: and @
-        return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
+    except Exception:  # not a URL SQLAlchemy can parse
+        return hide_passwords(url)
 
 
 def open_storage(url: str) -> optuna.storages.RDBStorage:
