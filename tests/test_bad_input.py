@@ -304,3 +304,26 @@ def test_a_full_disk_leaves_the_last_evaluation_whole_and_names_the_file(tmp_pat
 
     assert "disk full while writing" in message and str(small_disk / "eval") in message
     assert {p.name: p.read_bytes() for p in (small_disk / "eval").iterdir()} == before
+
+
+@pytest.mark.parametrize("broken,message", [
+    ("weights", "model.safetensors: not a readable safetensors file"),
+    ("spec", "model.json: not a model spec (invalid JSON"),
+    ("hub backbone", "model.safetensors: not a DescriptorSpec (backbone 'hf-hub:timm/resnet50.a1_in1k' is not"),
+])
+def test_a_broken_exported_model_is_refused_naming_its_file(tmp_path: Path, tiny_demo: Path, broken, message):
+    from embedlab.models.backbone import DescriptorModel, DescriptorSpec
+    from embedlab.models.checkpoints import export_descriptor_model
+
+    model = export_descriptor_model(DescriptorModel(DescriptorSpec("test_resnet", 32, 3.0, 48)),
+                                    tmp_path / "model.safetensors")
+    spec = model.with_suffix(".json")
+    if broken == "weights":
+        model.write_bytes(b"garbage")
+    elif broken == "spec":
+        spec.write_text("{not json")
+    else:  # a spec edited to name a hub model: timm would download it
+        spec.write_text(json.dumps({**json.loads(spec.read_text()), "backbone": "hf-hub:timm/resnet50.a1_in1k"}))
+    cmd = ["embedlab", "embed", "--checkpoint", str(model), "--images", str(tiny_demo / "disc" / "query"),
+           "--out", str(tmp_path / "o.h5"), "--params", str(Path(__file__).parents[1] / "params.yaml")]
+    assert message in _refused(cmd, tmp_path).stderr

@@ -115,7 +115,7 @@ def _model_from_spec(spec: dict[str, Any], path: Path) -> torch.nn.Module:
     model_cls, spec_cls = kinds[kind]
     try:
         return model_cls(spec_cls(**spec))
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:  # a field it lacks, a backbone timm does not know (never fetched)
         raise CheckpointError(f"{path}: not a {spec_cls.__name__} ({exc})") from exc
 
 
@@ -127,8 +127,16 @@ def load_descriptor_model(path: str | Path) -> torch.nn.Module:
         spec_path = path.with_suffix(".json")
         if not spec_path.is_file():
             raise CheckpointError(f"{path}: missing its spec file {spec_path.name}")
-        spec = json.loads(spec_path.read_text())
-        state = load_file(str(path))
+        try:
+            spec = json.loads(spec_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{spec_path}: not a model spec (invalid JSON: {exc})") from exc
+        if not isinstance(spec, dict):
+            raise CheckpointError(f"{spec_path}: not a model spec (expected a JSON object)")
+        try:
+            state = load_file(str(path))
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error type for any broken file
+            raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
     else:
         ckpt = read_checkpoint(path)
         try:
