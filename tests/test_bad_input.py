@@ -327,3 +327,13 @@ def test_a_broken_exported_model_is_refused_naming_its_file(tmp_path: Path, tiny
     cmd = ["embedlab", "embed", "--checkpoint", str(model), "--images", str(tiny_demo / "disc" / "query"),
            "--out", str(tmp_path / "o.h5"), "--params", str(Path(__file__).parents[1] / "params.yaml")]
     assert message in _refused(cmd, tmp_path).stderr
+
+
+def test_a_symlinked_step_folder_is_refused_before_anything_moves(tiny_project: Path):
+    elsewhere = tiny_project / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("mine")
+    (tiny_project / "models" / "drip").mkdir(parents=True)
+    (tiny_project / "models" / "drip" / "k").symlink_to(elsewhere)
+    assert "models/drip/k: the stage's output folder is a symbolic link" in _refused(STEP, tiny_project).stderr
+    assert [p.name for p in elsewhere.iterdir()] == ["keep.txt"]
