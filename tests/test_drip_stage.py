@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
@@ -242,3 +243,24 @@ def test_runs_of_one_model_classes_and_views_share_one_w_matrix(tiny_project: Pa
         params.drip, w_matrix_augmentations=params.drip.w_matrix_augmentations + 1))
     run_drip(more_views, DripRequest(name="c", step=DripStep(8, epochs=1)))
     assert computed == [1]  # other views: another W matrix
+
+
+@pytest.mark.slow
+def test_a_step_that_never_met_the_advance_rule_stops_the_chain_when_asked(tiny_project: Path):
+    """Whether a step met the advance rule (train loss < 2 or val loss < 1) is logged; with
+    drip.require_advance_rule the next step refuses to start from one that did not."""
+    raw = yaml.safe_load((tiny_project / "params.yaml").read_text())
+    raw["drip"].update(epochs=1, evaluate=False, require_advance_rule=True)
+    (tiny_project / "params.yaml").write_text(yaml.safe_dump(raw))
+    write_initial_weights(load_params("params.yaml"))
+    run(["embedlab", "drip", "--step", "s1"], tiny_project)  # one epoch of a random head: loss far above 2
+    client = _client(tiny_project)
+    (s1,) = client.search_runs([client.get_experiment_by_name("embedlab").experiment_id],
+                               "tags.`embedlab.drip_step` = 's1'")
+    assert s1.data.tags["embedlab.advance_rule_met"] == "false" and s1.data.metrics["advance_rule_met"] == 0.0
+
+    done = subprocess.run(["embedlab", "drip", "--step", "s2"], cwd=tiny_project, env=cli_env(), capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 2
+    assert "the parent step s1 never met the advance rule (train loss below 2.0" in done.stderr
+    assert not (tiny_project / "models/drip/s2").exists()

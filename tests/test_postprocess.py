@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 
 import h5py
@@ -283,3 +284,34 @@ def test_postprocess_files_bad_train_file_writes_nothing(tmp_path):
                           PostprocessConfig(whiten_dim=300, device="cpu"))
     assert str(paths["train"][0]) in str(err.value)
     assert not out.exists()
+
+
+def test_training_set_normalisation_by_hand_on_five_vectors():
+    """x' = x + factor · sqrt(mean of the top-k cosines) · d, d the normalised mean of the unit directions from
+    the n nearest training descriptors to x; then L2. By loops over five vectors."""
+    from embedlab.postprocess.training_set_normalization import push_from_training_set
+
+    rng = np.random.default_rng(3)
+    unit = lambda v: v / np.linalg.norm(v, axis=-1, keepdims=True)  # noqa: E731
+    x, train = unit(rng.standard_normal((5, 4))), unit(rng.standard_normal((7, 4)))
+    expected = []
+    for row in x:
+        cosines = train @ row
+        nearest = np.argsort(-cosines)[:3]
+        strength = 1.8 * np.sqrt(max(0.0, cosines[nearest[:2]].mean()))
+        d = unit(np.mean([unit(row - train[j]) for j in nearest], axis=0))
+        expected.append(unit(row + strength * d))
+    got = push_from_training_set(x.astype(np.float32), train.astype(np.float32), 1.8, n=3, top=2, device="cpu")
+    np.testing.assert_allclose(got, np.array(expected), atol=1e-5)
+    assert not np.allclose(got, x, atol=1e-2)  # every vector moved
+
+
+def test_training_set_normalisation_in_the_pipeline_moves_queries_and_references_alike():
+    rng = np.random.default_rng(4)
+    q, r, t = (rng.standard_normal((n, 8)).astype(np.float32) for n in (6, 6, 20))
+    cfg = PostprocessConfig(whiten=False, score_norm_factor=0.0, train_norm_factor=1.8, train_norm_n=5,
+                            train_norm_top=3, device="cpu")
+    q2, r2, _ = postprocess(q, q.copy(), t, cfg)  # references equal to the queries stay equal to them
+    np.testing.assert_allclose(q2, r2, atol=1e-6)
+    plain, _, _ = postprocess(q, r, t, dataclasses.replace(cfg, train_norm_factor=0.0))
+    assert not np.allclose(q2, plain, atol=1e-3)

@@ -163,6 +163,8 @@ class DripConfig:
     qry_augs_intensity: float = 0.5
     val_classes: int = 64  # classes whose loss is tracked as validation
     stop_rule: bool = False  # end the stage once train loss < stop_train_loss or val loss < stop_val_loss
+    # The next step refuses to start from a step that never met that advance rule (whether it did is logged).
+    require_advance_rule: bool = False
     stop_train_loss: float = 2.0
     stop_val_loss: float = 1.0
     w_matrix_augmentations: int = 4
@@ -204,6 +206,11 @@ class PostprocessConfig:
     score_norm_n: int = 10
     stretch_factor: float = 0.0  # query stretching; 0: off
     stretch_n: int = 5
+    # Training-set normalisation (the drip original's, factor 1.8): x' = x + factor·sqrt(mean top-k cosines)·d,
+    # d the mean unit direction away from the n nearest training descriptors; 0: off
+    train_norm_factor: float = 0.0
+    train_norm_n: int = 100
+    train_norm_top: int = 3
     weights: tuple[float, ...] | None = None  # ensembles: one weight per model (default: all 1)
     device: str = "auto"  # faiss device for the training-neighbour search: auto | cpu | cuda
 
@@ -215,6 +222,8 @@ class PostprocessConfig:
         for name in ("score_norm_factor", "stretch_factor"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name} must be >= 0 (0 = off), got {getattr(self, name)}")
+        if self.train_norm_top > self.train_norm_n:
+            raise ConfigError(f"train_norm_top ({self.train_norm_top}) cannot exceed train_norm_n ({self.train_norm_n})")
         for name in ("score_norm_n", "stretch_n"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -227,7 +236,7 @@ class PostprocessConfig:
 
     @property
     def needs_train(self) -> bool:
-        return self.whiten or self.score_norm_factor > 0 or self.stretch_factor > 0
+        return self.whiten or self.score_norm_factor > 0 or self.stretch_factor > 0 or self.train_norm_factor > 0
 
 
 @dataclasses.dataclass

@@ -37,6 +37,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--stretch-factor", type=float, metavar="F", default=d.stretch_factor,
                    help=f"q' = exp(-F * mean top-n q.train) * q; 0 = off (default: {d.stretch_factor})")
     p.add_argument("--stretch-n", type=int, metavar="N", default=d.stretch_n, help=f"default: {d.stretch_n}")
+    p.add_argument("--train-norm-factor", type=float, metavar="F", default=d.train_norm_factor,
+                   help="training-set normalisation: x' = x + F * sqrt(mean top-k cosines) * d, d away from the n "
+                        f"nearest training descriptors; the original's 1.8; 0 = off (default: {d.train_norm_factor})")
+    p.add_argument("--train-norm-n", type=int, metavar="N", default=d.train_norm_n, help=f"default: {d.train_norm_n}")
+    p.add_argument("--train-norm-top", type=int, metavar="K", default=d.train_norm_top,
+                   help=f"default: {d.train_norm_top}")
     p.add_argument("--weights", type=float, nargs="+", metavar="W", help="ensemble weight per model (default: all 1)")
     p.add_argument("--device", default=d.device, choices=("auto", "cpu", "cuda"),
                    help="faiss device for the training-neighbour search")
@@ -52,7 +58,8 @@ def run(args: argparse.Namespace) -> dict:
     cfg = PostprocessConfig(
         whiten=args.whiten, whiten_dim=args.whiten_dim, whiten_power=args.whiten_power,
         score_norm_factor=args.score_norm_factor, score_norm_n=args.score_norm_n,
-        stretch_factor=args.stretch_factor, stretch_n=args.stretch_n,
+        stretch_factor=args.stretch_factor, stretch_n=args.stretch_n, train_norm_factor=args.train_norm_factor,
+        train_norm_n=args.train_norm_n, train_norm_top=args.train_norm_top,
         weights=tuple(args.weights) if args.weights else None, device=args.device,
     )
     _, _, summary = postprocess_files(args.query, args.reference, args.train, args.out, cfg)

@@ -7,12 +7,15 @@ Fixed order, each step optional except the first:
 2. whitening: PCA whitening fitted on the (ensembled) training descriptors,
    applied to queries, references and the training descriptors alike
    (:mod:`.whitening`);
-3. stretching: queries scaled by ``exp(-factor * m_q)`` (:mod:`.stretching`);
-4. score normalisation: queries get ``-factor * m_q`` and references ``1`` as an
+3. training-set normalisation: queries and references pushed away from their
+   nearest training descriptors, then L2-normalised
+   (:mod:`.training_set_normalization`; off by default);
+4. stretching: queries scaled by ``exp(-factor * m_q)`` (:mod:`.stretching`);
+5. score normalisation: queries get ``-factor * m_q`` and references ``1`` as an
    extra last dimension (:mod:`.score_normalization`).
 
-Steps 3 and 4 measure ``m_q`` against the training descriptors as they leave
-step 2 (training descriptors are never stretched); with both on, step 4
+Steps 3 to 5 measure ``m_q`` against the training descriptors as they leave
+step 2 (training descriptors are never moved or stretched); with both on, step 5
 sees stretched queries, so the final score is ``scale_q * (s - factor * m_q)``.
 Both penalise the same thing (crowded query neighbourhoods), so the default
 runs score normalisation only: it is exact in our inner-product search.
@@ -42,6 +45,7 @@ from embedlab.config import PostprocessConfig
 from embedlab.postprocess.ensemble import concat_blocks, read_blocks
 from embedlab.postprocess.score_normalization import normalize_scores
 from embedlab.postprocess.stretching import stretch_queries
+from embedlab.postprocess.training_set_normalization import push_from_training_set
 from embedlab.postprocess.whitening import Whitening, fit_whitening
 
 QUERY_FILE = "query.h5"
@@ -93,7 +97,8 @@ def postprocess(query: Blocks, reference: Blocks, train: Blocks | None,
     q_blocks, r_blocks, t_blocks = _as_blocks(query), _as_blocks(reference), _as_blocks(train)
     _check_model_dims(q_blocks, r_blocks, t_blocks)
     if cfg.needs_train and not t_blocks:
-        raise ValueError("whitening, stretching and score normalisation need training descriptors")
+        raise ValueError("whitening, training-set normalisation, stretching and score normalisation need training "
+                         "descriptors")
     weights = cfg.weights
     q = concat_blocks(q_blocks, weights, "query")
     r = concat_blocks(r_blocks, weights, "reference")
@@ -105,6 +110,9 @@ def postprocess(query: Blocks, reference: Blocks, train: Blocks | None,
         q = info.whitening.apply(q, what="query")
         r = info.whitening.apply(r, what="reference")
         t = info.whitening.apply(t, what="training descriptors")
+    if cfg.train_norm_factor > 0:
+        q, r = (push_from_training_set(x, t, cfg.train_norm_factor, cfg.train_norm_n, cfg.train_norm_top, cfg.device,
+                                       what) for x, what in ((q, "query"), (r, "reference")))
     if cfg.stretch_factor > 0:
         q, info.stretch_scales = stretch_queries(q, t, cfg.stretch_factor, cfg.stretch_n, cfg.device)
     if cfg.score_norm_factor > 0:

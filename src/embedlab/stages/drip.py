@@ -16,9 +16,11 @@ Start, resume and re-evaluation follow :mod:`embedlab.stages.lifecycle`.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
+import mlflow
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import LearningRateMonitor
@@ -32,6 +34,7 @@ from embedlab.const import (
     SKIPPED_IMAGES,
     last_checkpoint,
 )
+from embedlab.atomic import write_json_atomic
 from embedlab.augment import OverlayPool, QueryAugmenter
 from embedlab.config import DripConfig, DripStep, Params
 from embedlab.data.classes import ClassSource, select_classes
@@ -76,6 +79,7 @@ class DripRequest(TrainingStage):
         """Check the request and read the step's classes; refuse before anything is written."""
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise ValueError(f"drip: step name {self.name!r} must be a plain folder name")
+        self.cfg = effective_config(params.drip, self.step)
         if self.build_w_matrix is not None:
             parent = Path(self.build_w_matrix)
             if not parent.is_file():
@@ -83,7 +87,8 @@ class DripRequest(TrainingStage):
             if self.out_dir.resolve() in parent.resolve().parents:
                 raise ValueError(f"{parent}: build_w_matrix lies inside this run's own output folder "
                                  f"{self.out_dir}; name the new step differently (--name)")
-        self.cfg = effective_config(params.drip, self.step)
+            if self.cfg.require_advance_rule:
+                check_advance_rule(parent.parent.parent)
         data = params.data
         self.cache_skipped = 0  # source images the cache left out (on_bad_image: skip)
         counts = {"facebook": self.step.n_facebook_samples, "imagenet": self.step.n_imagenet_samples,
@@ -165,11 +170,17 @@ class DripRequest(TrainingStage):
         return evaluate_descriptor_model(module.model, params, folder, prefix=prefix)
 
     def describe(self, history) -> dict[str, Any]:
+        met = any(train < self.cfg.stop_train_loss or val < self.cfg.stop_val_loss for _, train, val in history)
         return {"step": self.name, "n_classes": len(self.classes),
                 "val_loss": history[-1][2] if history else None,
+                "advance_rule_met": float(met),  # NaN losses compare False: a diverged step never meets it
                 "skipped_training_images": count_bad_images(self.images.bad_log) + self.cache_skipped}
 
     def finish(self, module, params: Params, summary: dict) -> dict[str, Path]:
+        mlflow.set_tag("embedlab.advance_rule_met", str(bool(summary["advance_rule_met"])).lower())
+        write_json_atomic(self.out_dir / ADVANCE_RULE, {
+            "met": bool(summary["advance_rule_met"]), "train_loss_below": self.cfg.stop_train_loss,
+            "val_loss_below": self.cfg.stop_val_loss})
         return {"skipped": self.images.bad_log}
 
     def curves(self) -> dict[str, tuple[Path, str]]:
@@ -191,6 +202,21 @@ def plan_scheduled_step(params: Params, name: str) -> DripRequest:
     return request
 
 
+
+
+ADVANCE_RULE = "advance_rule.json"  # in a finished step's folder: whether it met the advance rule
+
+
+def check_advance_rule(parent_dir: Path) -> None:
+    """Refuse to start from a step that never met the advance rule (``drip.require_advance_rule``)."""
+    path = parent_dir / ADVANCE_RULE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; the parent step {parent_dir.name} has not finished")
+    rule = json.loads(path.read_text())
+    if not rule["met"]:
+        raise ValueError(f"drip: the parent step {parent_dir.name} never met the advance rule (train loss below "
+                         f"{rule['train_loss_below']} or validation loss below {rule['val_loss_below']}, {path}): "
+                         "train it longer, or set drip.require_advance_rule: false to go on anyway")
 
 
 def effective_config(cfg: DripConfig, step: DripStep) -> DripConfig:
