@@ -65,6 +65,9 @@ def test_two_scheduled_steps_write_outputs_log_runs_and_chain(tiny_project: Path
     assert run2.data.metrics["uAP"] == pytest.approx(second["uAP"])
     assert run2.data.tags["embedlab.stage"] == "drip"
     assert len(client.get_metric_history(run2.info.run_id, "val_loss")) == 2
+    for accuracy in ("train_acc", "val_acc"):  # one point per epoch, a share of the batch's rows
+        points = client.get_metric_history(run2.info.run_id, accuracy)
+        assert len(points) == 2 and all(0.0 <= p.value <= 1.0 for p in points), accuracy
     artifacts = {a.path for a in client.list_artifacts(run2.info.run_id)}
     assert {"checkpoints", "w_matrix", "model", "eval", "reports"} <= artifacts
     evaluated = {a.path for a in client.list_artifacts(run2.info.run_id, "eval/descriptors")}

@@ -423,6 +423,9 @@ def _arcface_worker(rank: int, world: int, init_file: str) -> None:
         torch.testing.assert_close(loss.detach(), ref_loss)
         torch.testing.assert_close(net.head.weight.grad, ref_kernel_grad[:, start:start + size])
         torch.testing.assert_close(net.body.weight.grad, ref_body_grad)  # after DDP's averaging
+        with torch.no_grad():  # the nearest centre over every rank's block: the unsplit head's argmax
+            nearest = (F.normalize(body(inputs), dim=1) @ F.normalize(kernel, dim=0)).argmax(dim=1)
+            assert torch.equal(net.head.predict(body(inputs[rows])), nearest[rows])
     finally:
         dist.destroy_process_group()
 

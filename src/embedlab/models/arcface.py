@@ -72,6 +72,11 @@ class ArcFaceHead(nn.Module):
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, m: float | None = None) -> torch.Tensor:
         return arcface_logits(self.cosine(embeddings), labels, self.m if m is None else m, self.s)
 
+    @torch.no_grad()
+    def predict(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """The class whose centre is nearest (highest cosine, no margin), per row."""
+        return self.cosine(embeddings).argmax(dim=1)
+
     def loss(self, embeddings: torch.Tensor, labels: torch.Tensor, m: float | None = None) -> torch.Tensor:
         """Mean CE of the ArcFace logits: over every class, or (training, ``sample_rate`` < 1) the sampled ones."""
         m = self.m if m is None else m

@@ -301,6 +301,23 @@ class DistributedArcFace(_RankShard):
         logits = self.s * cosine.index_put((owned, local[owned]), target)
         return sharded_cross_entropy(logits, labels, offset, self.n_classes, 0.0, self.group)
 
+    @torch.no_grad()
+    def predict(self, local_embeddings: torch.Tensor) -> torch.Tensor:
+        """The nearest class centre of each of this rank's rows, over every rank's block (as ArcFaceHead.predict)."""
+        rows = [torch.empty_like(local_embeddings) for _ in range(self.world_size)]
+        dist.all_gather(rows, local_embeddings.contiguous(), group=self.group)
+        with torch.autocast(local_embeddings.device.type, enabled=False):
+            cosine = F.normalize(torch.cat(rows).float(), dim=1) @ F.normalize(self.weight.float(), dim=0)
+        best, where = cosine.max(dim=1)
+        bests = [torch.empty_like(best) for _ in range(self.world_size)]
+        wheres = [torch.empty_like(where) for _ in range(self.world_size)]
+        dist.all_gather(bests, best, group=self.group)
+        dist.all_gather(wheres, where + self.shard_offset, group=self.group)
+        winner = torch.stack(bests).argmax(dim=0)  # the rank holding each row's nearest centre
+        predicted = torch.stack(wheres).gather(0, winner[None]).squeeze(0)
+        n = local_embeddings.shape[0]
+        return predicted[self.rank * n:(self.rank + 1) * n]
+
     def extra_repr(self) -> str:
         return f"embedding_dim={self.embedding_dim}, n_classes={self.n_classes}, {self.classes()}"
 
