@@ -267,3 +267,25 @@ def test_a_step_that_never_met_the_advance_rule_stops_the_chain_when_asked(tiny_
     assert done.returncode == 2
     assert "the parent step s1 never met the advance rule (train loss below 2.0" in done.stderr
     assert not (tiny_project / "models/drip/s2").exists()
+
+
+def test_overlays_come_from_images_outside_the_steps_classes(tiny_project: Path):
+    """A class's image never becomes another class's background: the overlay pool is the source images the
+    step does not train on, or drip.overlay_pool's folder."""
+    import dataclasses
+
+    from embedlab.config import DripStep
+    from embedlab.stages.drip import DripRequest
+
+    params = load_params("params.yaml")
+    request = DripRequest(name="o", step=DripStep(8, n_imagenet_samples=2))
+    request.setup(params)
+    classes = {str(p) for p in request.classes}
+    pool = {str(p) for p in request.overlay_paths}
+    assert len(classes) == 10 and pool and not pool & classes
+    # Both sources' unchosen images (read from the drip cache, where params.yaml keeps one).
+    assert any("/imagenet/" in p for p in pool) and any("/training/" in p or "/facebook/" in p for p in pool)
+
+    own = dataclasses.replace(params, drip=dataclasses.replace(params.drip, overlay_pool="data/raw/disc/reference"))
+    request.setup(own)
+    assert {p.parent.name for p in request.overlay_paths} == {"reference"}

@@ -168,6 +168,9 @@ class DripConfig:
     stop_train_loss: float = 2.0
     stop_val_loss: float = 1.0
     w_matrix_augmentations: int = 4
+    # Folder of images the query augmentations' overlays and underlays are cut from; None: the source images
+    # the step does not train on (the original drew them from outside the classes).
+    overlay_pool: str | None = None
     # The head of a step without a parent checkpoint: "centroids" of the starting
     # model's embeddings (as build_w_matrix does), or "random" (the original's first step).
     w_init: str = "centroids"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
@@ -43,7 +44,7 @@ from embedlab.data.drip import ClassImages, QueryViews, ValidationPairs, class_f
 from embedlab.data.image_cache import build_drip_cache, cache_folder
 from embedlab.data.samplers import EpochIndices
 from embedlab.devices import runtime_loader_options, training_shard
-from embedlab.images import count_bad_images
+from embedlab.images import count_bad_images, list_images
 from embedlab.models.checkpoints import restore_matching_weights
 from embedlab.models.drip_module import DripModule
 from embedlab.models.stop_rule import StopRule
@@ -52,6 +53,8 @@ from embedlab.stages.init_weights import INIT_STEP, initial_weights_path
 from embedlab.stages.lifecycle import Monitor, TrainingStage, run_stage
 from embedlab.stages.w_matrix import CentroidInit
 
+
+log = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class DripRequest(TrainingStage):
@@ -105,7 +108,8 @@ class DripRequest(TrainingStage):
             raise ValueError("the drip step selects no classes: set n_facebook_samples (or another source) above 0")
         self.images = ClassImages(self.classes, self.cfg.aug_size, data.on_bad_image,
                                   bad_log=self.out_dir / SKIPPED_IMAGES)
-        self.augment = QueryAugmenter(self.cfg.qry_augs_intensity, OverlayPool.from_paths(self.classes))
+        self.overlay_paths = overlay_sources(self.cfg, folders, self.classes)
+        self.augment = QueryAugmenter(self.cfg.qry_augs_intensity, OverlayPool.from_paths(self.overlay_paths))
 
     def tags(self) -> dict[str, str]:
         return {"embedlab.drip_step": self.name}
@@ -202,6 +206,21 @@ def plan_scheduled_step(params: Params, name: str) -> DripRequest:
     return request
 
 
+
+
+def overlay_sources(cfg: DripConfig, folders: dict[str, Path], classes: list[Path]) -> list[Path]:
+    """The images overlays and underlays are cut from: ``drip.overlay_pool``'s, else the source images this step
+    does not train on (as the original: a class's image never becomes another class's background)."""
+    if cfg.overlay_pool:
+        return list_images(cfg.overlay_pool, recursive=True)
+    chosen = {str(p) for p in classes}
+    outside = [p for folder in folders.values() if Path(folder).exists()
+               for p in list_images(folder, allow_empty=True) if str(p) not in chosen]
+    if not outside:
+        log.warning("drip: every source image is a class of this step, so overlays are cut from the class images; "
+                    "set drip.overlay_pool to a folder of other images")
+        return list(classes)
+    return outside
 
 
 ADVANCE_RULE = "advance_rule.json"  # in a finished step's folder: whether it met the advance rule
