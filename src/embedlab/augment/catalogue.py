@@ -12,7 +12,7 @@ color                  grayscale, color_jitter, brightness, colorize,
                        channel_invert, channel_swap, channel_shift
 degrade                blur, sharpen, jpeg, pixelization, shuffle_pixels
 overlays               opacity, overlay_onto_image, overlay_image, underlay,
-                       overlay
+                       paste_into, overlay
 graphics               stripes, emoji, text
 framing                meme, screenshot
 =====================  =====================================================

@@ -80,6 +80,22 @@ def overlay_image(
 
 @register("underlay")
 def underlay(
+    img: Image.Image, rng: np.random.Generator, ctx: AugContext, scale: Magnitude = (0.04, 0.1)
+) -> Image.Image:
+    """What the original generator's code does under this name (docs/originals/gem.md): another picture,
+    shrunk to ``scale`` of its sides (aspect kept), pasted onto ours at a random place. Our image keeps its
+    size and most of its pixels. (Its description reads the other way round: ``paste_into``.)"""
+    other = ctx.other_image(rng)
+    s = draw(rng, scale)
+    patch = resize_image(other, (max(1, min(img.width, round(other.width * s))),
+                                 max(1, min(img.height, round(other.height * s)))))
+    out = img.copy()
+    out.paste(patch, _paste_position(rng, out.size, patch.size))
+    return out
+
+
+@register("paste_into")
+def paste_into(
     img: Image.Image, rng: np.random.Generator, ctx: AugContext, area: Magnitude = (0.04, 0.1)
 ) -> Image.Image:
     """Paste the image into another picture, where it covers ``area`` of that
@@ -87,10 +103,10 @@ def underlay(
     of a new image. The other picture keeps its own aspect ratio and gets our
     image's pixel count, so the output is about as large as the input.
 
-    Our reading of the original's "underlay (paste into another image at scale
-    0.04–0.1)" as an area fraction (docs/originals/gem.md); see also ``overlay``.
-    (The original code did the reverse: it pasted another image, shrunk to
-    0.04–0.1 of its sides, onto ours; ``overlay_image`` does that.)
+    The original's description of its "underlay (paste into another image at
+    scale 0.04–0.1)" read as an area fraction (docs/originals/gem.md); its code
+    does the reverse (``underlay``). At a few per cent of the frame the copy is
+    hard to recognise: a hard positive.
     """
     other = ctx.other_image(rng)
     k = (img.width * img.height / (other.width * other.height)) ** 0.5
