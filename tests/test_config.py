@@ -148,3 +148,36 @@ def test_bad_gem_and_triplet_settings_name_the_setting(tmp_path):
     path.write_text(yaml.safe_dump(bad))
     with pytest.raises(ConfigError, match="miner"):
         load_params(path)
+
+
+def test_the_full_profile_holds_every_originals_settings(tmp_path):
+    """`embedlab use-profile full` gives each system the original's values (docs/real_data.md), with no
+    stage's settings left at the demo's."""
+    from embedlab.config import use_profile
+
+    path = tmp_path / "params.yaml"
+    path.write_text((PROJECT / "params.yaml").read_text())
+    use_profile(path, "full")
+    p = load_params(path)
+    assert (p.drip.backbone, p.drip.img_size, p.drip.aug_size, p.drip.batch_size, p.drip.arcface_m,
+            p.drip.arcface_s) == ("eca_nfnet_l1", 160, 384, 200, 0.4, 40.0)
+    assert p.drip.pretrained == "weights/eca_nfnet_l1_imagenet.pth"
+    assert list(p.drip_schedule)[0] == "s50k" and p.drip_schedule["s1500k"].n_imagenet_samples == 500_000
+    assert (p.gem.backbone, p.gem.img_size, p.gem.p, p.gem.k, p.gem.epochs, p.gem.iters, p.gem.lr) == \
+        ("resnet50", 256, 32, 4, 25, 8000, 3.5e-4)
+    assert p.gem.last_stride_1 and p.gem.waveblock and (p.gem.proj_hidden, p.gem.proj_dim) == (4096, 8192)
+    assert (p.triplet.backbone, p.triplet.img_size, p.triplet.p, p.triplet.k, p.triplet.margin) == \
+        ("vit_base_patch16_224", 224, 16, 4, 0.1)
+    assert (p.triplet_phases["pretrain"].lr, p.triplet_phases["finetune"].lr) == (1e-4, 1e-6)
+    assert (p.decoder.output_size, p.decoder.width, p.decoder.batch_size, p.decoder.perceptual_weight,
+            p.decoder.perceptor_layers, p.decoder.fmr) == (112, 1.0, 200, 11.0, 4, 1e-6)
+    assert p.templates.model.endswith("w600k_r50.onnx") and p.evaluate.train_descriptors == 100_000
+    assert len(p.pipeline.augment) == 11 and p.augment.every == 10
+
+
+def test_a_missing_pretrained_file_names_the_file_to_provide(tmp_path):
+    from embedlab.models.pretrained import PretrainedWeightsError, resolve_weights_path
+
+    with pytest.raises(PretrainedWeightsError, match=r"weights/resnet50_imagenet.pth: pretrained weights file not "
+                                                     r"found; save the backbone's weights there"):
+        resolve_weights_path("weights/resnet50_imagenet.pth")

