@@ -222,6 +222,15 @@ def cmd_evaluate_disc(args) -> None:
     print(format_metrics(metrics))
 
 
+def cmd_submission(args) -> None:
+    from embedlab.evaluation.submission import write_disc_submission
+
+    params = _params(args, anywhere=True)
+    print(json.dumps(write_disc_submission(args.query, args.reference, args.out, k=args.k or params.evaluate.k,
+                                           limit=args.max_predictions, device=args.device or params.runtime.device),
+                     indent=2))
+
+
 def cmd_drip_cache(args) -> None:
     from embedlab.data.drip import class_folders
     from embedlab.data.image_cache import build_drip_cache
@@ -456,6 +465,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=o_int, help="neighbours per query (default: evaluate.k)")
     p.add_argument("--query-subset", help="for seed-layout h5 files holding both sets: query")
     p.add_argument("--reference-subset", help="for seed-layout h5 files holding both sets: reference")
+    p.add_argument("--device", type=o_str, help="faiss device: auto | cpu | cuda (default: runtime.device)")
+
+    p = command("submission", cmd_submission, "a DISC21 submission: the phase-1 descriptor h5 and a predictions "
+                "CSV capped at the rules' 500,000 rows", "embedlab submission disc --query query.h5 --reference "
+                "reference.h5 --out submission")
+    p.add_argument("challenge", choices=("disc",), help="disc: ISC 2021 / DISC21")
+    p.add_argument("--query", required=True, help="query descriptors (h5, as `embedlab embed` writes them)")
+    p.add_argument("--reference", required=True, help="reference descriptors (h5)")
+    p.add_argument("--out", required=True, help="folder for descriptors.h5 and predictions.csv")
+    p.add_argument("--k", type=o_int, help="neighbours per query in the predictions (default: evaluate.k)")
+    p.add_argument("--max-predictions", type=int, default=500_000,
+                   help="rows kept, the highest scores (default: the rules' 500,000)")
     p.add_argument("--device", type=o_str, help="faiss device: auto | cpu | cuda (default: runtime.device)")
 
     p = command("use-profile", cmd_use_profile, "write a profile of params.yaml (e.g. full) into its values",
