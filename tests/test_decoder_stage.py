@@ -18,7 +18,7 @@ from conftest import PROJECT, run, tiny_params
 from embedlab.config import load_params
 from embedlab.data.templates import read_template_set, to_unit_tensor
 from embedlab.images import load_rgb
-from embedlab.models.checkpoints import export_descriptor_model
+from embedlab.models.checkpoints import export_descriptor_model, read_checkpoint
 from embedlab.models.face_encoder import FaceEncoder, FaceEncoderSpec
 from embedlab.models.face_models import load_face_model
 from embedlab.stages.decoder import DecoderRequest, run_decoder, validate_decoder
@@ -125,7 +125,7 @@ def test_a_killed_templates_embedding_resumes_after_its_last_chunk(decoder_proje
 def test_short_training_raises_the_cosine_and_logs_grids_and_checkpoints(decoder_project: Path):
     params = load_params()
     build_templates(params)
-    cfg = dataclasses.replace(params.decoder, epochs=20)
+    cfg = dataclasses.replace(params.decoder, epochs=20, save_at_steps=[1, 10])
     summary = run_decoder(params, DecoderRequest(cfg=cfg))
     # Untrained, a decoded face shares little with its template; a few epochs make it clearly closer.
     assert summary["cosine_mean"] > summary["before_cosine_mean"] + 0.1, summary
@@ -139,7 +139,9 @@ def test_short_training_raises_the_cosine_and_logs_grids_and_checkpoints(decoder
     assert len(client.get_metric_history(logged.info.run_id, "val_cosine_mean")) == 20
     grids = {a.path for a in client.list_artifacts(logged.info.run_id, "control")}
     assert "control/final.png" in grids and any(p.startswith("control/step_") for p in grids)
-    assert "checkpoints/last.ckpt" in {a.path for a in client.list_artifacts(logged.info.run_id, "checkpoints")}
+    kept = {a.path for a in client.list_artifacts(logged.info.run_id, "checkpoints")}
+    assert {"checkpoints/last.ckpt", "checkpoints/step-1.ckpt", "checkpoints/step-10.ckpt"} <= kept
+    assert read_checkpoint("models/decoder/checkpoints/step-10.ckpt")["global_step"] == 10
 
     report = validate_decoder(params, "test")
     assert f"COSINE MEAN:   {summary['cosine_mean']:.4f}" in report
@@ -208,7 +210,9 @@ def test_mlflow_run_decoder_stage(tmp_path: Path, tiny_demo: Path, tiny_faces: P
         assert -1.0 <= logged.data.metrics[name] <= 1.0
     assert {"train_discriminator_loss", "train_adversarial"} <= set(logged.data.metrics)  # D trained too
     assert "control/final.png" in {a.path for a in client.list_artifacts(logged.info.run_id, "control")}
-    assert "checkpoints/last.ckpt" in {a.path for a in client.list_artifacts(logged.info.run_id, "checkpoints")}
+    kept = {a.path for a in client.list_artifacts(logged.info.run_id, "checkpoints")}
+    assert {"checkpoints/last.ckpt", "checkpoints/step-1.ckpt", "checkpoints/step-10.ckpt"} <= kept
+    assert read_checkpoint("models/decoder/checkpoints/step-10.ckpt")["global_step"] == 10
 
 
 @pytest.mark.slow

@@ -426,6 +426,8 @@ class DecoderConfig:
     epochs: int = 10
     control_samples: int = 9  # fixed test templates whose original-vs-reconstruction grid is logged
     visualize_every: int = 1024  # training steps between control grids (and one at the end)
+    # Kept checkpoints at these training steps (the original's powers of ten), beside last.ckpt and best.ckpt
+    save_at_steps: list[int] = dataclasses.field(default_factory=lambda: [100, 1_000, 10_000, 100_000])
     fmr: float = 1e-3  # the threshold: template model's impostor score at this false match rate
     threshold: float | None = None  # explicit threshold instead (e.g. 0.661 for buffalo_l)
     evaluate: bool = True
@@ -437,6 +439,9 @@ class DecoderConfig:
             raise ConfigError(f"decoder.output_size must be even and within [8, 128], got {self.output_size}")
         if not 0.0 < self.fmr < 1.0:
             raise ConfigError(f"decoder.fmr must be in (0, 1), got {self.fmr}")
+        if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in self.save_at_steps):
+            raise ConfigError(f"decoder.save_at_steps must be training steps (whole numbers >= 1), "
+                              f"got {self.save_at_steps}")
         for name in ("mse_weight", "laplace_weight", "perceptual_weight", "discr_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"decoder.{name} must be >= 0, got {getattr(self, name)}")

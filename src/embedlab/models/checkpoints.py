@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import pytorch_lightning as pl
 import torch
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from safetensors.torch import load_file, save_file
@@ -161,3 +162,15 @@ def export_descriptor_model(model: torch.nn.Module, path: str | Path) -> Path:
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
     write_json_atomic(path.with_suffix(".json"), dataclasses.asdict(model.spec))
     return path
+
+
+class StepCheckpoints(pl.Callback):
+    """Keep a checkpoint at each of ``steps`` (``checkpoints/step-<n>.ckpt``): how the model looked after
+    100, 1,000, 10,000 training steps, which last.ckpt overwrites."""
+
+    def __init__(self, folder: Path, steps: list[int]) -> None:
+        self.folder, self.steps = Path(folder), set(steps)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        if trainer.global_step in self.steps:
+            trainer.save_checkpoint(self.folder / f"step-{trainer.global_step}.ckpt")

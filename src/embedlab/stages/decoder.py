@@ -24,12 +24,12 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from embedlab.const import DECODER, last_checkpoint
+from embedlab.const import CHECKPOINTS, DECODER, last_checkpoint
 from embedlab.config import DecoderConfig, Params
 from embedlab.data.collate import collate_skipping_bad
 from embedlab.data.templates import TemplatePairs, TemplateSet, read_template_set
 from embedlab.devices import runtime_loader_options, torch_device, training_shard
-from embedlab.models.checkpoints import load_descriptor_model
+from embedlab.models.checkpoints import StepCheckpoints, load_descriptor_model
 from embedlab.models.decoder import DECODER_KIND, DecoderSpec
 from embedlab.models.decoder_module import DecoderModule
 from embedlab.models.face_models import FaceModel, load_face_model
@@ -109,7 +109,8 @@ class DecoderRequest(TrainingStage):
         return loader, val
 
     def callbacks(self, params: Params, run_id: str | None) -> list[pl.Callback]:
-        return [ControlGrid(self.control, self.out_dir / "control", self.cfg.visualize_every, run_id)]
+        return [ControlGrid(self.control, self.out_dir / "control", self.cfg.visualize_every, run_id),
+                StepCheckpoints(self.out_dir / CHECKPOINTS, self.cfg.save_at_steps)]
 
     def trainer_options(self, params: Params) -> dict[str, Any]:
         return {"max_epochs": self.cfg.epochs, "log_every_n_steps": 10}
