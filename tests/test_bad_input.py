@@ -337,3 +337,15 @@ def test_a_symlinked_step_folder_is_refused_before_anything_moves(tiny_project: 
     (tiny_project / "models" / "drip" / "k").symlink_to(elsewhere)
     assert "models/drip/k: the stage's output folder is a symbolic link" in _refused(STEP, tiny_project).stderr
     assert [p.name for p in elsewhere.iterdir()] == ["keep.txt"]
+
+
+def test_timm_weights_offline_fail_at_once_naming_the_file_to_provide(tiny_project: Path):
+    import time
+
+    _edit_params(tiny_project, _set("drip", "pretrained", "timm"))
+    start = time.monotonic()
+    done = subprocess.run(STEP, cwd=tiny_project, capture_output=True, text=True, timeout=300,
+                          env=cli_env(HF_HUB_OFFLINE="1"))
+    assert done.returncode == 2 and time.monotonic() - start < 60, done.stderr[-2000:]
+    assert "pretrained: timm: timm could not provide test_resnet's weights" in done.stderr
+    assert "save timm.create_model('test_resnet', pretrained=True).state_dict() with torch.save" in done.stderr

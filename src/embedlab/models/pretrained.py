@@ -12,7 +12,9 @@ agree in count and shape, otherwise it is an error, never a partial load.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import socket
 from pathlib import Path
 
 import torch
@@ -63,10 +65,54 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+TIMM = "timm"  # ``pretrained: timm``: timm's own weights of the backbone, through its hub cache
+
+
+HUB = ("huggingface.co", 443)
+
+
+@contextlib.contextmanager
+def _hub_offline_unless_reachable(timeout: float = 3.0):
+    """The Hugging Face hub in offline mode (its cache only) when it cannot be reached within ``timeout``: its
+    client would otherwise retry for about a minute before failing."""
+    import huggingface_hub.constants as hub
+
+    try:
+        socket.create_connection(HUB, timeout=timeout).close()
+        reachable = True
+    except OSError:
+        reachable = False
+    saved = hub.HF_HUB_OFFLINE
+    hub.HF_HUB_OFFLINE = hub.HF_HUB_OFFLINE or not reachable
+    try:
+        yield
+    finally:
+        hub.HF_HUB_OFFLINE = saved
+
+
+def timm_weights(body: nn.Module) -> dict[str, torch.Tensor]:
+    """timm's pretrained weights of ``body``'s architecture (downloaded into the hub cache once). Offline, or
+    for an architecture timm has no weights of, it fails at once naming the file to provide instead."""
+    import timm
+
+    name = getattr(body, "pretrained_cfg", {}).get("architecture") or type(body).__name__
+    try:
+        with _hub_offline_unless_reachable():
+            return timm.create_model(name, pretrained=True).state_dict()
+    except Exception as exc:  # noqa: BLE001 - offline, no such weights, a hub error: one message for all
+        raise PretrainedWeightsError(
+            f"pretrained: timm: timm could not provide {name}'s weights ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}); on a machine that is online, save "
+            f"timm.create_model({name!r}, pretrained=True).state_dict() with torch.save and set pretrained to "
+            "that file") from exc
+
+
 def load_backbone_weights(body: nn.Module, spec: str | Path) -> None:
-    """Load the weights named by ``spec`` into ``body`` (by name, else by position)."""
-    path = resolve_weights_path(spec)
-    source = {k: v for k, v in read_state_dict(path).items() if not k.startswith(_CLASSIFIER_PREFIXES)}
+    """Load the weights named by ``spec`` into ``body`` (by name, else by position): a file, ``pkg:...``, or
+    ``timm`` (timm's own weights)."""
+    path = TIMM if str(spec) == TIMM else resolve_weights_path(spec)
+    state = timm_weights(body) if path == TIMM else read_state_dict(path)
+    source = {k: v for k, v in state.items() if not k.startswith(_CLASSIFIER_PREFIXES)}
     target = body.state_dict()
     if set(source) == set(target):
         mapped = source
