@@ -192,3 +192,28 @@ def test_a_fixed_scoring_subset_keeps_the_chosen_queries_matches(tmp_path, tiny_
     assert 0.0 <= summary["uAP"] <= 1.0
     assert len(DescriptorReader(tmp_path / "eval" / "descriptors" / "query.h5")) == 10
     assert len(DescriptorReader(tmp_path / "eval" / "descriptors" / "reference.h5")) == 16
+
+
+def test_multiscale_features_are_the_normalised_mean_of_single_scale_runs(tmp_path, tiny_demo):
+    import torch
+
+    from embedlab.descriptors import read_descriptors
+    from embedlab.evaluation.embed import embed_to_file
+    from embedlab.evaluation.multiscale import embed_multiscale
+    from embedlab.images import list_images
+    from embedlab.models.backbone import DescriptorModel, DescriptorSpec
+
+    torch.manual_seed(0)
+    model = DescriptorModel(DescriptorSpec("test_resnet", 32, 3.0, 48)).eval()
+    paths = list_images(tiny_demo / "disc" / "query")[:6]
+    embed_multiscale(model, paths, tmp_path / "multi.h5", [32, 64], progress=False)
+    single = []
+    for size in (32, 64):
+        embed_to_file(model, paths, tmp_path / f"single{size}.h5", size, progress=False)
+        single.append(read_descriptors(tmp_path / f"single{size}.h5")[1])
+    names, multi = read_descriptors(tmp_path / "multi.h5")
+    mean = single[0] + single[1]
+    assert names == [p.stem for p in paths]
+    np.testing.assert_allclose(multi, mean / np.linalg.norm(mean, axis=1, keepdims=True), atol=1e-6)
+    assert not np.allclose(single[0], single[1], atol=1e-3)  # the sizes do differ
+    assert sorted(p.name for p in tmp_path.glob("multi*")) == ["multi.h5"]  # the per-size files are gone

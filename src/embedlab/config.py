@@ -252,9 +252,17 @@ class EvaluateConfig:
     # the chosen queries' matches first. A sweep at DISC21 scale need not embed 1M references per trial.
     queries: int = 0
     references: int = 0
+    # Multi-scale test features: the mean of the descriptors at these input sizes (the GeM original:
+    # 200, 256, 320, 400); empty: the model's own size.
+    scales: list[int] = dataclasses.field(default_factory=list)
     postprocess: PostprocessConfig = dataclasses.field(default_factory=PostprocessConfig)
     # `embedlab ensemble`: trained models (<stage>/<name>) whose descriptors are concatenated.
     ensemble: list[str] = dataclasses.field(default_factory=list)
+
+
+    def __post_init__(self) -> None:
+        if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 8 for n in self.scales):
+            raise ConfigError(f"evaluate.scales must be input sizes in pixels (whole numbers >= 8), got {self.scales}")
 
 
 @dataclasses.dataclass

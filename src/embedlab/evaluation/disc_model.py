@@ -18,6 +18,7 @@ from embedlab.images import list_images
 from embedlab.postprocess import PostprocessConfig, postprocess_files
 from embedlab.evaluation.embed import embed_to_file
 from embedlab.evaluation.disc_search import evaluate_disc
+from embedlab.evaluation.multiscale import embed_multiscale
 
 
 
@@ -44,8 +45,12 @@ def evaluate_descriptor_model(model: torch.nn.Module, params: Params, out_dir: P
     files, embedded, skipped = {}, {}, 0
     for subset, paths in sets.items():
         files[subset] = out_dir / "descriptors" / f"{subset}.h5"
-        result = embed_to_file(model, paths, files[subset], on_bad_image=params.data.on_bad_image,
-                               runtime=params.runtime)
+        if params.evaluate.scales:
+            result = embed_multiscale(model, paths, files[subset], params.evaluate.scales,
+                                      params.data.on_bad_image, params.runtime)
+        else:
+            result = embed_to_file(model, paths, files[subset], on_bad_image=params.data.on_bad_image,
+                                   runtime=params.runtime)
         embedded[subset] = result.settings["vectors"]
         skipped += len(result.skipped)
     scored = [p.stem for p in sets["query"]] if fixed_subset else None
