@@ -7,6 +7,7 @@ import json
 import math
 from collections import Counter
 
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -487,3 +488,39 @@ def test_partial_fc_in_one_process_samples_in_training_and_scores_every_class_in
     head.eval()
     full = F.cross_entropy(head(embeddings, labels), labels)
     torch.testing.assert_close(head.loss(embeddings, labels), full)
+
+
+def test_the_reid_transform_flips_pads_and_crops_the_same_way_for_the_same_draw(tiny_demo):
+    from torch.utils.data import DataLoader
+
+    from embedlab.data.collate import collate_skipping_bad
+    from embedlab.data.labelled import LabelledImages
+    from embedlab.data.transforms import reid_train_transform, resize_square
+    from embedlab.images import list_images, load_rgb
+
+    photo = load_rgb(list_images(tiny_demo / "disc" / "training")[0])
+    outs = [reid_train_transform(photo, np.random.default_rng([0, draw]), 48) for draw in range(8)]
+    assert {o.size for o in outs} == {(48, 48)}
+    plain = np.asarray(resize_square(photo, 48))
+    assert sum(not np.array_equal(np.asarray(o), plain) for o in outs) >= 6  # shifted or flipped
+    assert np.array_equal(np.asarray(outs[3]), np.asarray(reid_train_transform(photo, np.random.default_rng([0, 3]),
+                                                                                48)))
+
+    rows = [(p, i // 2) for i, p in enumerate(list_images(tiny_demo / "disc" / "training")[:8])]
+    data = LabelledImages(rows, 48, train_transform=reid_train_transform, seed=5)
+    sampler = PKSampler(data.labels, 2, 2, seed=0, length=2, draws=True)
+    items = list(sampler)
+    assert [draw for draw, _ in items] == list(range(8))  # each draw numbered once per epoch
+    batches = [[b[0] for b in DataLoader(data, batch_size=4, sampler=sampler, collate_fn=collate_skipping_bad,
+                                         num_workers=workers)] for workers in (0, 2)]
+    assert all(torch.equal(a, b) for a, b in zip(*batches))  # the worker count changes nothing
+
+
+def test_the_classifier_starts_as_the_original_or_as_nn_linear():
+    torch.manual_seed(0)
+    normal = ShardedLinear(64, 4000, 2, init="normal").full_weight()
+    assert abs(normal.std().item() - 0.001) < 1e-4 and abs(normal.mean().item()) < 1e-4
+    uniform = ShardedLinear(64, 4000, 2, init="uniform").full_weight()
+    assert uniform.abs().max().item() <= 1 / 8 and uniform.std().item() > 0.05  # U(±1/√64)
+    with pytest.raises(ValueError, match="classifier init must be one of"):
+        ShardedLinear(64, 10, 1, init="zeros")

@@ -297,6 +297,8 @@ class GemConfig:
     proj_dim: int = 8192
     last_stride_1: bool = True
     waveblock: bool = True
+    train_transforms: bool = True  # the original's: flip (p 0.5), pad 10 px, random crop, seeded per draw
+    classifier_init: str = "normal"  # normal: N(0, 0.001²), the original's | uniform: nn.Linear's
     ce_weight: float = 10.0
     triplet_weight: float = 1.0
     label_smoothing: float = 0.1
@@ -317,6 +319,7 @@ class GemConfig:
                 raise ConfigError(f"gem.{name} must be at least 2 (a batch needs positives and negatives)")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"gem.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        _check_choice("gem.classifier_init", self.classifier_init, ("normal", "uniform"))
 
 
 @dataclasses.dataclass

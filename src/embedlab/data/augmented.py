@@ -31,7 +31,7 @@ class AugmentedSet(LabelledImages):
     """(image tensor, class index) for every image of a generated set."""
 
     def __init__(self, root: str | Path, img_size: int, on_bad_image: str = "fail",
-                 bad_log: Path | None = None) -> None:
+                 bad_log: Path | None = None, train_transform=None, seed: int = 0) -> None:
         self.root = Path(root)
         store = store_at(self.root)
         if not (self.root / "manifest.json").is_file() or store is None:
@@ -46,7 +46,8 @@ class AugmentedSet(LabelledImages):
         if len(self.classes) < 2:
             raise ValueError(f"{self.root}: {len(self.classes)} class(es); training needs at least 2")
         rows = [(self.root / f"{key}{store.suffix}", int(label)) for key, label in zip(keys, labels)]
-        super().__init__(rows, img_size, on_bad_image=on_bad_image, bad_log=bad_log)
+        super().__init__(rows, img_size, on_bad_image=on_bad_image, bad_log=bad_log,
+                         train_transform=train_transform, seed=seed)
 
     @property
     def n_classes(self) -> int:

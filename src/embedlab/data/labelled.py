@@ -22,11 +22,18 @@ class LabelledImages(Dataset):
     read under ``root``. ``labels`` feeds a :class:`~embedlab.data.samplers.PKSampler`.
     ``augment`` (PIL -> PIL) runs before the resize. With ``on_bad_image="skip"``
     an unreadable image gives None (use ``collate_skipping_bad``).
+
+    ``train_transform`` (image, rng, size -> image of size × size): applied to
+    items ``(draw, index)`` (a :class:`~embedlab.data.samplers.PKSampler` with
+    ``draws``), its rng seeded by ``(seed, draw)``: the same image for any
+    loader worker count.
     """
 
     def __init__(self, rows: Sequence[Any], img_size: int, root: str | Path | None = None,
                  on_bad_image: str = "fail", bad_log: Path | None = None,
-                 augment: Callable[[Image.Image], Image.Image] | None = None) -> None:
+                 augment: Callable[[Image.Image], Image.Image] | None = None,
+                 train_transform: Callable[[Image.Image, np.random.Generator, int], Image.Image] | None = None,
+                 seed: int = 0) -> None:
         pairs = [(r[0], r[1]) if isinstance(r, (tuple, list)) else (r.path, r.label) for r in rows]
         base = Path(root) if root is not None else None
         # Arrays, not lists of objects: worker memory stays flat in the data size (data/path_table.py).
@@ -35,14 +42,18 @@ class LabelledImages(Dataset):
         self.img_size = img_size
         self.on_bad_image = check_on_bad_image(on_bad_image)
         self.bad_log, self.augment = bad_log, augment
+        self.train_transform, self.seed = train_transform, seed
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, item: int | tuple[int, int]):
+        draw, index = item if isinstance(item, tuple) else (None, item)
         img = load_or_skip(self.paths[index], self.on_bad_image, self.bad_log)
         if img is None:
             return None
         if self.augment is not None:
             img = self.augment(img).convert("RGB")
+        if draw is not None and self.train_transform is not None:
+            img = self.train_transform(img, np.random.default_rng([self.seed, draw]), self.img_size)
         return to_tensor(resize_square(img, self.img_size)), int(self.labels[index])

@@ -32,7 +32,9 @@ class PKSampler(Sampler[int]):
     """
 
     def __init__(self, labels: Sequence[int], p: int, k: int, seed: int, length: int | None = None,
-                 num_replicas: int = 1, rank: int = 0) -> None:
+                 num_replicas: int = 1, rank: int = 0, draws: bool = False) -> None:
+        """``draws``: yield ``(draw, index)``, ``draw`` numbering the epoch's draws of all ranks, for a dataset
+        that seeds each sample's random transform by it (the same images whatever the worker count)."""
         if p < 1 or k < 1:
             raise ValueError(f"PKSampler: p and k must be at least 1, got p={p}, k={k}")
         if not 0 <= rank < num_replicas:
@@ -53,6 +55,7 @@ class PKSampler(Sampler[int]):
             raise ValueError(f"PKSampler: length must be at least 1 batch, got {length}")
         self.n_batches = length
         self.epoch = 0
+        self.draws = draws
 
     @property
     def batch_size(self) -> int:
@@ -87,16 +90,21 @@ class PKSampler(Sampler[int]):
             deferred = later
             yield batch
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[int] | Iterator[tuple[int, int]]:
         rng = np.random.default_rng([self.seed, self.epoch])
         batches = self._identity_batches(rng)
+        per_epoch = self.n_batches * self.num_replicas * self.batch_size
         for number in range(self.n_batches * self.num_replicas):
             identities = next(batches)
             # Draw the instances on every rank, so that the random stream stays the same on all of them.
             chosen = [rng.choice(self.members[i], self.k, replace=len(self.members[i]) < self.k) for i in identities]
             if number % self.num_replicas == self.rank:
-                for indices in chosen:
-                    yield from (int(i) for i in indices)
+                flat = (int(i) for indices in chosen for i in indices)
+                if not self.draws:
+                    yield from flat
+                    continue
+                first = self.epoch * per_epoch + number * self.batch_size
+                yield from ((first + j, i) for j, i in enumerate(flat))
 
 
 class EpochIndices(Sampler[tuple[int, int]]):

@@ -53,13 +53,15 @@ class GemModule(pl.LightningModule):
         classifier_devices: int = 1,
         pretrained: str | None = None,
         channels_last: bool = False,
+        classifier_init: str = "normal",
     ) -> None:
         super().__init__()
         # Plain types only: checkpoints must load with torch.load(weights_only=True).
         self.save_hyperparameters(ignore=["pretrained", "channels_last"])
         self.model = GemNet(GemNetSpec(**spec), pretrained=pretrained).use_channels_last(channels_last)
         self.n_classes = n_classes
-        self.classifier = ShardedLinear(self.model.spec.proj_dim, n_classes, self._classifier_devices())
+        self.classifier = ShardedLinear(self.model.spec.proj_dim, n_classes, self._classifier_devices(),
+                                        init=classifier_init)
 
     def _classifier_devices(self) -> list[torch.device] | int:
         wanted = int(self.hparams.classifier_devices)

@@ -48,6 +48,10 @@ def shard_offsets(sizes: list[int]) -> list[int]:
     return [sum(sizes[:i]) for i in range(len(sizes))]
 
 
+CLASSIFIER_INITS = ("normal", "uniform")
+NORMAL_INIT_STD = 0.001  # the GeM original's classifier init
+
+
 def linear_init_(weight: torch.Tensor, in_features: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """nn.Linear's default weight init (kaiming uniform, a=√5: U(±1/√in)), in place, for any row block."""
     bound = 1.0 / math.sqrt(in_features) if in_features > 0 else 0.0
@@ -62,8 +66,12 @@ class ShardedLinear(nn.Module):
     is moved) or a shard count (all shards on the CPU, moved with the module).
     """
 
-    def __init__(self, in_features: int, n_classes: int, devices: list[torch.device | str] | int) -> None:
+    def __init__(self, in_features: int, n_classes: int, devices: list[torch.device | str] | int,
+                 init: str = "uniform") -> None:
+        """``init``: "uniform" (nn.Linear's draws) or "normal" (N(0, 0.001²), the GeM original's)."""
         super().__init__()
+        if init not in CLASSIFIER_INITS:
+            raise ValueError(f"classifier init must be one of {CLASSIFIER_INITS}, got {init!r}")
         if isinstance(devices, int):
             self.devices: list[torch.device] | None = None
             placement = [torch.device("cpu")] * devices
@@ -71,7 +79,11 @@ class ShardedLinear(nn.Module):
             self.devices = placement = [torch.device(d) for d in devices]
         self.in_features, self.n_classes = in_features, n_classes
         self.sizes = shard_sizes(n_classes, len(placement))
-        full = linear_init_(torch.empty(n_classes, in_features), in_features)  # same draws as nn.Linear
+        full = torch.empty(n_classes, in_features)
+        if init == "normal":
+            full.normal_(0.0, NORMAL_INIT_STD)
+        else:
+            linear_init_(full, in_features)  # the same draws as nn.Linear
         self.shards = nn.ParameterList(
             nn.Parameter(rows.clone().to(device)) for rows, device in zip(full.split(self.sizes), placement)
         )

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 from embedlab.const import DESCRIPTOR_MODEL, EVAL, PR_CURVE_CSV, PR_CURVE_HEADER, SKIPPED_IMAGES
 from embedlab.config import GemConfig, Params
 from embedlab.data.augmented import AugmentedSet
+from embedlab.data.transforms import reid_train_transform
 from embedlab.data.collate import collate_skipping_bad
 from embedlab.data.samplers import PKSampler
 from embedlab.devices import runtime_loader_options, training_shard
@@ -56,7 +57,9 @@ class GemRequest(TrainingStage):
     def setup(self, params: Params) -> None:
         self.cfg = self.cfg or params.gem
         self.dataset = AugmentedSet(self.data_dir, self.cfg.img_size, params.data.on_bad_image,
-                                    bad_log=self.out_dir / SKIPPED_IMAGES)
+                                    bad_log=self.out_dir / SKIPPED_IMAGES,
+                                    train_transform=reid_train_transform if self.cfg.train_transforms else None,
+                                    seed=params.seed)
         self.iters = iterations_per_epoch(len(self.dataset), self.cfg.p * self.cfg.k, self.cfg.iters)
 
     def tags(self) -> dict[str, str]:
@@ -82,7 +85,7 @@ class GemRequest(TrainingStage):
             _spec(cfg), self.dataset.n_classes, cfg.ce_weight, cfg.triplet_weight, cfg.label_smoothing, cfg.lr,
             cfg.weight_decay, cfg.warmup_epochs, cfg.flat_epochs, cfg.epochs, self.iters,
             params.runtime.classifier_devices, pretrained=cfg.pretrained if fresh else None,
-            channels_last=params.runtime.channels_last,
+            channels_last=params.runtime.channels_last, classifier_init=cfg.classifier_init,
         )
 
     def loaders(self, params: Params) -> tuple[DataLoader, None]:
@@ -133,7 +136,8 @@ def train_loader(dataset: AugmentedSet, cfg: GemConfig, params: Params, iters: i
     """P×K batches of ``dataset``: each DDP rank gets whole batches of one shared draw (a
     DistributedSampler would split identities)."""
     rank, ranks = training_shard(params.runtime)
-    sampler = PKSampler(dataset.labels, cfg.p, cfg.k, seed=params.seed, length=iters, num_replicas=ranks, rank=rank)
+    sampler = PKSampler(dataset.labels, cfg.p, cfg.k, seed=params.seed, length=iters, num_replicas=ranks, rank=rank,
+                        draws=dataset.train_transform is not None)
     return DataLoader(dataset, batch_size=cfg.p * cfg.k, sampler=sampler, collate_fn=collate_skipping_bad,
                       drop_last=True, **runtime_loader_options(params.runtime))
 
