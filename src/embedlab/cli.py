@@ -551,7 +551,10 @@ def _user_facing(exc: BaseException) -> bool:
 def _one_line(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return f"disk full while writing {exc.filename or 'an output file'}: free space and run again"
-    return hide_passwords(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc))
+    text = str(exc).strip() or repr(exc)
+    if not isinstance(exc, USER_FACING):  # MLflow's: the first line says it, the rest dumps the request
+        text = text.splitlines()[0]
+    return hide_passwords(text)
 
 
 if __name__ == "__main__":

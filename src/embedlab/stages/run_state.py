@@ -99,6 +99,8 @@ def open_run_dir(out_dir: Path, key: str) -> tuple[RunState, str]:
         kept = previous_dir(out_dir)
         if RunState.load(kept / RUN_STATE).fingerprint == key:  # back to the settings of the run set aside
             trash = out_dir.parent / f".{out_dir.name}.replaced"
+            if trash.exists():  # left by a run killed mid-swap
+                shutil.rmtree(trash)
             if out_dir.exists():
                 out_dir.rename(trash)
             kept.rename(out_dir)
