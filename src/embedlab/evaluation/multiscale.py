@@ -17,6 +17,7 @@ import torch
 from embedlab.config import RuntimeConfig
 from embedlab.descriptors import DescriptorFileError, DescriptorReader, write_descriptors
 from embedlab.evaluation.embed import Embeddings, embed_to_file
+from embedlab.postprocess.whitening import l2_normalize
 
 
 def scale_file(out: Path, size: int) -> Path:
@@ -35,8 +36,7 @@ def embed_multiscale(model: torch.nn.Module, paths: Sequence[Path], out: str | P
         if reader.names != readers[0].names:  # an image unreadable at one size only: not the same set
             raise DescriptorFileError(scale_file(out, size), f"names differ from {scale_file(out, sizes[0])}")
     total = sum(reader.read().astype(np.float64) for reader in readers)
-    mean = total / np.maximum(np.linalg.norm(total, axis=1, keepdims=True), 1e-12)
-    write_descriptors(out, readers[0].names, mean.astype(np.float32))
+    write_descriptors(out, readers[0].names, l2_normalize(total))
     for size in sizes:  # kept until the mean is written: a killed run resumes each size where it stopped
         scale_file(out, size).unlink()
     return results[0]

@@ -28,10 +28,11 @@ def check_finite(x: np.ndarray, what: str) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def mean_top_similarity(
+def nearest_training(
     x: np.ndarray, train: np.ndarray, n: int, device: str = "auto", what: str = "query"
-) -> np.ndarray:
-    """``m[i]`` = mean of the ``n`` largest ``x[i] . t`` over training rows ``t`` (float64, shape N).
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(x, train, scores, indices)``: both checked (float32), and each ``x`` row's ``n`` nearest training rows
+    by inner product, best first.
 
     Raises ValueError when ``n`` < 1, when there are fewer than ``n``
     training descriptors, or when the dimensions differ.
@@ -45,6 +46,15 @@ def mean_top_similarity(
     if x.shape[1] != train.shape[1]:
         raise ValueError(f"{what} dimension {x.shape[1]} differs from training dimension {train.shape[1]}")
     if x.shape[0] == 0:
-        return np.zeros(0, np.float64)
-    scores, _ = knn_search(x, train, n, device=device, progress=x.shape[0] > 50_000)
+        return x, train, np.zeros((0, n), np.float32), np.zeros((0, n), np.int64)
+    scores, indices = knn_search(x, train, n, device=device, progress=x.shape[0] > 50_000)
+    return x, train, scores, indices
+
+
+def mean_top_similarity(
+    x: np.ndarray, train: np.ndarray, n: int, device: str = "auto", what: str = "query"
+) -> np.ndarray:
+    """``m[i]`` = mean of the ``n`` largest ``x[i] . t`` over training rows ``t`` (float64, shape N); the
+    checks of :func:`nearest_training`."""
+    _, _, scores, _ = nearest_training(x, train, n, device, what)
     return scores.astype(np.float64).mean(axis=1)

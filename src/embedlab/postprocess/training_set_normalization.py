@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from embedlab.postprocess.neighbours import check_finite
-from embedlab.retrieval import knn_search
+from embedlab.postprocess.neighbours import nearest_training
+from embedlab.postprocess.whitening import l2_normalize
 
 DEFAULT_FACTOR = 1.8  # the original's
 DEFAULT_N = 100
@@ -27,29 +27,17 @@ DEFAULT_TOP = 3
 ROWS_PER_BLOCK = 2048  # rows × n × dim floats of directions in memory at a time (2048 × 100 × 256: 200 MB)
 
 
-def _unit(x: np.ndarray, axis: int) -> np.ndarray:
-    norm = np.linalg.norm(x, axis=axis, keepdims=True)
-    return x / np.maximum(norm, 1e-12)
-
-
 def push_from_training_set(x: np.ndarray, train: np.ndarray, factor: float = DEFAULT_FACTOR, n: int = DEFAULT_N,
                            top: int = DEFAULT_TOP, device: str = "auto", what: str = "query") -> np.ndarray:
     """``x`` (N x D) moved away from its ``n`` nearest ``train`` rows as above; float32, unit rows."""
-    x, train = check_finite(x, what), check_finite(train, "training descriptors")
     if not (factor >= 0 and 1 <= top <= n):
         raise ValueError(f"training-set normalisation needs factor >= 0 and 1 <= top <= n, got factor {factor}, "
                          f"top {top}, n {n}")
-    if train.shape[0] < n:
-        raise ValueError(f"{n} training neighbours requested but there are only {train.shape[0]} training descriptors")
-    if x.shape[1] != train.shape[1]:
-        raise ValueError(f"{what} dimension {x.shape[1]} differs from training dimension {train.shape[1]}")
-    if x.shape[0] == 0:
-        return x
-    scores, nearest = knn_search(x, train, n, device=device, progress=x.shape[0] > 50_000)
+    x, train, scores, nearest = nearest_training(x, train, n, device, what)
     strength = factor * np.sqrt(np.clip(scores[:, :top].mean(axis=1), 0.0, None))
     out = np.empty_like(x)
     for start in range(0, len(x), ROWS_PER_BLOCK):
         rows = slice(start, start + ROWS_PER_BLOCK)
-        away = _unit(x[rows, None, :] - train[nearest[rows]], axis=2).mean(axis=1)
-        out[rows] = _unit(x[rows] + strength[rows, None] * _unit(away, axis=1), axis=1)
+        away = l2_normalize(x[rows, None, :] - train[nearest[rows]]).mean(axis=1)
+        out[rows] = l2_normalize(x[rows] + strength[rows, None] * l2_normalize(away))
     return out

@@ -48,8 +48,8 @@ class WhiteningFileError(ValueError):
 
 
 def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    """Rows divided by their L2 norm (all-zero rows stay zero)."""
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    """Vectors (the last axis: the rows of a matrix) divided by their L2 norm (all-zero ones stay zero)."""
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
     return (x / np.maximum(norms, eps)).astype(np.float32, copy=False)
 
 
