@@ -132,6 +132,7 @@ class DescriptorReader:
         import h5py
 
         self.path = Path(path)
+        self.zero_vectors = 0  # all-zero vectors among those the last whole pass of slices() read
         if not self.path.is_file():
             raise DescriptorFileError(self.path, "file not found")
         if not h5py.is_hdf5(self.path):
@@ -185,8 +186,10 @@ class DescriptorReader:
     def slices(self, rows: int | None = None, check: bool = True) -> Iterator[tuple[int, np.ndarray]]:
         """(first row, float32 C-contiguous vectors) for consecutive slices of ``rows`` rows (default: 64 MiB).
 
-        ``check``: refuse a slice with NaN or infinite values (off: the caller counts them)."""
+        ``check``: refuse a slice with NaN or infinite values (off: the caller counts them). After a whole
+        pass, :attr:`zero_vectors` holds how many of the vectors were all zeros (counted on the way)."""
         rows = rows or rows_per_slice(self.dim)
+        self.zero_vectors = 0
         with self._open() as f:
             data = f[self._vectors_key]
             for start in range(0, len(self), rows):
@@ -199,6 +202,7 @@ class DescriptorReader:
                 if bad:
                     raise DescriptorFileError(self.path, f"{bad} vectors among rows {start}-{start + len(part) - 1} "
                                                          "contain NaN or infinite values")
+                self.zero_vectors += zero_rows(part)
                 yield start, part
 
     def mapped(self) -> np.ndarray:

@@ -70,6 +70,14 @@ def write_pr_curve(out_dir: Path, p: np.ndarray, r: np.ndarray, t: np.ndarray, p
         fig.savefig(tmp, format="png")
 
 
+def _check_zero_vectors(path, kind: str, count: int, total: int) -> None:
+    """All-zero vectors score 0 against everything: a file of them only is refused, some are a counted warning."""
+    if count and count == total:
+        raise DescriptorFileError(path, f"all {total} {kind} vectors are zeros: nothing to score")
+    if count:
+        log.warning("%s: %d of %d %s vectors are zeros (they score 0 against everything)", path, count, total, kind)
+
+
 def evaluate_disc(
     query_h5: str | os.PathLike,
     reference_h5: str | os.PathLike,
@@ -103,13 +111,7 @@ def evaluate_disc(
             query_h5,
             f"descriptor dimension {q_vecs.shape[1]} differs from {references.dim} in {reference_h5}",
         )
-    zero = {"query": zero_rows(q_vecs), "reference": sum(zero_rows(part) for _, part in references.slices())}
-    for (kind, count), (path, total) in zip(zero.items(), ((query_h5, len(q_names)), (reference_h5, len(r_names)))):
-        if count and count == total:
-            raise DescriptorFileError(path, f"all {total} {kind} vectors are zeros: nothing to score")
-        if count:
-            log.warning("%s: %d of %d %s vectors are zeros (they score 0 against everything)", path, count, total,
-                        kind)
+    _check_zero_vectors(query_h5, "query", zero_rows(q_vecs), len(q_names))
     gt = read_ground_truth(ground_truth_csv, query_ids=all_query_ids or q_names,
                            reference_ids=all_reference_ids or r_names)
     if scored_query_ids is not None:
@@ -119,6 +121,8 @@ def evaluate_disc(
         raise GroundTruthError(f"{ground_truth_csv}: no ground-truth pairs, metrics would be undefined")
 
     scores, indices = knn_search(q_vecs, references, k, device=device, progress=len(q_names) > 50_000)
+    # Counted while the search read the references: no second pass over a file of up to tens of GB.
+    _check_zero_vectors(reference_h5, "reference", references.zero_vectors, len(r_names))
     preds = predictions_from_knn(q_names, r_names, scores, indices)
     is_match = label_predictions(preds.query_ids, preds.reference_ids, gt)
 
