@@ -61,6 +61,16 @@ def _validate(path: str | os.PathLike, names: list[str], vectors: np.ndarray) ->
         raise DescriptorFileError(path, f"{blank} image names are empty")
 
 
+def encode_names(path: str | os.PathLike, names: Sequence[str]) -> np.ndarray:
+    """Image names as the h5 files store them: ASCII bytes (a non-ASCII name is an error naming ``path``)."""
+    try:
+        encoded = np.array([n.encode("ascii") for n in names], dtype=bytes)
+    except UnicodeEncodeError as err:
+        bad = next(n for n in names if not n.isascii())
+        raise DescriptorFileError(path, f"image name {bad!r} is not ASCII") from err
+    return encoded if len(names) else np.zeros(0, dtype="S1")
+
+
 def write_descriptors(path: str | os.PathLike, names: Sequence[str], vectors: np.ndarray) -> None:
     """Write ``names`` and ``vectors`` (N x D) in the ISC layout, atomically.
 
@@ -72,13 +82,7 @@ def write_descriptors(path: str | os.PathLike, names: Sequence[str], vectors: np
     names = [str(n) for n in names]
     vectors = np.ascontiguousarray(np.asarray(vectors), dtype=np.float32)
     _validate(path, names, vectors)
-    try:
-        encoded = np.array([n.encode("ascii") for n in names], dtype=bytes)
-    except UnicodeEncodeError as err:
-        bad = next(n for n in names if not n.isascii())
-        raise DescriptorFileError(path, f"image name {bad!r} is not ASCII") from err
-    if not names:
-        encoded = np.zeros(0, dtype="S1")
+    encoded = encode_names(path, names)
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.create_dataset("vectors", data=vectors)

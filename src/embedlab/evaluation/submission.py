@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from embedlab.atomic import atomic_path, files_replaced_together
-from embedlab.descriptors import DescriptorReader, read_descriptors
+from embedlab.descriptors import DescriptorReader, encode_names, read_descriptors
 from embedlab.evaluation.disc_search import write_predictions_csv
 from embedlab.retrieval import Predictions, knn_search, predictions_from_knn
 
@@ -41,11 +41,11 @@ def _write_phase1_h5(path: Path, q_names, q_vecs: np.ndarray, reference: Descrip
 
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("query", data=q_vecs)
-        f.create_dataset("query_ids", data=np.array([n.encode("ascii") for n in q_names]))
+        f.create_dataset("query_ids", data=encode_names(path, q_names))
         vectors = f.create_dataset("reference", shape=(len(reference), reference.dim), dtype=np.float32)
         for start, part in reference.slices():  # one slice in memory at a time: 1M references are 1 GB
             vectors[start:start + len(part)] = part
-        f.create_dataset("reference_ids", data=np.array([n.encode("ascii") for n in reference.names]))
+        f.create_dataset("reference_ids", data=encode_names(path, reference.names))
 
 
 def write_disc_submission(query_h5: str | os.PathLike, reference_h5: str | os.PathLike, out: str | os.PathLike,
