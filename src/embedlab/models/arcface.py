@@ -23,6 +23,13 @@ def add_margin(target: torch.Tensor, m: float) -> torch.Tensor:
     return torch.where(target > math.cos(math.pi - m), with_margin, fallback)
 
 
+def fp32_cosine(embeddings: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Cosines of the rows of ``embeddings`` with the columns of ``kernel`` [dim, classes], in fp32 even under
+    autocast: bf16 rounds cosines near 1 to 1.0 (step 2^-8), where the target gradient vanishes."""
+    with torch.autocast(embeddings.device.type, enabled=False):
+        return F.normalize(embeddings.float(), dim=1) @ F.normalize(kernel.float(), dim=0)
+
+
 def sample_class_columns(positives: torch.Tensor, n_classes: int, rate: float,
                          generator: torch.Generator) -> torch.Tensor:
     """Partial FC's class centres for one step: every class of the batch (``positives``) and random others, in
@@ -64,10 +71,7 @@ class ArcFaceHead(nn.Module):
         return self.weight.shape[1]
 
     def cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
-        # fp32 even under autocast: bf16 rounds cosines near 1 to 1.0 (step 2^-8),
-        # where the target gradient vanishes.
-        with torch.autocast(embeddings.device.type, enabled=False):
-            return F.normalize(embeddings.float(), dim=1) @ F.normalize(self.weight.float(), dim=0)
+        return fp32_cosine(embeddings, self.weight)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor, m: float | None = None) -> torch.Tensor:
         return arcface_logits(self.cosine(embeddings), labels, self.m if m is None else m, self.s)
@@ -83,8 +87,7 @@ class ArcFaceHead(nn.Module):
         if not (self.training and self.sample_rate < 1.0):
             return F.cross_entropy(arcface_logits(self.cosine(embeddings), labels, m, self.s), labels)
         columns = sample_class_columns(labels.unique(), self.n_classes, self.sample_rate, self.generator)
-        with torch.autocast(embeddings.device.type, enabled=False):
-            cosine = F.normalize(embeddings.float(), dim=1) @ F.normalize(self.weight[:, columns].float(), dim=0)
+        cosine = fp32_cosine(embeddings, self.weight[:, columns])
         sampled = columns_of(labels, columns, self.n_classes)
         return F.cross_entropy(arcface_logits(cosine, sampled, m, self.s), sampled)
 

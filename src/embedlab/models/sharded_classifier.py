@@ -30,7 +30,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from embedlab.models.arcface import add_margin, columns_of, sample_class_columns
+from embedlab.models.arcface import add_margin, columns_of, fp32_cosine, sample_class_columns
 
 
 def shard_sizes(n_classes: int, n_shards: int) -> list[int]:
@@ -306,8 +306,7 @@ class DistributedArcFace(_RankShard):
             weight, offset = weight[:, columns], 0
             local = torch.where(mine, columns_of(local.clamp(0, self.n_local - 1), columns, self.n_local), -1)
             labels = local  # the CE finds each row's target by its position among this rank's sampled columns
-        with torch.autocast(features.device.type, enabled=False):  # fp32 cosines, as ArcFaceHead computes them
-            cosine = (F.normalize(features.float(), dim=1) @ F.normalize(weight.float(), dim=0)).clamp(-1, 1)
+        cosine = fp32_cosine(features, weight).clamp(-1, 1)
         owned = mine.nonzero().squeeze(1)  # rows whose class is on this rank
         target = add_margin(cosine[owned, local[owned]], self.m if m is None else m)
         logits = self.s * cosine.index_put((owned, local[owned]), target)
@@ -318,9 +317,7 @@ class DistributedArcFace(_RankShard):
         """The nearest class centre of each of this rank's rows, over every rank's block (as ArcFaceHead.predict)."""
         rows = [torch.empty_like(local_embeddings) for _ in range(self.world_size)]
         dist.all_gather(rows, local_embeddings.contiguous(), group=self.group)
-        with torch.autocast(local_embeddings.device.type, enabled=False):
-            cosine = F.normalize(torch.cat(rows).float(), dim=1) @ F.normalize(self.weight.float(), dim=0)
-        best, where = cosine.max(dim=1)
+        best, where = fp32_cosine(torch.cat(rows), self.weight).max(dim=1)
         bests = [torch.empty_like(best) for _ in range(self.world_size)]
         wheres = [torch.empty_like(where) for _ in range(self.world_size)]
         dist.all_gather(bests, best, group=self.group)
