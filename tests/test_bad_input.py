@@ -228,6 +228,8 @@ def test_passwords_are_hidden_in_every_uri_of_a_message():
 
     assert hide_passwords("to http://u:p@ss@host:5000/api and postgresql://a:b@db/x, not sqlite:///m.db") == \
         "to http://u:***@host:5000/api and postgresql://a:***@db/x, not sqlite:///m.db"
+    assert hide_passwords("a storage URL no parser took: //u:p@ss@host/db") == \
+        "a storage URL no parser took: //u:***@host/db"
 
 
 @pytest.mark.parametrize("link", ["dangling", "looping"])

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import mlflow
 import pytorch_lightning as pl
-import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 

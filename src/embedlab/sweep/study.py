@@ -21,6 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from embedlab import tracking
 from embedlab.config import ConfigError, SweepConfig
+from embedlab.credentials import hide_passwords
 
 HEARTBEAT_INTERVAL = 30  # seconds between a running trial's heartbeats
 GRACE_PERIOD = 120  # a running trial without a heartbeat this long is stale (its worker died)
