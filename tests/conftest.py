@@ -46,10 +46,11 @@ def tiny_params(data_root: str = "data/raw") -> dict:
                                "s2": {"n_facebook_samples": 32, "n_imagenet_samples": 8, "init_from": "s1"}}
     params["runtime"].update(inference_batch_size=32, augment_workers=1)
     params["pipeline"].update(augment=["big"], gem=["big"])
-    params["evaluate"].update(train_descriptors=24, ensemble=["drip/s2", "gem/big"])
+    params["evaluate"].update(train_descriptors=24, ensemble=["drip/s2", "gem/imagenet/big"])
     params["augment"].update(classes=8, per_class=4, size=48)
     params["gem"].update(
-        backbone="test_resnet", pretrained=None, img_size=48, proj_hidden=32, proj_dim=64, p=4, k=2, epochs=2,
+        backbone="test_resnet", pretrained=None, img_size=48, proj_hidden=32, proj_dim=64, descriptor_dim=16, p=4,
+        k=2, epochs=2,
         iters=3, warmup_epochs=1, flat_epochs=0,
     )
     params["triplet"].update(

@@ -173,6 +173,28 @@ def test_the_full_profile_holds_every_originals_settings(tmp_path):
             p.decoder.perceptor_layers, p.decoder.fmr) == (112, 1.0, 200, 11.0, 4, 1e-6)
     assert p.templates.model.endswith("w600k_r50.onnx") and p.evaluate.train_descriptors == 100_000
     assert len(p.pipeline.augment) == 11 and p.augment.every == 10
+    # The GeM matrix: every start on all 11 sets, the 256-d distilled descriptor; the demo's scratch start is gone.
+    assert p.pipeline.gem == p.pipeline.augment and p.pipeline.gem_starts == ["imagenet", "byol"]
+    assert sorted(p.gem_starts) == ["byol", "imagenet"] and p.gem.descriptor_dim == 256
+    assert p.gem_starts["byol"].apply(p.gem).pretrained == "weights/resnet152_byol.pth"
+    assert p.gem_starts["imagenet"].apply(p.gem).pretrained == "weights/resnet50_imagenet.pth"
+
+
+def test_gem_starts_are_checked_and_applied(tmp_path):
+    path = tmp_path / "params.yaml"
+    params = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    p = load_params(PROJECT / "params.yaml")
+    assert p.gem_starts["scratch"].apply(p.gem).pretrained is None
+    assert p.gem_starts["imagenet"].apply(p.gem) == p.gem
+    params["pipeline"]["gem_starts"] = ["imagenet", "byol"]
+    path.write_text(yaml.safe_dump(params))
+    with pytest.raises(ConfigError, match=r"pipeline.gem_starts: \['byol'\] not defined in gem_starts"):
+        load_params(path)
+    params["pipeline"]["gem_starts"] = ["imagenet"]
+    params["gem_starts"]["scratch"] = {"scratch": True, "pretrained": "w.pth"}
+    path.write_text(yaml.safe_dump(params))
+    with pytest.raises(ConfigError, match="scratch: true cannot also name pretrained weights"):
+        load_params(path)
 
 
 def test_a_missing_pretrained_file_names_the_file_to_provide(tmp_path):

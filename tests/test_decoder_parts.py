@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from embedlab.config import ConfigError, DecoderConfig
 from embedlab.data.templates import TemplateFileError, TemplateSet, read_template_set, write_template_set
 from embedlab.models.checkpoints import export_descriptor_model
 from embedlab.models.decoder import DecoderSpec, Discriminator, TemplateDecoder, to_uint8
@@ -180,6 +181,112 @@ def test_onnx_export_of_a_project_encoder_gives_the_same_templates(tmp_path):
     assert x.grad is not None and x.grad.abs().sum() > 0
     np.testing.assert_allclose(torch.nn.functional.normalize(embedding, dim=1).detach().numpy(),
                                torch_model.embed(x.detach()).numpy(), atol=1e-4)
+
+
+BLOCK_ENDS = ["/body/blocks/blocks.0/Add_1", "/body/blocks/blocks.1/Add_1_output_0"]  # a node, an output tensor
+
+
+def test_onnx_perceptor_gives_the_named_nodes_as_the_encoder_gives_its_blocks(tmp_path):
+    encoder = _encoder_file(tmp_path)
+    onnx_path = export_onnx_face_model(encoder, tmp_path / "encoder.onnx")
+    torch_perceptor = load_face_model(encoder, "perceptor", n_layers=2)  # the outputs of its two blocks
+    onnx_perceptor = load_face_model(onnx_path, "perceptor", nodes=BLOCK_ENDS)
+    assert onnx_perceptor.feature_nodes == ["/body/blocks/blocks.0/Add_1", "/body/blocks/blocks.1/Add_1"]
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        got, expected = onnx_perceptor.features(x), torch_perceptor.features(x)
+    assert [f.shape for f in got] == [(2, 17, 192), (2, 17, 192), (2, 192)]
+    for g, e in zip(got[:2], expected[:2]):
+        np.testing.assert_allclose(g.numpy(), e.numpy(), atol=1e-4)
+    # An ONNX face model outputs the raw embedding, the project encoder its normalised one.
+    np.testing.assert_allclose(torch.nn.functional.normalize(got[2]).numpy(), expected[2].numpy(), atol=1e-4)
+
+    # The perceptual loss is the mean over the three nodes, not the embedding's term alone.
+    photo, reconstruction = torch.rand(2, 3, 32, 32) * 2 - 1, (torch.rand(2, 3, 32, 32) * 2 - 1).requires_grad_()
+    loss = perceptual_loss(onnx_perceptor, reconstruction, photo)
+    with torch.no_grad():
+        pairs = zip(onnx_perceptor.features(reconstruction * 0.5 + 0.5), onnx_perceptor.features(photo * 0.5 + 0.5))
+        terms = [torch.nn.functional.mse_loss(r, p) for r, p in pairs]
+    assert loss.item() == pytest.approx(float(torch.stack(terms).mean()), rel=1e-5)
+    assert loss.item() != pytest.approx(float(terms[-1]), rel=0.05)
+    loss.backward()
+    assert reconstruction.grad.abs().sum() > 0
+
+
+class _IBasicBlock(torch.nn.Module):
+    """arcface_torch's iresnet block: BN, conv, BN, PReLU, strided conv, BN, plus a shortcut."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.body = nn.Sequential(nn.BatchNorm2d(cin), nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout),
+                                  nn.PReLU(cout), nn.Conv2d(cout, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout))
+        self.shortcut = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                         if stride > 1 or cin != cout else nn.Identity())
+
+    def forward(self, x):
+        return self.body(x) + self.shortcut(x)
+
+
+class _TinyIResNet(torch.nn.Module):
+    """An iresnet in miniature (32 px in, layers at 16, 8, 4 and 2 px, BN after layer4, 16-d embedding)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1, bias=False), nn.BatchNorm2d(8), nn.PReLU(8))
+        widths = [8, 8, 16, 16, 24]
+        self.layers = nn.ModuleList(nn.Sequential(_IBasicBlock(widths[i], widths[i + 1], 2),
+                                                  _IBasicBlock(widths[i + 1], widths[i + 1], 1)) for i in range(4))
+        self.bn2, self.fc, self.features = nn.BatchNorm2d(24), nn.Linear(24 * 2 * 2, 16), nn.BatchNorm1d(16)
+        # Trained-looking BatchNorms, but fresh ones in the stem and shortcuts: folded into their convolutions they
+        # give equal biases, which the exporter stores once (the shared weights onnx2torch cannot take as they are).
+        for name, m in self.named_modules():
+            fresh = name.startswith("stem") or "shortcut" in name
+            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) and not fresh:
+                for t in (m.running_mean, m.weight, m.bias):
+                    t.data.uniform_(-0.5, 0.5)
+                m.running_var.data.uniform_(0.5, 2.0)
+
+    def forward(self, x):
+        x = self.stem(x)
+        for layer in self.layers:
+            x = layer(x)
+        return self.features(self.fc(torch.flatten(self.bn2(x), 1)))
+
+
+def test_onnx_perceptor_takes_the_ends_of_an_iresnets_last_stages_by_default(tmp_path):
+    torch.manual_seed(0)
+    net, path = _TinyIResNet().eval(), tmp_path / "iresnet.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (torch.zeros(1, 3, 32, 32),), str(path), input_names=["images"],
+                          output_names=["embedding"], dynamic_axes={"images": {0: "b"}, "embedding": {0: "b"}},
+                          dynamo=False, opset_version=17)
+    ends: list[torch.Tensor] = []  # layer1-3 and layer4 after its closing BN, as PyTorch computes them
+    for m in (*net.layers[:3], net.bn2):
+        m.register_forward_hook(lambda _m, _i, out: ends.append(out))
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        embedding = net((x - 0.5) / 0.5)  # the ONNX face-model input convention
+        features = load_face_model(path, "perceptor", n_layers=4).features(x)
+        last_two = load_face_model(path, "perceptor", n_layers=2).features(x)
+    assert [tuple(f.shape[1:]) for f in features] == [(8, 16, 16), (16, 8, 8), (16, 4, 4), (24, 2, 2), (16,)]
+    for got, expected in zip(features, [*ends, embedding]):
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-4)
+    assert len(last_two) == 3 and all(torch.equal(a, b) for a, b in zip(last_two, features[2:]))
+
+
+def test_perceptor_node_that_does_not_exist_is_named_with_nodes_that_do(tmp_path):
+    encoder = _encoder_file(tmp_path)
+    onnx_path = export_onnx_face_model(encoder, tmp_path / "encoder.onnx")
+    with pytest.raises(ValueError, match=r"encoder\.onnx: has no node 'blocks\.9' \(decoder\.perceptor_nodes\).*"
+                                         r"e\.g\. .*'/body/blocks/blocks\.1/Add_1' \(17, 192\)"):
+        load_face_model(onnx_path, "perceptor", nodes=[BLOCK_ENDS[0], "blocks.9"])
+    with pytest.raises(FaceModelError, match=r"enc\.safetensors: decoder\.perceptor_nodes names nodes of an ONNX"):
+        load_face_model(encoder, "perceptor", n_layers=2, nodes=BLOCK_ENDS)
+    with pytest.raises(ConfigError, match=r"decoder\.perceptor_nodes must be a list of ONNX node names, got 'x'"):
+        DecoderConfig(perceptor_nodes="x")
 
 
 def test_onnx_file_that_is_not_a_face_model_is_refused(tmp_path):

@@ -524,3 +524,79 @@ def test_the_classifier_starts_as_the_original_or_as_nn_linear():
     assert uniform.abs().max().item() <= 1 / 8 and uniform.std().item() > 0.05  # U(±1/√64)
     with pytest.raises(ValueError, match="classifier init must be one of"):
         ShardedLinear(64, 10, 1, init="zeros")
+
+
+# ---------------------------------------------------------------- descriptor-track head (distilled)
+
+def test_the_descriptor_track_head_gives_a_small_unit_descriptor_that_exports_and_loads(tmp_path):
+    from embedlab.models.checkpoints import export_descriptor_model, load_descriptor_model
+
+    torch.manual_seed(0)
+    spec = dataclasses.replace(TINY, descriptor_dim=16)
+    net = GemNet(spec).eval()
+    assert [type(m) for m in net.descriptor_head] == [nn.BatchNorm1d, nn.LeakyReLU, nn.Linear, nn.BatchNorm1d]
+    assert net.descriptor_head[2].in_features == 48 and net.descriptor_dim == 16
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        descriptors = net(x)
+    assert descriptors.shape == (3, 16)
+    assert torch.allclose(descriptors.norm(dim=1), torch.ones(3), atol=1e-5)
+    loaded = load_descriptor_model(export_descriptor_model(net, tmp_path / "model.safetensors")).eval()
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), descriptors, atol=1e-6)
+    assert GemNet(TINY).descriptor_head is None and GemNet(TINY).descriptor_dim == 48
+
+
+def test_similarity_distillation_by_hand_at_temperature_two():
+    """KL(teacher ‖ student) of each sample's softmax over its similarities to the others (× scale / T), × T²."""
+    from embedlab.models.losses import similarity_distillation
+
+    rng = np.random.default_rng(0)
+    student, teacher = rng.normal(size=(5, 4)), rng.normal(size=(5, 6))
+    t, scale = 2.0, 20.0
+
+    def rows(x):
+        x = x / np.linalg.norm(x, axis=1, keepdims=True)
+        out = []
+        for i in range(len(x)):
+            logits = np.array([x[i] @ x[j] for j in range(len(x)) if j != i]) * scale / t
+            e = np.exp(logits - logits.max())
+            out.append(e / e.sum())
+        return out
+
+    expected = np.mean([np.sum(p * np.log(p / q)) for p, q in zip(rows(teacher), rows(student))]) * t * t
+    got = similarity_distillation(torch.tensor(student), torch.tensor(teacher), temperature=t, scale=scale)
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+    same = torch.tensor(teacher)
+    assert similarity_distillation(same, same).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_the_distilled_head_trains_without_changing_the_neck_model():
+    """One step with the head and one without, from the same weights and batch: the 8192-d model (body,
+    projector, neck) ends identical, and the head's weights moved."""
+    from embedlab.models.gem_module import GemModule
+
+    images, labels = torch.randn(4, 3, 64, 64), torch.tensor([0, 0, 5, 5])
+
+    def module(descriptor_dim: int) -> GemModule:
+        torch.manual_seed(0)
+        return GemModule(dataclasses.asdict(dataclasses.replace(TINY, waveblock=False,
+                                                                descriptor_dim=descriptor_dim)),
+                         n_classes=7, iters_per_epoch=4)
+
+    def step(gem: GemModule) -> None:
+        optimizer = gem.configure_optimizers()["optimizer"]
+        optimizer.zero_grad()
+        gem.training_step((images, labels), 0).backward()
+        optimizer.step()
+
+    without, with_head = module(0), module(16)
+    with_head.load_state_dict(without.state_dict(), strict=False)  # the same start but for the head
+    head_before = with_head.model.descriptor_head[2].weight.detach().clone()
+    step(without)
+    step(with_head)
+    plain = without.state_dict()
+    shared = {k: v for k, v in with_head.state_dict().items() if not k.startswith("model.descriptor_head")}
+    assert shared.keys() == plain.keys()
+    assert [k for k, v in shared.items() if not torch.equal(v, plain[k])] == []
+    assert not torch.equal(head_before, with_head.model.descriptor_head[2].weight)

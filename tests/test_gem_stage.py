@@ -38,11 +38,14 @@ def test_gem_trains_on_a_generated_set_logs_and_exports_without_classifier(tiny_
     n_classes = len({p.name.rsplit("_", 1)[0] for p in list_images("data/augmented/big")})  # <class>_<i>.jpg
     assert summary["n_classes"] == n_classes and summary["epochs"] == params.gem.epochs
     assert 0.0 <= summary["uAP"] <= 1.0 and "before_uAP" in summary
-    assert json.loads(Path("reports/gem/big/metrics.json").read_text())["uAP"] == summary["uAP"]
+    assert 0.0 <= summary["neck_uAP"] <= 1.0 and "before_neck_uAP" not in summary  # the 64-d feature it distils
+    assert json.loads(Path("reports/gem/imagenet/big/metrics.json").read_text())["uAP"] == summary["uAP"]
 
     client, runs = _runs(tiny_project)
     (logged,) = runs
     assert logged.data.tags["embedlab.stage"] == "gem" and logged.data.tags["embedlab.gem_recipe"] == "big"
+    assert logged.data.tags["embedlab.gem_start"] == "imagenet" and logged.info.run_name == "gem/imagenet/big"
+    assert logged.data.metrics["neck_uAP"] == pytest.approx(summary["neck_uAP"])
     assert logged.data.params["gem.n_classes"] == str(n_classes)
     assert logged.data.params["gem.batch_size"] == str(params.gem.p * params.gem.k)
     assert logged.data.metrics["uAP"] == pytest.approx(summary["uAP"])
@@ -51,16 +54,16 @@ def test_gem_trains_on_a_generated_set_logs_and_exports_without_classifier(tiny_
 
     # The checkpoint holds the whole classifier (any device count resumes from it);
     # the exported descriptor model holds none of it and embeds like the trained model.
-    ckpt = read_checkpoint("models/gem/big/checkpoints/last.ckpt")
+    ckpt = read_checkpoint("models/gem/imagenet/big/checkpoints/last.ckpt")
     assert ckpt["state_dict"]["classifier.weight"].shape == (n_classes, params.gem.proj_dim)
-    exported = load_descriptor_model("models/gem/big/descriptor_model.safetensors")
+    exported = load_descriptor_model("models/gem/imagenet/big/descriptor_model.safetensors")
     from safetensors.torch import load_file
-    assert not any("classifier" in k for k in load_file("models/gem/big/descriptor_model.safetensors"))
-    from_ckpt = load_descriptor_model("models/gem/big/checkpoints/last.ckpt")
+    assert not any("classifier" in k for k in load_file("models/gem/imagenet/big/descriptor_model.safetensors"))
+    from_ckpt = load_descriptor_model("models/gem/imagenet/big/checkpoints/last.ckpt")
     x = torch.randn(2, 3, params.gem.img_size, params.gem.img_size)
     with torch.no_grad():
         a, b = exported(x), from_ckpt(x)
-    assert a.shape == (2, params.gem.proj_dim)
+    assert a.shape == (2, params.gem.descriptor_dim)  # the distilled head's descriptor
     np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)
     np.testing.assert_allclose(a.norm(dim=1).numpy(), 1.0, atol=1e-5)
 
@@ -87,7 +90,7 @@ def test_gem_ddp_on_two_cpu_ranks_with_an_odd_class_count(tiny_project: Path):
     _generate()
     run(["embedlab", "gem", "--recipe", "big", "--devices", "2", "--epochs", "1", "--iters", "2"], tiny_project,
         MLFLOW_TRACKING_URI=f"sqlite:///{tiny_project / 'mlflow.db'}")
-    ckpt = read_checkpoint("models/gem/big/checkpoints/last.ckpt")
+    ckpt = read_checkpoint("models/gem/imagenet/big/checkpoints/last.ckpt")
     assert ckpt["state_dict"]["classifier.weight"].shape == (5, params["gem"]["proj_dim"])
     assert not torch.isnan(ckpt["state_dict"]["classifier.weight"]).any()
     _, runs = _runs(tiny_project)
@@ -108,7 +111,7 @@ def test_a_killed_two_rank_run_resumes_on_two_ranks_or_one_into_the_same_run(tin
     _generate()
     uri = f"sqlite:///{tiny_project / 'mlflow.db'}"
     cmd = ["embedlab", "gem", "--recipe", "big", "--epochs", "6", "--iters", "2"]
-    last = tiny_project / "models/gem/big/checkpoints/last.ckpt"
+    last = tiny_project / "models/gem/imagenet/big/checkpoints/last.ckpt"
     kill_after_first_checkpoint([*cmd, "--devices", "2"], tiny_project, last, MLFLOW_TRACKING_URI=uri)
     done_before = read_checkpoint(last)["epoch"] + 1
     assert done_before < 6

@@ -49,16 +49,16 @@ def tiny_repo(tmp_path: Path, tiny_demo: Path, tiny_faces: Path) -> Path:
 def test_dvc_repro_is_incremental_and_tracks_metrics_and_plots(tiny_repo: Path, tmp_path: Path):
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     first = run(["dvc", "repro"], tiny_repo, **env)
-    for stage in ("code_deps", "drip@s2", "augment@big", "gem@big", "ensemble", "face_data", "triplet_pretrain",
-                  "triplet_finetune", "templates", "decoder"):
+    for stage in ("code_deps", "baseline", "drip@s2", "augment@big", "gem@imagenet-big", "gem@scratch-big", "ensemble",
+                  "face_data", "triplet_pretrain", "triplet_finetune", "templates", "decoder"):
         assert f"Running stage '{stage}'" in first.stdout
     metrics = json.loads((tiny_repo / "reports/drip/s2/metrics.json").read_text())
     assert metrics["n_classes"] == 40 and 0 <= metrics["uAP"] <= 1
     assert 0 <= metrics["post_uAP"] <= 1  # after whitening + score normalisation
-    gem = json.loads((tiny_repo / "reports/gem/big/metrics.json").read_text())
+    gem = json.loads((tiny_repo / "reports/gem/imagenet/big/metrics.json").read_text())
     assert gem["n_classes"] == 8 and 0 <= gem["uAP"] <= 1
     ensemble = json.loads((tiny_repo / "reports/ensemble/metrics.json").read_text())
-    assert ensemble["members"] == ["drip/s2", "gem/big"] and 0 <= ensemble["post_uAP"] <= 1
+    assert ensemble["members"] == ["drip/s2", "gem/imagenet/big"] and 0 <= ensemble["post_uAP"] <= 1
     faces = json.loads((tiny_repo / "reports/triplet/finetune/metrics.json").read_text())
     assert 0 <= faces["test_eer"] <= 1 and "valid_eer_fake_same_person" in faces
     decoder = json.loads((tiny_repo / "reports/decoder/metrics.json").read_text())
@@ -66,7 +66,9 @@ def test_dvc_repro_is_incremental_and_tracks_metrics_and_plots(tiny_repo: Path, 
     templates = json.loads((tiny_repo / "data/templates/manifest.json").read_text())
     assert templates["template_model"] == "models/triplet/finetune/encoder.safetensors"  # the face encoder
     table = run(["embedlab", "report"], tiny_repo, **env).stdout
-    assert "gem/big" in table and "ensemble: drip/s2 + gem/big" in table and "finetune" in table
+    assert "gem/imagenet/big" in table and "gem/scratch/big" in table  # the matrix: 2 starts × 1 set
+    assert "baseline: perceptual hash (64 bit)" in table
+    assert "ensemble: drip/s2 + gem/imagenet/big" in table and "finetune" in table
     assert "Decoder: cosine" in table and f"{decoder['cosine_mean']:.4f}" in table
 
     # Running the code writes bytecode next to it: not a change of the code.
@@ -95,7 +97,7 @@ def test_dvc_repro_is_incremental_and_tracks_metrics_and_plots(tiny_repo: Path, 
     gem_module.write_text(gem_module.read_text() + "\n# an edit\n")
     run(["dvc", "repro", "code_deps"], tiny_repo, **code_env)
     stale = run(["dvc", "status"], tiny_repo).stdout
-    assert "gem@big:" in stale and "reports/code/gem.txt" in stale
+    assert "gem@imagenet-big:" in stale and "reports/code/gem.txt" in stale
     assert "drip@s1:" not in stale and "triplet_pretrain:" not in stale and "decoder:" not in stale
     gem_module.write_text(gem_module.read_text().removesuffix("\n# an edit\n"))
     run(["dvc", "repro", "code_deps"], tiny_repo, **code_env)
@@ -106,7 +108,7 @@ def test_dvc_repro_is_incremental_and_tracks_metrics_and_plots(tiny_repo: Path, 
     shutil.copy(next((tiny_repo / "data/raw/faces/test_public").rglob("*.jpg")), extra)
     stale = run(["dvc", "status"], tiny_repo).stdout
     assert all(f"{stage}:" in stale for stage in ("face_data", "triplet_pretrain", "templates", "decoder"))
-    assert "drip@s1:" not in stale and "augment@big:" not in stale and "gem@big:" not in stale, stale
+    assert "drip@s1:" not in stale and "augment@big:" not in stale and "gem@imagenet-big:" not in stale, stale
     extra.unlink()
     assert "up to date" in run(["dvc", "status"], tiny_repo).stdout
 
@@ -121,7 +123,8 @@ def test_dvc_repro_is_incremental_and_tracks_metrics_and_plots(tiny_repo: Path, 
     client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
     runs = client.search_runs([client.get_experiment_by_name("embedlab").experiment_id])
     stages = sorted(r.data.tags["embedlab.stage"] for r in runs)
-    assert stages == ["decoder", "drip", "drip", "drip_init", "ensemble", "gem", "triplet", "triplet"]
+    assert stages == ["baseline", "decoder", "drip", "drip", "drip_init", "ensemble", "gem", "gem", "triplet",
+                      "triplet"]
     assert sorted(r.data.tags["embedlab.drip_step"] for r in runs if "embedlab.drip_step" in r.data.tags) == ["s1", "s2"]
     data_hash = yaml.safe_load((tiny_repo / "data.dvc").read_text())["outs"][0]["md5"]
     head = run(["git", "rev-parse", "HEAD"], tiny_repo).stdout.strip()
@@ -133,7 +136,7 @@ def test_dvc_repro_is_incremental_and_tracks_metrics_and_plots(tiny_repo: Path, 
     run(["git", "commit", "-qm", "results"], tiny_repo)
     exp = run(["dvc", "exp", "run", "-S", "drip.qry_augs_intensity=0.6"], tiny_repo, **env)
     assert "Running stage 'drip@s1'" in exp.stdout and "Running stage 'drip@s2'" in exp.stdout
-    for untouched in ("drip_init", "augment@big", "gem@big", "triplet_pretrain", "templates", "decoder"):
+    for untouched in ("drip_init", "augment@big", "gem@imagenet-big", "triplet_pretrain", "templates", "decoder"):
         assert f"Running stage '{untouched}'" not in exp.stdout
     assert yaml.safe_load((tiny_repo / "params.yaml").read_text())["drip"]["qry_augs_intensity"] == 0.6
 
@@ -168,18 +171,18 @@ def test_mlflow_run_drip_stage_logs_into_the_run_mlflow_opened(tmp_path: Path, t
 def test_a_changed_recipe_reruns_its_set_and_model_only(tiny_repo: Path, tmp_path: Path):
     """DVC's view of the augment/gem chain: what a parameter change makes stale."""
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    run(["dvc", "repro", "gem@big", "face_data"], tiny_repo, **env)
+    run(["dvc", "repro", "gem@imagenet-big", "face_data"], tiny_repo, **env)
     images = list_images(tiny_repo / "data/augmented/big")  # an image store, read through its paths
     assert len(images) == 8 * 4  # 8 classes x (anchor + 3 augmentations)
-    assert "up to date" in run(["dvc", "status", "gem@big"], tiny_repo).stdout
+    assert "up to date" in run(["dvc", "status", "gem@imagenet-big"], tiny_repo).stdout
 
     params = yaml.safe_load((tiny_repo / "params.yaml").read_text())
     params["augment"]["recipes"]["big"] = {"last": [{"op": "grayscale", "p": 1.0}]}
     (tiny_repo / "params.yaml").write_text(yaml.safe_dump(params))
-    assert "augment@big" in run(["dvc", "status", "--with-deps", "gem@big"], tiny_repo).stdout
+    assert "augment@big" in run(["dvc", "status", "--with-deps", "gem@imagenet-big"], tiny_repo).stdout
     assert "up to date" in run(["dvc", "status", "face_data"], tiny_repo).stdout
-    rerun = run(["dvc", "repro", "gem@big"], tiny_repo, **env)
-    assert "Running stage 'augment@big'" in rerun.stdout and "Running stage 'gem@big'" in rerun.stdout
+    rerun = run(["dvc", "repro", "gem@imagenet-big"], tiny_repo, **env)
+    assert "Running stage 'augment@big'" in rerun.stdout and "Running stage 'gem@imagenet-big'" in rerun.stdout
     import numpy as np
     sample = np.asarray(load_rgb(images[5])).astype(int)
     assert np.abs(sample[..., 0] - sample[..., 1]).max() <= 3  # the regenerated set is grayscale

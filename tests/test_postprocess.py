@@ -315,3 +315,16 @@ def test_training_set_normalisation_in_the_pipeline_moves_queries_and_references
     np.testing.assert_allclose(q2, r2, atol=1e-6)
     plain, _, _ = postprocess(q, r, t, dataclasses.replace(cfg, train_norm_factor=0.0))
     assert not np.allclose(q2, plain, atol=1e-3)
+
+
+def test_an_ensemble_pattern_names_every_evaluated_run_of_the_gem_matrix(tmp_path):
+    from embedlab.stages.ensemble import expand_members
+
+    for run in ("gem/imagenet/big", "gem/imagenet/bw", "gem/scratch/big", "drip/s3"):
+        (tmp_path / run / "eval" / "descriptors").mkdir(parents=True)
+    (tmp_path / "gem/scratch/bw").mkdir(parents=True)  # not evaluated (yet): left out
+    assert expand_members(["drip/s3", "gem/*/*"], tmp_path) == [
+        "drip/s3", "gem/imagenet/big", "gem/imagenet/bw", "gem/scratch/big"]
+    assert expand_members(["gem/*/big"], tmp_path) == ["gem/imagenet/big", "gem/scratch/big"]
+    with pytest.raises(FileNotFoundError, match=r"'gem/byol/\*': no evaluated run"):
+        expand_members(["gem/byol/*"], tmp_path)

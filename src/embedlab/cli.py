@@ -121,7 +121,7 @@ def cmd_gem(args) -> None:
     params = _params(args)
     overrides = {"epochs": args.epochs, "iters": args.iters, "lr": args.lr, "p": args.p, "k": args.k,
                  "ce_weight": args.ce_weight, "triplet_weight": args.triplet_weight}
-    request = plan_gem(params, args.recipe, args.data, apply_overrides(params.gem, overrides, "gem"))
+    request = plan_gem(params, args.recipe, args.data, apply_overrides(params.gem, overrides, "gem"), args.start)
     summary = run_gem(_with_runtime(params, args), request)
     if summary:  # DDP worker processes return nothing
         print(json.dumps(summary, indent=2))
@@ -177,6 +177,12 @@ def cmd_validate_decoder(args) -> None:
     from embedlab.stages.decoder import validate_decoder
 
     print(validate_decoder(_params(args), args.set, args.checkpoint))
+
+
+def cmd_baseline(args) -> None:
+    from embedlab.stages.baseline import run_baseline
+
+    print(json.dumps(run_baseline(_params(args)), indent=2))
 
 
 def cmd_ensemble(args) -> None:
@@ -349,9 +355,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_runtime_flags(p, ("device", "precision", "compile", "num_workers", "devices"))
 
     p = command("gem", cmd_gem, "train the GeM model (P×K batches, CE + triplet) on one generated training set",
-                "embedlab gem --recipe big --epochs 4 --iters 20")
+                "embedlab gem --recipe big --start imagenet --epochs 4 --iters 20")
     p.add_argument("--recipe", type=o_str, help="generated set under augment.out (default: the first of pipeline.gem)")
     p.add_argument("--data", type=o_str, help="a generated set's folder (default: <augment.out>/<recipe>)")
+    p.add_argument("--start", type=o_str, help="starting weights: a name in gem_starts (default: the first of "
+                   "pipeline.gem_starts)")
     p.add_argument("--epochs", type=o_int, help="default: gem.epochs")
     p.add_argument("--iters", type=o_int, help="iterations per epoch (default: gem.iters)")
     p.add_argument("--lr", type=o_float, help="default: gem.lr")
@@ -485,8 +493,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_postprocess_parser(sub)
     add_sweep_parser(sub)
+    command("baseline", cmd_baseline, "score the 64-bit perceptual hash (no training) on the DISC sets, as the "
+            "models are scored", "embedlab baseline")
     p = command("ensemble", cmd_ensemble, "score the concatenated descriptors of trained models, before and after "
-                "post-processing", "embedlab ensemble --members drip/s3 gem/big")
+                "post-processing", "embedlab ensemble --members drip/s3 gem/imagenet/big")
     p.add_argument("--members", nargs="+", help="<stage>/<name> of trained models (default: evaluate.ensemble)")
     p = command("import", cmd_import, "check a published data set as downloaded and write it in the project's "
                 "layout (disc21: the train / references / queries folders and the ground-truth CSV; kryptonite: "

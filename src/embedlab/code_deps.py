@@ -30,6 +30,7 @@ STAGE_MODULES = {
     "drip": "embedlab.stages.drip",
     "augment": "embedlab.stages.augment",
     "gem": "embedlab.stages.gem",
+    "baseline": "embedlab.stages.baseline",
     "ensemble": "embedlab.stages.ensemble",
     "face_data": "embedlab.stages.face_data",
     "triplet": "embedlab.stages.triplet",

@@ -128,13 +128,17 @@ class PipelineConfig:
     """What `dvc repro` builds: one stage per entry (dvc.yaml ``foreach``). No model's settings."""
 
     augment: list[str] = dataclasses.field(default_factory=lambda: ["big"])  # generated sets
-    gem: list[str] = dataclasses.field(default_factory=lambda: ["big"])  # GeM runs, one per generated set
+    gem: list[str] = dataclasses.field(default_factory=lambda: ["big"])  # GeM runs: each start × each set
+    gem_starts: list[str] = dataclasses.field(default_factory=lambda: ["base"])  # names in the gem_starts section
 
     def __post_init__(self) -> None:
-        for name in ("augment", "gem"):
+        for name in ("augment", "gem", "gem_starts"):
             value = getattr(self, name)
             if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-                raise ConfigError(f"pipeline.{name} must be a non-empty list of recipe names, got {value!r}")
+                raise ConfigError(f"pipeline.{name} must be a non-empty list of names, got {value!r}")
+            bad = [v for v in value if not v or "/" in v or v.startswith(".")]
+            if bad:  # each name is a folder under models/gem (and part of a DVC stage name)
+                raise ConfigError(f"pipeline.{name}: {bad} must be plain names (no '/', not starting with '.')")
         missing = [r for r in self.gem if r not in self.augment]
         if missing:
             raise ConfigError(f"pipeline.gem: {missing} not generated; add them to pipeline.augment")
@@ -297,6 +301,10 @@ class GemConfig:
     proj_dim: int = 8192
     last_stride_1: bool = True
     waveblock: bool = True
+    descriptor_dim: int = 256  # the descriptor-track head (8192 → 256, distilled); 0: the neck feature itself
+    kd_weight: float = 1.0  # the head's distillation loss (its gradient reaches the head only)
+    kd_temperature: float = 2.0  # the original's T
+    kd_scale: float = 20.0  # in-batch cosine similarities × this are the distilled logits
     train_transforms: bool = True  # the original's: flip (p 0.5), pad 10 px, random crop, seeded per draw
     classifier_init: str = "normal"  # normal: N(0, 0.001²), the original's | uniform: nn.Linear's
     ce_weight: float = 10.0
@@ -320,6 +328,25 @@ class GemConfig:
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"gem.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         _check_choice("gem.classifier_init", self.classifier_init, ("normal", "uniform"))
+
+
+@dataclasses.dataclass
+class GemStart:
+    """A GeM run's starting weights (params.yaml ``gem_starts``): the pipeline trains every start on every set,
+    as the original trained 3 starts × 11 sets. Unset fields keep the gem section's."""
+
+    backbone: str | None = None  # None: gem.backbone
+    pretrained: str | None = None  # None: gem.pretrained
+    scratch: bool = False  # random weights (no pretrained file)
+
+    def __post_init__(self) -> None:
+        if self.scratch and self.pretrained:
+            raise ConfigError(f"a gem start with scratch: true cannot also name pretrained weights ({self.pretrained})")
+
+    def apply(self, gem: GemConfig) -> GemConfig:
+        """``gem`` with this start's backbone and weights."""
+        pretrained = None if self.scratch else self.pretrained or gem.pretrained
+        return dataclasses.replace(gem, backbone=self.backbone or gem.backbone, pretrained=pretrained)
 
 
 @dataclasses.dataclass
@@ -420,6 +447,9 @@ class DecoderConfig:
     # template model) or an ONNX face model (converted to PyTorch, so gradients flow through it).
     perceptor: str = "models/triplet/pretrain/encoder.safetensors"
     perceptor_layers: int = 4  # intermediate feature maps of the perceptor compared (plus its embedding)
+    # ONNX perceptor only: the graph nodes whose outputs are compared, as the file names them or their output
+    # tensors (empty: the ends of its last perceptor_layers stages, e.g. an iresnet's layer1-4)
+    perceptor_nodes: list[str] = dataclasses.field(default_factory=list)
     resize_to_perceptor: bool = True  # decoder output size != perceptor input: resize (else an error)
     variant: str = "base"  # base (26 MiB at 512-d) | large (92 MiB)
     width: float = 1.0  # channel multiplier (1: the original; the CPU demo uses 0.25)
@@ -453,6 +483,9 @@ class DecoderConfig:
         if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in self.save_at_steps):
             raise ConfigError(f"decoder.save_at_steps must be training steps (whole numbers >= 1), "
                               f"got {self.save_at_steps}")
+        nodes = self.perceptor_nodes
+        if not isinstance(nodes, list) or not all(isinstance(n, str) and n for n in nodes):
+            raise ConfigError(f"decoder.perceptor_nodes must be a list of ONNX node names, got {nodes!r}")
         for name in ("mse_weight", "laplace_weight", "perceptual_weight", "discr_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"decoder.{name} must be >= 0, got {getattr(self, name)}")
@@ -483,6 +516,9 @@ class DripSweep(StageSweep):
 @dataclasses.dataclass
 class GemSweep(StageSweep):
     recipe: str | None = None  # the generated set each trial trains on; None: the first of pipeline.gem
+    # With `augment_intensity` in the space each trial generates its own set: this small (None: augment's own)
+    classes: int | None = None
+    per_class: int | None = None
 
 
 @dataclasses.dataclass
@@ -524,6 +560,7 @@ class Params:
     # One DVC stage per step; a section of its own, so that adding a step changes no other step's params.
     drip_schedule: dict[str, DripStep] = dataclasses.field(default_factory=dict)
     gem: GemConfig = dataclasses.field(default_factory=GemConfig)
+    gem_starts: dict[str, GemStart] = dataclasses.field(default_factory=lambda: {"base": GemStart()})
     triplet: TripletConfig = dataclasses.field(default_factory=TripletConfig)
     # The two phases apart from the shared settings: a phase's DVC params do not hold the other's.
     triplet_phases: dict[str, TripletPhase] = dataclasses.field(default_factory=lambda: {
@@ -535,6 +572,18 @@ class Params:
     evaluate: EvaluateConfig = dataclasses.field(default_factory=EvaluateConfig)
     tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
     sweep: SweepConfig = dataclasses.field(default_factory=SweepConfig)
+
+    def __post_init__(self) -> None:
+        missing = [name for name in self.pipeline.gem_starts if name not in self.gem_starts]
+        if missing:
+            raise ConfigError(f"pipeline.gem_starts: {missing} not defined in gem_starts (defined: {sorted(self.gem_starts)})")
+
+    def gem_start(self, name: str | None = None) -> tuple[str, GemStart]:
+        """A GeM start by name (default: the first of pipeline.gem_starts), and its name."""
+        name = name or self.pipeline.gem_starts[0]
+        if name not in self.gem_starts:
+            raise ConfigError(f"gem start {name!r} not defined in gem_starts (defined: {sorted(self.gem_starts)})")
+        return name, self.gem_starts[name]
 
 
 # Hand-written rather than pydantic / OmegaConf: the rules here are few but unusual (a YAML
@@ -579,7 +628,7 @@ AT_LEAST_ONE = frozenset({
     "n_trials", "prefetch_factor", "score_norm_n", "stretch_n", "limit_train_batches", "whiten_dim",
     "perceptor_layers",
 })
-POSITIVE = frozenset({"lr", "arcface_s", "gem_p", "width", "fmr", "partial_fc"})  # > 0
+POSITIVE = frozenset({"lr", "arcface_s", "gem_p", "width", "fmr", "partial_fc", "kd_temperature", "kd_scale"})  # > 0
 SIGNED = frozenset({"threshold", "whiten_power"})  # any finite number; every other number is >= 0
 
 
@@ -686,13 +735,13 @@ def load_params(path: str | os.PathLike = "params.yaml") -> Params:
     return _build(Params, {k: v for k, v in raw.items() if k in known}, str(path))
 
 
-REPLACED_BY_PROFILES = "drip_schedule"  # a profile's schedule is a whole new list of steps
+REPLACED_BY_PROFILES = frozenset({"drip_schedule", "gem_starts"})  # a profile's list is a whole new one
 
 
 def use_profile(path: str | os.PathLike, name: str) -> None:
     """Write profile ``name`` of params.yaml into its top-level values (comments kept).
 
-    A profile's ``drip_schedule`` replaces the current one instead of merging into it.
+    A profile's ``drip_schedule`` and ``gem_starts`` replace the current ones instead of merging into them.
     The values it overwrites are first kept as the current profile (e.g.
     ``demo``) when params.yaml does not define that one, so a switch can be undone.
     """
@@ -709,14 +758,14 @@ def use_profile(path: str | os.PathLike, name: str) -> None:
 
     def merge(target, overlay):
         for key, value in overlay.items():
-            if isinstance(value, Mapping) and key != REPLACED_BY_PROFILES and isinstance(target.get(key), Mapping):
+            if isinstance(value, Mapping) and key not in REPLACED_BY_PROFILES and isinstance(target.get(key), Mapping):
                 merge(target[key], value)
             else:
                 target[key] = copy.deepcopy(value)
 
     def snapshot(target, overlay):
         return {key: snapshot(target[key], value)
-                if isinstance(value, Mapping) and key != REPLACED_BY_PROFILES and isinstance(target.get(key), Mapping)
+                if isinstance(value, Mapping) and key not in REPLACED_BY_PROFILES and isinstance(target.get(key), Mapping)
                 else copy.deepcopy(target[key]) for key, value in overlay.items() if key in target}
 
     current = doc.get("profile", "demo")

@@ -65,9 +65,11 @@ def _cell(fmt: str, value) -> str:
         return str(value)
 
 
-def metric_rows(reports_root: Path, order: list[str]) -> list[dict]:
-    """``<reports_root>/<name>/metrics.json`` of each name in ``order``, then any others found."""
-    found = {p.parent.name: p for p in sorted(reports_root.glob("*/metrics.json"))}
+def metric_rows(reports_root: Path, order: list[str], depth: int = 1) -> list[dict]:
+    """``<reports_root>/<name>/metrics.json`` of each name in ``order``, then any others found; a name is
+    ``depth`` folders deep (GeM's ``<start>/<recipe>``)."""
+    found = {p.parent.relative_to(reports_root).as_posix(): p
+             for p in sorted(reports_root.glob("*/" * depth + "metrics.json"))}
     names = [name for name in order if name in found] + sorted(set(found) - set(order))
     return [json.loads(found[name].read_text()) for name in names]
 
@@ -78,8 +80,9 @@ def drip_rows(params: Params, reports_root: Path = Path("reports/drip")) -> list
 
 
 def gem_rows(params: Params, reports_root: Path = Path("reports/gem")) -> list[dict]:
-    """Metrics of each GeM run, in the order of pipeline.gem."""
-    return metric_rows(reports_root, list(params.pipeline.gem))
+    """Metrics of each GeM run: start by start (pipeline.gem_starts), set by set (pipeline.gem)."""
+    return metric_rows(reports_root, [f"{start}/{recipe}" for start in params.pipeline.gem_starts
+                                      for recipe in params.pipeline.gem], depth=2)
 
 
 def single_row(report: Path) -> list[dict]:
@@ -107,8 +110,10 @@ def markdown_table(header: list[str], body: list[list[str]]) -> str:
 def results_report(params: Params, markdown: bool = False) -> str:
     """The results tables of every stage that has run; ``markdown``: GitHub tables, no UI hint."""
     sections = [
+        ("Classic baseline: 64-bit perceptual hash, no training (what a learned model must beat)",
+         single_row(Path("reports/baseline/phash/metrics.json")), RETRIEVAL_COLUMNS, "baseline"),
         ("Drip training on the DISC query/reference sets", drip_rows(params), RETRIEVAL_COLUMNS, "drip"),
-        ("GeM trainer on generated training sets (step = gem/<recipe>)", gem_rows(params), RETRIEVAL_COLUMNS, "gem"),
+        ("GeM trainer on generated training sets (step = gem/<start>/<recipe>)", gem_rows(params), RETRIEVAL_COLUMNS, "gem"),
         ("Ensemble: concatenated descriptors (μAP post: whitened + score-normalised)",
          single_row(Path("reports/ensemble/metrics.json")), RETRIEVAL_COLUMNS, "ensemble"),
         ("Face encoder (triplet stage): EER on the validation pairs, then the labelled test pairs",

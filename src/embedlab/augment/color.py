@@ -20,7 +20,7 @@ def grayscale(img: Image.Image, rng: np.random.Generator, ctx: AugContext) -> Im
     return img.convert("L").convert("RGB")
 
 
-@register("color_jitter")
+@register("color_jitter", neutral={"brightness": 0.0, "contrast": 0.0, "saturation": 0.0, "hue": 0.0})
 def color_jitter(
     img: Image.Image,
     rng: np.random.Generator,
@@ -50,7 +50,7 @@ def color_jitter(
     return _rgb(arr)
 
 
-@register("brightness")
+@register("brightness", neutral={"factor": 1.0})
 def brightness(
     img: Image.Image, rng: np.random.Generator, ctx: AugContext, factor: Magnitude = (0.5, 1.5)
 ) -> Image.Image:
@@ -89,7 +89,7 @@ def channel_swap(img: Image.Image, rng: np.random.Generator, ctx: AugContext) ->
     return _rgb(fpixel().channel_shuffle(np.asarray(img), perms[int(rng.integers(len(perms)))]))
 
 
-@register("channel_shift")
+@register("channel_shift", neutral={"shift": 0.0})
 def channel_shift(
     img: Image.Image, rng: np.random.Generator, ctx: AugContext, shift: Magnitude = (0.0, 0.2)
 ) -> Image.Image:

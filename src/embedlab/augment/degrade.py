@@ -15,7 +15,7 @@ from embedlab.augment.context import AugContext
 from embedlab.augment.registry import Magnitude, draw, draw_int, register, side
 
 
-@register("blur")
+@register("blur", neutral={"sigma": 0.0})
 def blur(
     img: Image.Image, rng: np.random.Generator, ctx: AugContext, sigma: Magnitude = (0.002, 0.01)
 ) -> Image.Image:
@@ -53,7 +53,7 @@ def _wide_gaussian(arr: np.ndarray, s: float, rest: float = 1.5) -> np.ndarray |
     return cv2.resize(fpixel().separable_convolve(small, kernel), (w, h), interpolation=cv2.INTER_LINEAR)
 
 
-@register("sharpen")
+@register("sharpen", neutral={"alpha": 0.0})
 def sharpen(
     img: Image.Image,
     rng: np.random.Generator,
@@ -87,7 +87,7 @@ def jpeg(
         return out.convert("RGB")
 
 
-@register("pixelization")
+@register("pixelization", neutral={"ratio": 1.0})
 def pixelization(
     img: Image.Image, rng: np.random.Generator, ctx: AugContext, ratio: Magnitude = (0.1, 1.0)
 ) -> Image.Image:
@@ -100,7 +100,7 @@ def pixelization(
     return Image.fromarray(cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST_EXACT), "RGB")
 
 
-@register("shuffle_pixels")
+@register("shuffle_pixels", neutral={"fraction": 0.0})
 def shuffle_pixels(
     img: Image.Image, rng: np.random.Generator, ctx: AugContext, fraction: Magnitude = (0.0, 0.4)
 ) -> Image.Image:

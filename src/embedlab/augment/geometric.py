@@ -13,7 +13,7 @@ from embedlab.augment.context import AugContext
 from embedlab.augment.registry import Magnitude, draw, random_color, register, side
 
 
-@register("random_resized_crop")
+@register("random_resized_crop", neutral={"scale": 1.0})
 def random_resized_crop(
     img: Image.Image,
     rng: np.random.Generator,
@@ -41,7 +41,7 @@ def random_resized_crop(
     return resize_image(img, out, box=(x0, y0, x0 + cw, y0 + ch))
 
 
-@register("crop")
+@register("crop", neutral={"keep": 1.0})
 def crop(
     img: Image.Image, rng: np.random.Generator, ctx: AugContext, keep: Magnitude = (0.5, 0.9)
 ) -> Image.Image:
@@ -54,7 +54,7 @@ def crop(
     return img.crop((x0, y0, x0 + cw, y0 + ch))
 
 
-@register("scale")
+@register("scale", neutral={"factor": 1.0})
 def scale(
     img: Image.Image, rng: np.random.Generator, ctx: AugContext, factor: Magnitude = (0.5, 1.5)
 ) -> Image.Image:
@@ -85,7 +85,7 @@ def _max_valid_rect(w: int, h: int, angle_rad: float) -> tuple[float, float]:
     return (w * cos_a - h * sin_a) / cos_2a, (h * cos_a - w * sin_a) / cos_2a
 
 
-@register("rotate")
+@register("rotate", neutral={"angle": 0.0})
 def rotate(
     img: Image.Image,
     rng: np.random.Generator,
@@ -116,7 +116,7 @@ def rotate(
     return big.resize((w, h), Image.BILINEAR, box=box)
 
 
-@register("perspective")
+@register("perspective", neutral={"sigma": 0.0})
 def perspective(
     img: Image.Image, rng: np.random.Generator, ctx: AugContext, sigma: Magnitude = 0.05
 ) -> Image.Image:
@@ -133,7 +133,7 @@ def perspective(
     return Image.fromarray(out, "RGB")
 
 
-@register("pad")
+@register("pad", neutral={"frac": 0.0})
 def pad(
     img: Image.Image,
     rng: np.random.Generator,

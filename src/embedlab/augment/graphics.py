@@ -37,7 +37,7 @@ def _blend_mask(img: Image.Image, mask: np.ndarray, color: tuple[int, int, int])
     return Image.fromarray(np.round(out).astype(np.uint8), "RGB")
 
 
-@register("stripes")
+@register("stripes", neutral={"opacity": 0.0})
 def stripes(
     img: Image.Image,
     rng: np.random.Generator,
@@ -112,7 +112,7 @@ def _sun(d: ImageDraw.ImageDraw, s: int, rng: np.random.Generator) -> None:
 _STICKERS = (_face, _heart, _star, _sun)
 
 
-@register("emoji")
+@register("emoji", neutral={"opacity": 0.0})
 def emoji(
     img: Image.Image,
     rng: np.random.Generator,
@@ -136,7 +136,7 @@ def emoji(
     return out
 
 
-@register("text")
+@register("text", neutral={"opacity": 0.0})
 def text(
     img: Image.Image,
     rng: np.random.Generator,

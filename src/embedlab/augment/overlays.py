@@ -31,7 +31,7 @@ def _paste(base: Image.Image, top: Image.Image, xy: tuple[int, int], opacity: fl
         base.paste(top, xy, Image.new("L", top.size, round(255 * max(0.0, opacity))))
 
 
-@register("opacity")
+@register("opacity", neutral={"level": 1.0})
 def opacity(
     img: Image.Image, rng: np.random.Generator, ctx: AugContext, level: Magnitude = (0.2, 1.0)
 ) -> Image.Image:
@@ -60,7 +60,7 @@ def overlay_onto_image(
     return background
 
 
-@register("overlay_image")
+@register("overlay_image", neutral={"opacity": 0.0})
 def overlay_image(
     img: Image.Image,
     rng: np.random.Generator,

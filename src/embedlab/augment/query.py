@@ -70,14 +70,14 @@ class QueryAug(NamedTuple):
     kwargs: dict[str, Any]
 
 
-def check_intensity(intensity: float) -> float:
-    """``intensity`` as a float, or a ValueError unless it lies in [0, 1]."""
+def check_intensity(intensity: float, name: str = "qry_augs_intensity") -> float:
+    """``intensity`` as a float, or a ValueError (naming the setting ``name``) unless it lies in [0, 1]."""
     try:
         value = float(intensity)
     except (TypeError, ValueError):
-        raise ValueError(f"qry_augs_intensity must be a number in [0, 1], got {intensity!r}") from None
+        raise ValueError(f"{name} must be a number in [0, 1], got {intensity!r}") from None
     if isinstance(intensity, bool) or not math.isfinite(value) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"qry_augs_intensity must be in [0, 1], got {intensity!r}")
+        raise ValueError(f"{name} must be in [0, 1], got {intensity!r}")
     return value
 
 

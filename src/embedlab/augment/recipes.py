@@ -13,6 +13,7 @@ another recipe (``extends``), and changes it with::
     last:      [steps]            run after the chain
     grayscale: true               a black-and-white set: the anchor and every image end grayscale
     faces:     true               face images (augment.faces) join as extra classes
+    intensity: 0.5                a softer recipe: see :func:`scale_steps` (default 1, inherited)
 
 Every chain closes with ``resize`` to the set's size (then ``grayscale`` for
 grayscale sets), and ``random_resized_crop`` / ``resize`` steps without a
@@ -34,12 +35,14 @@ from PIL import Image
 
 from embedlab.augment.catalogue import REGISTRY, get_transform
 from embedlab.augment.context import AugContext
+from embedlab.augment.query import check_intensity
+from embedlab.augment.registry import NEUTRAL
 from embedlab.config import ConfigError
 
 BASE_NAME = "big"  # the recipe that is the base chain itself
 SIZED_OPS = ("random_resized_crop", "resize")  # ops whose `size` (pixels) defaults to the set's size
 _STEP_KEYS = ("op", "p", "args")
-_RECIPE_KEYS = ("extends", "first", "replace", "last", "grayscale", "faces")
+_RECIPE_KEYS = ("extends", "first", "replace", "last", "grayscale", "faces", "intensity")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,10 +69,14 @@ class Recipe:
     grayscale: bool = False
     faces: bool = False
     extends: str | None = None
+    intensity: float = 1.0  # already applied to ``steps``; recorded for the fingerprint and --show
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "extends": self.extends, "size": self.size, "grayscale": self.grayscale,
-                "faces": self.faces, "steps": [s.to_dict() for s in self.steps]}
+        out = {"name": self.name, "extends": self.extends, "size": self.size, "grayscale": self.grayscale,
+               "faces": self.faces, "steps": [s.to_dict() for s in self.steps]}
+        if self.intensity != 1.0:  # left out at 1: a set made before the setting existed keeps its fingerprint
+            out["intensity"] = self.intensity
+        return out
 
 
 # --- validation ----------------------------------------------------------------
@@ -175,12 +182,56 @@ def _check_flag(value: Any, where: str) -> bool:
     return value
 
 
+# --- intensity -----------------------------------------------------------------
+
+
+def _toward(neutral: float, value: Any, intensity: float) -> Any:
+    """``value`` (a number or a (low, high) range) moved linearly toward ``neutral``: all of it at 0."""
+    if _is_number(value):
+        return neutral + intensity * (value - neutral)
+    if isinstance(value, tuple) and len(value) == 2 and all(_is_number(v) for v in value):
+        return tuple(neutral + intensity * (v - neutral) for v in value)
+    return value  # a flag, a name, a colour: no scale
+
+
+def scale_steps(steps: Sequence[Step], intensity: float) -> list[Step]:
+    """The steps at ``intensity`` I in [0, 1], as drip's ``qry_augs_intensity`` scales its queries.
+
+    Every probability becomes ``p * I``. A magnitude whose op declares a neutral
+    value ``n`` (the value at which it changes nothing: ``rotate``'s angle 0,
+    ``crop``'s keep 1; see ``register(..., neutral=...)``) becomes
+    ``n + I * (value - n)``, both ends of a range alike; other magnitudes (sizes
+    of overlays, text lengths, JPEG quality) stay as written, so those ops only
+    fire less often. At 1 the steps are returned unchanged (``n + 1 * (v - n)``
+    need not equal ``v`` in floating point, and the bytes must not change);
+    above 1 is refused: probabilities would cap and magnitudes leave their
+    ops' valid ranges (a crop keeping less than nothing).
+    """
+    if intensity == 1.0:
+        return list(steps)
+    out = []
+    for s in steps:
+        neutral = NEUTRAL.get(s.op, {})
+        args = {k: _toward(neutral[k], v, intensity) if k in neutral else v for k, v in s.args.items()}
+        out.append(Step(s.op, s.p * intensity, args))
+    return out
+
+
+def _check_intensity(value: Any, where: str) -> float:
+    if not _is_number(value):
+        raise ConfigError(f"{where}: {value!r} is not a number in [0, 1]")
+    try:
+        return check_intensity(value, where)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 # --- resolution ----------------------------------------------------------------
 
 
 def _resolve(name: str, base: list[Step], recipes: Mapping[str, Any], where: str,
-             seen: tuple[str, ...] = ()) -> tuple[list[Step], bool, bool]:
-    """(chain without the closing steps, grayscale, faces) of recipe ``name``."""
+             seen: tuple[str, ...] = ()) -> tuple[list[Step], bool, bool, float]:
+    """(chain without the closing steps, grayscale, faces, intensity) of recipe ``name``."""
     here = f"{where}.recipes.{name}"
     body = recipes[name] or {}
     if not isinstance(body, Mapping):
@@ -190,13 +241,13 @@ def _resolve(name: str, base: list[Step], recipes: Mapping[str, Any], where: str
         raise ConfigError(f"{here}: unknown key(s) {unknown}; a recipe has {list(_RECIPE_KEYS)}")
     parent = body.get("extends")
     if parent is None or (name == BASE_NAME and parent == BASE_NAME):
-        chain, grayscale, faces = list(base), False, False
+        chain, grayscale, faces, intensity = list(base), False, False, 1.0
     else:
         if parent not in recipes:
             raise ConfigError(f"{here}.extends: unknown recipe {parent!r}; known: {', '.join(sorted(recipes))}")
         if parent in seen or parent == name:
             raise ConfigError(f"{here}.extends: {' -> '.join((*seen, name, parent))} is a cycle")
-        chain, grayscale, faces = _resolve(parent, base, recipes, where, (*seen, name))
+        chain, grayscale, faces, intensity = _resolve(parent, base, recipes, where, (*seen, name))
     chain = _parse_steps(body.get("first"), f"{here}.first") + chain
     chain = _apply_replace(chain, body.get("replace"), f"{here}.replace")
     chain = chain + _parse_steps(body.get("last"), f"{here}.last")
@@ -204,7 +255,9 @@ def _resolve(name: str, base: list[Step], recipes: Mapping[str, Any], where: str
         grayscale = _check_flag(body["grayscale"], f"{here}.grayscale")
     if "faces" in body:
         faces = _check_flag(body["faces"], f"{here}.faces")
-    return chain, grayscale, faces
+    if "intensity" in body:
+        intensity = _check_intensity(body["intensity"], f"{here}.intensity")
+    return chain, grayscale, faces, intensity
 
 
 def _close(chain: list[Step], size: int, grayscale: bool) -> tuple[Step, ...]:
@@ -229,10 +282,13 @@ def load_recipes(base: Any, recipes: Any, size: int, where: str = "params.yaml: 
         raise ConfigError(f"{where}.recipes: no recipes defined (expected a mapping name -> recipe)")
     out = {}
     for name in recipes:
-        chain, grayscale, faces = _resolve(str(name), base_steps, recipes, where)
+        chain, grayscale, faces, intensity = _resolve(str(name), base_steps, recipes, where)
         parent = (recipes[name] or {}).get("extends")
-        out[str(name)] = Recipe(str(name), _close(chain, int(size), grayscale), int(size), grayscale, faces,
-                                parent if parent is not None else (None if name == BASE_NAME else BASE_NAME))
+        # The whole chain is scaled once, here: inherited steps and the recipe's own alike, never the closing ones.
+        steps = _close(scale_steps(chain, intensity), int(size), grayscale)
+        out[str(name)] = Recipe(str(name), steps, int(size), grayscale, faces,
+                                parent if parent is not None else (None if name == BASE_NAME else BASE_NAME),
+                                intensity)
     return out
 
 
@@ -256,6 +312,7 @@ def format_recipe(recipe: Recipe) -> str:
     """The effective steps as a table (``embedlab augment --recipe NAME --show``)."""
     flags = [f"extends {recipe.extends}" if recipe.extends else "the base chain"]
     flags += ["grayscale"] * recipe.grayscale + ["+ face classes"] * recipe.faces
+    flags += [f"intensity {recipe.intensity:g}"] * (recipe.intensity != 1.0)
     lines = [f"recipe {recipe.name} ({', '.join(flags)}; {len(recipe.steps)} steps at {recipe.size} px)",
              f"{'#':>3}  {'op':<20} {'p':>5}  args"]
     for i, s in enumerate(recipe.steps, 1):

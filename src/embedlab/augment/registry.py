@@ -9,6 +9,9 @@ shared by all of them, so that recipes mean the same thing at any size:
 - A magnitude is either a number (used as is) or a ``(low, high)`` range,
   drawn uniformly on every call (see :func:`draw`).
 - Lengths are fractions of the image's shorter side, never pixels.
+- An op may declare, per magnitude, the *neutral* value at which it changes
+  nothing (``rotate``'s angle 0, ``crop``'s keep 1): a recipe's ``intensity``
+  scales those magnitudes toward it (:func:`embedlab.augment.recipes.scale_steps`).
 """
 
 from __future__ import annotations
@@ -31,15 +34,17 @@ class Transform(Protocol):
 
 
 REGISTRY: dict[str, Transform] = {}
+NEUTRAL: dict[str, dict[str, float]] = {}  # op -> {magnitude: the value at which the op changes nothing}
 
 
-def register(name: str) -> Callable[[Transform], Transform]:
-    """Decorator: add ``fn`` to :data:`REGISTRY` under ``name``."""
+def register(name: str, neutral: dict[str, float] | None = None) -> Callable[[Transform], Transform]:
+    """Decorator: add ``fn`` to :data:`REGISTRY` under ``name``, with its magnitudes' ``neutral`` values."""
 
     def deco(fn: Transform) -> Transform:
         if name in REGISTRY:
             raise ValueError(f"transform {name!r} is registered twice")
         REGISTRY[name] = fn
+        NEUTRAL[name] = dict(neutral or {})
         return fn
 
     return deco

@@ -22,6 +22,38 @@ from embedlab.evaluation.multiscale import embed_multiscale
 
 
 
+@dataclasses.dataclass
+class ScoringSets:
+    """The DISC images one evaluation embeds and scores, as ``evaluate`` says (all, or a fixed subset)."""
+
+    layout: DiscLayout
+    paths: dict[str, list[Path]]  # query, reference (and train when evaluate.train_descriptors > 0)
+    ids: dict[str, list[str]]  # every query / reference id: the ground truth's
+    scored: list[str] | None  # the scored queries of a fixed subset, else None (all)
+
+    @classmethod
+    def of(cls, params: Params) -> "ScoringSets":
+        layout = DiscLayout(Path(params.data.disc))
+        layout.validate()
+        paths = {"query": list_images(layout.query_dir), "reference": list_images(layout.reference_dir)}
+        ids = {name: [p.stem for p in paths[name]] for name in ("query", "reference")}
+        fixed_subset = bool(params.evaluate.queries or params.evaluate.references)
+        if fixed_subset:
+            paths["query"], paths["reference"] = scoring_subset(paths["query"], paths["reference"],
+                                                                layout.ground_truth_csv, params.evaluate.queries,
+                                                                params.evaluate.references, params.seed)
+        if params.evaluate.train_descriptors > 0:
+            paths["train"] = list_images(layout.training_dir)[:params.evaluate.train_descriptors]
+        return cls(layout, paths, ids, [p.stem for p in paths["query"]] if fixed_subset else None)
+
+    def score(self, query: Path, reference: Path, folder: Path, params: Params, prefix: str = "") -> dict:
+        """μAP and friends of two descriptor files, keys prefixed."""
+        metrics = evaluate_disc(query, reference, self.layout.ground_truth_csv, folder, k=params.evaluate.k,
+                                all_query_ids=self.ids["query"], all_reference_ids=self.ids["reference"],
+                                scored_query_ids=self.scored)
+        return {f"{prefix}{k}": metrics[k] for k in DISC_HEADLINE}
+
+
 def evaluate_descriptor_model(model: torch.nn.Module, params: Params, out_dir: Path, prefix: str = "") -> dict:
     """Embed DISC query + reference into ``out_dir/descriptors`` and evaluate into ``out_dir``.
 
@@ -30,20 +62,9 @@ def evaluate_descriptor_model(model: torch.nn.Module, params: Params, out_dir: P
     normalisation, ...) into ``out_dir/post`` and scored again: the ``post_``
     metrics, so one table shows μAP before and after post-processing.
     """
-    layout = DiscLayout(Path(params.data.disc))
-    layout.validate()
-    sets = {"query": list_images(layout.query_dir), "reference": list_images(layout.reference_dir)}
-    ids = {name: [p.stem for p in sets[name]] for name in ("query", "reference")}  # all: the ground truth's
-    fixed_subset = bool(params.evaluate.queries or params.evaluate.references)
-    if fixed_subset:
-        sets["query"], sets["reference"] = scoring_subset(sets["query"], sets["reference"], layout.ground_truth_csv,
-                                                          params.evaluate.queries, params.evaluate.references,
-                                                          params.seed)
-    n_train = params.evaluate.train_descriptors
-    if n_train > 0:
-        sets["train"] = list_images(layout.training_dir)[:n_train]
+    sets = ScoringSets.of(params)
     files, embedded, skipped = {}, {}, 0
-    for subset, paths in sets.items():
+    for subset, paths in sets.paths.items():
         files[subset] = out_dir / "descriptors" / f"{subset}.h5"
         if params.evaluate.scales:
             result = embed_multiscale(model, paths, files[subset], params.evaluate.scales,
@@ -53,20 +74,14 @@ def evaluate_descriptor_model(model: torch.nn.Module, params: Params, out_dir: P
                                    runtime=params.runtime)
         embedded[subset] = result.settings["vectors"]
         skipped += len(result.skipped)
-    scored = [p.stem for p in sets["query"]] if fixed_subset else None
 
-    def score(query: Path, reference: Path, folder: Path, tag: str) -> dict:
-        metrics = evaluate_disc(query, reference, layout.ground_truth_csv, folder, k=params.evaluate.k,
-                                all_query_ids=ids["query"], all_reference_ids=ids["reference"],
-                                scored_query_ids=scored)
-        return {f"{prefix}{tag}{k}": metrics[k] for k in DISC_HEADLINE}
-
-    summary = {**score(files["query"], files["reference"], out_dir, ""), f"{prefix}skipped_images": skipped}
-    if n_train > 0:
+    summary = {**sets.score(files["query"], files["reference"], out_dir, params, prefix),
+               f"{prefix}skipped_images": skipped}
+    if "train" in files:
         query, reference, _ = postprocess_files([files["query"]], [files["reference"]], [files["train"]],
                                                 out_dir / "post" / "descriptors",
                                                 postprocess_settings(params, embedded["train"], model.descriptor_dim))
-        summary.update(score(query, reference, out_dir / "post", "post_"))
+        summary.update(sets.score(query, reference, out_dir / "post", params, f"{prefix}post_"))
     return summary
 
 

@@ -13,19 +13,23 @@ so callers never need to know which kind of file they got:
   (onnx2torch) so that gradients reach the decoder.
 
 ``embed`` returns L2-normalised float32 templates. ``features`` (perceptor
-only) returns intermediate activations and the embedding, with gradients.
+only) returns intermediate activations and the embedding, with gradients:
+evenly spaced blocks of a project encoder; for an ONNX perceptor the graph
+nodes the user names, else the ends of its last stages (:func:`_stage_ends`).
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp, TensorMetadata
 
 from embedlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from embedlab.models.checkpoints import load_descriptor_model
@@ -150,10 +154,16 @@ def _check_onnx_signature(session, path: Path) -> tuple[str, int, int]:
 
 
 class OnnxPerceptor(FaceModel):
-    """An ONNX face model converted to PyTorch (onnx2torch): differentiable, embedding as its one feature."""
+    """An ONNX face model converted to PyTorch (onnx2torch), so gradients reach the decoder.
 
-    def __init__(self, path: Path) -> None:
+    Its features are the outputs of graph nodes and, last, the embedding: the nodes named in ``nodes`` (as the
+    file calls them, as Netron shows them, or their output tensors), else the ends of its last ``n_layers``
+    stages (:func:`_stage_ends`).
+    """
+
+    def __init__(self, path: Path, n_layers: int = 0, nodes: Sequence[str] = ()) -> None:
         super().__init__()
+        import onnx
         import onnxruntime as ort
         from onnx2torch import convert
 
@@ -163,31 +173,149 @@ class OnnxPerceptor(FaceModel):
         except Exception as exc:
             raise FaceModelError(f"{path}: not a readable ONNX model ({exc})") from None
         _, self.input_size, self.embedding_dim = _check_onnx_signature(session, path)
+        proto = _inline_shared_initializers(onnx.load(str(path)))
+        # onnx2torch renames nodes ('.' -> '/'); users know the file's names, so keep them by output tensor.
+        file_names = {out: node.name for node in proto.graph.node for out in node.output}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                self.model = convert(str(path)).eval()
-            except NotImplementedError as exc:  # an operator onnx2torch cannot translate
-                raise FaceModelError(f"{path}: cannot be converted to PyTorch for the perceptual loss ({exc}); "
+                self.model = convert(proto, attach_onnx_mapping=True).eval()
+            except Exception as exc:  # NotImplementedError for an unknown operator, KeyError and others too
+                raise FaceModelError(f"{path}: cannot be converted to PyTorch for the perceptual loss ({exc!r}); "
                                      "use it as template model, or a project encoder as perceptor") from None
+            with torch.no_grad():  # one probe gives every node's output shape (node.meta["tensor_meta"])
+                ShapeProp(self.model).propagate(torch.zeros(2, 3, self.input_size, self.input_size))
+        names = _node_names(self.model, file_names)
+        display = {node: name for name, node in reversed(names.items())}  # a node's first alias: the file's name
+        trunk = _trunk(self.model.graph)
+        if nodes:
+            taps = [_named_node(name, names, display, trunk, path) for name in dict.fromkeys(nodes)]
+        else:
+            taps = _stage_ends(trunk, self.input_size)[-n_layers:] if n_layers else []
+            if len(taps) < n_layers:
+                log.warning("%s: found %d of the %d stage ends asked for (decoder.perceptor_layers); name the nodes "
+                            "in decoder.perceptor_nodes to take others", path, len(taps), n_layers)
+        self.feature_nodes = [display[node] for node in taps]
+        log.info("%s: perceptual features from %s and the embedding", path, self.feature_nodes or "no node")
+        # The graph itself also returns the tapped nodes' outputs: no hooks to add and remove on every call.
+        output = next(n for n in self.model.graph.nodes if n.op == "output")
+        embedding = output.args[0]
+        if isinstance(embedding, (tuple, list)):
+            embedding = embedding[0]  # the first output is the embedding (_check_onnx_signature checked it)
+        output.args = ((*taps, embedding),)
+        self.model.recompile()
 
     def features(self, images: torch.Tensor) -> list[torch.Tensor]:
-        return [self.model((_resize(images, self.input_size) - ONNX_MEAN) / ONNX_STD)]
+        return list(self.model((_resize(images, self.input_size) - ONNX_MEAN) / ONNX_STD))
 
 
-def load_face_model(path: str | Path, role: str = "template", n_layers: int = 0) -> FaceModel:
+def _inline_shared_initializers(proto):
+    """Equal weights (e.g. the biases of freshly initialised BatchNorms folded into convolutions) are stored once
+    by torch's exporter and passed on by Identity nodes; onnx2torch wants a convolution's weights as initializers."""
+    import onnx
+
+    initializers = {t.name: t for t in proto.graph.initializer}
+    for node in [n for n in proto.graph.node if n.op_type == "Identity" and n.input[0] in initializers]:
+        copy = onnx.TensorProto()
+        copy.CopyFrom(initializers[node.input[0]])
+        copy.name = node.output[0]
+        proto.graph.initializer.append(copy)
+        proto.graph.node.remove(node)
+    return proto
+
+
+def _floating(node: fx.Node) -> bool:
+    meta = node.meta.get("tensor_meta")
+    return isinstance(meta, TensorMetadata) and meta.dtype.is_floating_point
+
+
+def _node_names(model: fx.GraphModule, file_names: dict[str, str]) -> dict[str, fx.Node]:
+    """Every name a user may give a node with a float output: the file's node name, onnx2torch's module name
+    and the node's output tensor name."""
+    names: dict[str, fx.Node] = {}
+    for node in model.graph.nodes:
+        if node.op == "call_module" and _floating(node):  # a node of several outputs is a tuple: not offered
+            outputs = model.get_submodule(node.target).onnx_mapping.outputs
+            for name in (file_names.get(outputs[0]), node.target, *outputs):
+                if name:
+                    names.setdefault(name, node)
+    return names
+
+
+def _named_node(name: str, names: dict[str, fx.Node], display: dict[fx.Node, str], trunk: list[fx.Node],
+                path: Path) -> fx.Node:
+    if name in names:
+        return names[name]
+    # Suggest the nodes every path goes through (block outputs, not their insides), with their output shapes.
+    offered = [n for n in trunk if n in display]
+    some = [offered[round(i * (len(offered) - 1) / 9)] for i in range(10)] if len(offered) > 10 else offered
+    listed = ", ".join(f"{display[n]!r} {tuple(n.meta['tensor_meta'].shape)[1:]}" for n in some)
+    raise FaceModelError(f"{path}: has no node {name!r} (decoder.perceptor_nodes); name a node as the file calls it "
+                         f"or its output tensor, e.g. {listed or 'none: the graph has no float nodes'}")
+
+
+def _trunk(graph: fx.Graph) -> list[fx.Node]:
+    """The float nodes every path from the image to the output goes through, in graph order.
+
+    A residual block's output lies on it; the layers inside the block do not (its shortcut bypasses them), so
+    "the last node at a resolution" is a stage's last block, not the first layers of the next stage.
+    """
+    data = [n for n in graph.nodes if _floating(n)]  # shape arithmetic (int tensors) is no path for the image
+    fed: set[fx.Node] = set()
+    for n in data:
+        if n.op == "placeholder" or any(a in fed for a in n.all_input_nodes):
+            fed.add(n)
+    live: set[fx.Node] = set()
+    for n in reversed(data):
+        if n in fed and any(u.op == "output" or u in live for u in n.users):
+            live.add(n)
+    order = [n for n in data if n in live]  # graph order is topological
+    position = {n: i for i, n in enumerate(order)}
+    trunk, reach = [], 0
+    for i, n in enumerate(order):
+        if reach <= i:  # no edge from an earlier node jumps over this one
+            trunk.append(n)
+        reach = max([reach, *(position[u] for u in n.users if u in position)])
+    return trunk
+
+
+def _stage_ends(trunk: list[fx.Node], input_size: int) -> list[fx.Node]:
+    """The ends of a CNN's stages: along the trunk, the last node at each spatial size.
+
+    Only (B, C, H, W) maps count, from 2×2 px up to below the input's size (not the normalised image itself).
+    For an iresnet at 112 px: the ends of layer1-3 (56, 28, 14 px) and layer4 after its closing BatchNorm
+    (7 px). A transformer's tokens are no maps: name its block outputs instead.
+    """
+    ends: list[fx.Node] = []
+    sizes: list[tuple[int, int]] = []
+    for n in trunk:
+        shape = tuple(n.meta["tensor_meta"].shape)
+        if len(shape) != 4 or min(shape[2:]) < 2 or shape[2] * shape[3] >= input_size**2:
+            continue
+        if sizes and sizes[-1] == shape[2:]:
+            ends[-1] = n
+        else:
+            ends.append(n)
+            sizes.append(shape[2:])
+    return ends
+
+
+def load_face_model(path: str | Path, role: str = "template", n_layers: int = 0,
+                    nodes: Sequence[str] = ()) -> FaceModel:
     """The face model in ``path`` for ``role`` "template" (embeddings only) or "perceptor" (features too).
 
-    Its parameters are frozen: neither role trains it.
+    A perceptor's features: ``n_layers`` intermediate layers and the embedding; for an ONNX perceptor the graph
+    nodes named in ``nodes`` instead, when given. Its parameters are frozen: neither role trains it.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: face model file not found (a project encoder .safetensors/.ckpt "
                                 "or an ONNX face model)")
     if path.suffix == ".onnx":
-        model = OnnxPerceptor(path) if role == "perceptor" else OnnxTemplateModel(path)
-        if role == "perceptor" and n_layers:
-            log.info("%s: an ONNX perceptor contributes its embedding only (no intermediate layers)", path)
+        model = OnnxPerceptor(path, n_layers, nodes) if role == "perceptor" else OnnxTemplateModel(path)
+    elif nodes:
+        raise FaceModelError(f"{path}: decoder.perceptor_nodes names nodes of an ONNX perceptor; a project "
+                             "encoder's features are chosen by decoder.perceptor_layers (leave the nodes empty)")
     else:
         model = EncoderFaceModel(load_descriptor_model(path), str(path), n_layers if role == "perceptor" else 0)
     for p in model.parameters():

@@ -3,7 +3,8 @@
 GemNet (backbone with last stride 1 → GeM → projector → BN neck) plus a
 bias-free classifier on the neck feature. Loss: ce_weight·CE (label
 smoothing) on the classifier logits + triplet_weight·soft batch-hard triplet
-on the GeM feature. Adam with a warm-up / flat / cosine schedule stepped per
+on the GeM feature, + kd_weight·distillation of the neck into the
+descriptor-track head when the model has one. Adam with a warm-up / flat / cosine schedule stepped per
 iteration.
 
 The classifier is the only part that grows with the class count, so it is
@@ -24,7 +25,7 @@ import pytorch_lightning as pl
 import torch
 
 from embedlab.models.gem_net import GemNet, GemNetSpec
-from embedlab.models.losses import combine_gem_loss, gem_loss, soft_batch_hard_triplet
+from embedlab.models.losses import combine_gem_loss, gem_loss, similarity_distillation, soft_batch_hard_triplet
 from embedlab.models.lr_schedule import WarmupFlatCosine
 from embedlab.models.sharded_classifier import (
     DistributedShardedCrossEntropy,
@@ -54,6 +55,9 @@ class GemModule(pl.LightningModule):
         pretrained: str | None = None,
         channels_last: bool = False,
         classifier_init: str = "normal",
+        kd_weight: float = 1.0,
+        kd_temperature: float = 2.0,
+        kd_scale: float = 20.0,
     ) -> None:
         super().__init__()
         # Plain types only: checkpoints must load with torch.load(weights_only=True).
@@ -115,6 +119,11 @@ class GemModule(pl.LightningModule):
             loss, parts = gem_loss(self.classifier(neck), labels, gem_feature, hp.ce_weight, hp.triplet_weight,
                                    hp.label_smoothing)
         n = len(labels)
+        if self.model.descriptor_head is not None:  # the 256-d head learns from the neck, which it leaves alone
+            kd = similarity_distillation(self.model.head_feature(neck.detach()), neck, hp.kd_temperature,
+                                         hp.kd_scale)
+            loss = loss + hp.kd_weight * kd
+            self.log("train_kd", kd.detach(), on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
         self.log("train_ce", parts["ce"], on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
         self.log("train_triplet", parts["triplet"], on_step=False, on_epoch=True, batch_size=n, sync_dist=True)

@@ -18,6 +18,13 @@ to 1 and dilates its convolutions by 2: the same doubled final map, the
 receptive field the pretrained weights were trained with, and the same
 tensors, so pretrained weights load unchanged.
 
+The descriptor-track head (``descriptor_dim`` > 0): 8192 → BN → LeakyReLU
+→ Linear → 256 → BN on the neck feature, as the original; its output is then
+the descriptor (256-d: 30 times less storage than 8192-d per reference). It
+learns by distillation from the neck feature (``models/losses.py``,
+``similarity_distillation``) on a detached copy of it, so the 8192-d model
+trains exactly as without the head.
+
 Waveblock placement: on the outputs of the two stages before the last one
 in timm's ``feature_info`` (``layer2``/``layer3`` for ResNets, reductions 8
 and 16; ``blocks.2``/``blocks.4`` for MobileNetV2), as forward hooks. Hooks
@@ -53,6 +60,7 @@ class GemNetSpec:
     waveblock: bool = True
     waveblock_ratio: float = 0.3
     waveblock_gain: float = 1.5
+    descriptor_dim: int = 0  # > 0: the descriptor-track head's size (the original: 256); 0: the neck feature
     kind: str = GEM_NET_KIND  # tells the exporter/loader this from a DescriptorModel's spec
 
     def __post_init__(self) -> None:
@@ -60,6 +68,8 @@ class GemNetSpec:
             raise ValueError(f"GemNetSpec.kind must be {GEM_NET_KIND!r}, got {self.kind!r}")
         if not 0.0 <= self.waveblock_ratio <= 1.0:
             raise ValueError(f"waveblock_ratio must be in [0, 1], got {self.waveblock_ratio}")
+        if self.descriptor_dim < 0:
+            raise ValueError(f"descriptor_dim must be 0 (none) or positive, got {self.descriptor_dim}")
 
 
 def is_resnet(body: nn.Module) -> bool:
@@ -181,11 +191,12 @@ class GemNet(nn.Module):
         )
         self.neck = nn.BatchNorm1d(spec.proj_dim)
         self.neck.bias.requires_grad_(False)
+        self.descriptor_head = descriptor_head(spec.proj_dim, spec.descriptor_dim) if spec.descriptor_dim else None
         self.channels_last = False
 
     @property
     def descriptor_dim(self) -> int:
-        return self.spec.proj_dim
+        return self.spec.descriptor_dim or self.spec.proj_dim
 
     def use_channels_last(self, enabled: bool = True) -> "GemNet":
         """NHWC convolutions: about 1.5-2x faster on CPU (oneDNN) and on tensor cores."""
@@ -202,6 +213,35 @@ class GemNet(nn.Module):
         neck = self.neck(self.projector(gem.to(first.dtype)))
         return gem, neck
 
+    def head_feature(self, neck: torch.Tensor) -> torch.Tensor:
+        """The descriptor-track head's output for a neck feature (not normalised)."""
+        return self.descriptor_head(neck.to(self.descriptor_head[0].weight.dtype))
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """The descriptor: the L2-normalised neck feature, fp32."""
-        return F.normalize(self.features(images)[1].float(), dim=-1)
+        """The descriptor, L2-normalised, fp32: the head's output when there is one, else the neck feature."""
+        neck = self.features(images)[1]
+        out = self.head_feature(neck) if self.descriptor_head is not None else neck
+        return F.normalize(out.float(), dim=-1)
+
+
+def descriptor_head(in_dim: int, out_dim: int) -> nn.Sequential:
+    """The original's descriptor-track head: BN → LeakyReLU(0.2) → Linear → BN."""
+    return nn.Sequential(nn.BatchNorm1d(in_dim), nn.LeakyReLU(0.2), nn.Linear(in_dim, out_dim),
+                         nn.BatchNorm1d(out_dim))
+
+
+class NeckDescriptor(nn.Module):
+    """A GemNet's neck feature as the descriptor, whatever its head: what the head is distilled from,
+    scored beside it (the 8192-d vs 256-d comparison)."""
+
+    def __init__(self, net: GemNet) -> None:
+        super().__init__()
+        self.net = net
+        self.spec = net.spec
+
+    @property
+    def descriptor_dim(self) -> int:
+        return self.spec.proj_dim
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.net.features(images)[1].float(), dim=-1)

@@ -44,3 +44,28 @@ def gem_loss(logits: torch.Tensor, labels: torch.Tensor, gem_feature: torch.Tens
     """The trainer's loss: label-smoothed CE on the neck logits + soft batch-hard triplet on the GeM feature."""
     ce = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
     return combine_gem_loss(ce, soft_batch_hard_triplet(gem_feature, labels), ce_weight, triplet_weight)
+
+
+def similarity_distillation(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 2.0,
+                            scale: float = 20.0) -> torch.Tensor:
+    """Knowledge distillation of in-batch similarities: T² · KL(teacher ‖ student) per row, averaged.
+
+    Each sample's logits are its cosine similarities to the other samples of
+    the batch, times ``scale`` (cosines alone, in [-1, 1], would give nearly
+    flat distributions); both are softened by ``temperature`` (the original's
+    T = 2) and the T² keeps the gradient's size independent of T (Hinton et
+    al.). The teacher is detached: only the student learns. Self-similarities
+    are left out (always 1 for both). A descriptor learns what matters for
+    retrieval this way: which images are near which, not class logits.
+    """
+    n = student.shape[0]
+    if n < 2:
+        return student.sum() * 0.0  # no pair to compare; keeps the graph for DDP
+    others = ~torch.eye(n, dtype=torch.bool, device=student.device)
+
+    def log_probs(x: torch.Tensor) -> torch.Tensor:
+        x = F.normalize(x.float(), dim=-1)
+        return F.log_softmax((x @ x.T)[others].view(n, n - 1) * (scale / temperature), dim=-1)
+
+    return F.kl_div(log_probs(student), log_probs(teacher.detach()), reduction="batchmean",
+                    log_target=True) * temperature ** 2

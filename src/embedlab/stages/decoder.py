@@ -161,7 +161,7 @@ class DecoderInputs:
         train = read_template_set(folder, "train")
         test = read_template_set(folder, "test", dim=train.dim)
         template_model = load_face_model(model_path, "template")
-        perceptor = load_face_model(cfg.perceptor, "perceptor", cfg.perceptor_layers)
+        perceptor = load_face_model(cfg.perceptor, "perceptor", cfg.perceptor_layers, cfg.perceptor_nodes)
         if perceptor.input_size != cfg.output_size and not cfg.resize_to_perceptor:
             raise ValueError(f"decoder: the perceptor {cfg.perceptor} takes {perceptor.input_size} px images, the "
                              f"decoder makes {cfg.output_size} px; set decoder.output_size to "

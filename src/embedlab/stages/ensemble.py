@@ -1,13 +1,14 @@
 """Ensemble stage: several trained models' descriptors concatenated, then post-processed.
 
-    embedlab ensemble          # the members of evaluate.ensemble, e.g. [drip/s3, gem/big]
+    embedlab ensemble          # the members of evaluate.ensemble, e.g. [drip/s3, gem/imagenet/big]
 
 Each member is ``<stage>/<name>`` whose evaluation wrote
 ``models/<stage>/<name>/eval/descriptors/{query,reference,train}.h5`` (the
 training descriptors exist when ``evaluate.train_descriptors`` > 0). The
 table row shows μAP of the plain concatenation and, as ``μAP post``, after
 the evaluate stage's post-processing (whitening of the concatenation, score
-normalisation).
+normalisation). A member may be a pattern: ``gem/*/*`` is every GeM run of the
+start × set matrix (the original's 33-model ensemble in one line).
 """
 
 from __future__ import annotations
@@ -18,15 +19,12 @@ from pathlib import Path
 import mlflow
 
 from embedlab import tracking
-from embedlab.const import DISC_HEADLINE, METRICS_JSON
+from embedlab.const import METRICS_JSON
 from embedlab.atomic import write_json_atomic
 from embedlab.config import Params
-from embedlab.data.disc import DiscLayout
 from embedlab.descriptors import read_descriptors
-from embedlab.images import list_images
 from embedlab.postprocess import PostprocessConfig, postprocess_files
-from embedlab.evaluation.disc_model import postprocess_settings
-from embedlab.evaluation.disc_search import evaluate_disc
+from embedlab.evaluation.disc_model import ScoringSets, postprocess_settings
 
 
 def member_descriptors(member: str, models_root: Path = Path("models")) -> dict[str, Path]:
@@ -40,23 +38,35 @@ def member_descriptors(member: str, models_root: Path = Path("models")) -> dict[
     return files
 
 
+def expand_members(members: list[str], models_root: Path = Path("models")) -> list[str]:
+    """Members as given, a glob pattern (``gem/*/*``) replaced by the evaluated runs it matches, sorted."""
+    expanded = []
+    for member in members:
+        if not any(c in member for c in "*?["):
+            expanded.append(member)
+            continue
+        found = sorted(p.relative_to(models_root).as_posix() for p in models_root.glob(member)
+                       if (p / "eval" / "descriptors").is_dir())
+        if not found:
+            raise FileNotFoundError(f"ensemble member pattern {member!r}: no evaluated run under {models_root} "
+                                    "matches it (`dvc repro` the stages first)")
+        expanded.extend(m for m in found if m not in expanded)
+    return expanded
+
+
 def run_ensemble(params: Params, members: list[str] | None = None, out_dir: Path = Path("models/ensemble"),
                  report_dir: Path = Path("reports/ensemble")) -> dict:
-    members = list(members or params.evaluate.ensemble)
+    members = expand_members(list(members or params.evaluate.ensemble))
     if len(members) < 2:
         raise ValueError(f"params.yaml: evaluate.ensemble needs at least 2 members, got {members}")
     files = [member_descriptors(m) for m in members]
-    layout = DiscLayout(Path(params.data.disc))
-    ids = {subset: [p.stem for p in list_images(folder)]
-           for subset, folder in (("query", layout.query_dir), ("reference", layout.reference_dir))}
+    scoring = ScoringSets.of(params)  # the members' own images: all, or evaluate's fixed subset
     sets = {subset: [f[subset] for f in files] for subset in ("query", "reference", "train")}
 
     def score(cfg: PostprocessConfig, folder: Path, tag: str) -> dict:
         query, reference, _ = postprocess_files(sets["query"], sets["reference"], sets["train"],
                                                 folder / "descriptors", cfg)
-        metrics = evaluate_disc(query, reference, layout.ground_truth_csv, folder, k=params.evaluate.k,
-                                all_query_ids=ids["query"], all_reference_ids=ids["reference"])
-        return {f"{tag}{k}": metrics[k] for k in DISC_HEADLINE}
+        return scoring.score(query, reference, folder, params, tag)
 
     n_train = len(read_descriptors(sets["train"][0])[0])
     dim = sum(read_descriptors(f)[1].shape[1] for f in sets["query"])

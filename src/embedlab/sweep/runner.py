@@ -59,7 +59,7 @@ def plan_sweep(params: Params, request: SweepRequest) -> SweepPlan:
     dimensions = parse_space(stage.section(params).space, knobs, f"{where}.space")
     fixed = stage.fixed(params)
     base = with_values(params, fixed, where)
-    check_values(base, dimensions, f"{where}.space")
+    check_values(base, dimensions, f"{where}.space", stage.validate)
     stage.check(base)
     n_trials = request.n_trials if request.n_trials is not None else params.sweep.n_trials
     if n_trials < 1:

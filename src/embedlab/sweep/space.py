@@ -12,7 +12,7 @@ value the stage's own config rejects is a :class:`ConfigError` naming
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import optuna
 
@@ -139,16 +139,22 @@ def with_values(params: Params, values: Mapping[ParamPath, Any], where: str = "s
     for path, value in values.items():
         node = tree
         for part in path[:-1]:
+            if node[part] is None:  # a mapping left empty in params.yaml (a recipe `big:`) reads as None
+                node[part] = {}
             node = node[part]
         node[path[-1]] = value
     return _build(Params, tree, where)
 
 
-def check_values(params: Params, dimensions: list[Dimension], where: str) -> None:
-    """Each range end and choice must be a value the stage accepts (e.g. intensity within [0, 1])."""
+def check_values(params: Params, dimensions: list[Dimension], where: str,
+                 validate: Callable[[Params], None] | None = None) -> None:
+    """Each range end and choice must be a value the stage accepts (e.g. intensity within [0, 1]): params.yaml's
+    own checks, then the stage's ``validate`` (for values those do not check, e.g. a recipe's)."""
     for dim in dimensions:
         for value in dim.endpoints():
             try:
-                with_values(params, {dim.knob.path: value})
+                trial = with_values(params, {dim.knob.path: value})
+                if validate is not None:
+                    validate(trial)
             except ConfigError as exc:
                 raise ConfigError(f"{where}.{dim.key}: {value!r} is not a usable value ({exc})") from None

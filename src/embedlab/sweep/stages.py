@@ -6,6 +6,9 @@ params.yaml (a :class:`~embedlab.config.StageSweep` field of ``SweepConfig``),
 its sweepable settings (:class:`Knob`), the settings every trial fixes, a
 check run before any trial (missing parents, data) and how to run one trial
 into its own output folders. The decoder, at the end, is the shortest example.
+
+The GeM stage may also sweep its recipe's ``intensity`` (space key
+``augment_intensity``): each trial then generates its own small set first.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from embedlab.config import (
     StageSweep,
     TripletConfig,
     TripletPhase,
+    apply_overrides,
 )
 from embedlab.sweep.space import Knob, ParamPath, scalar_fields
 
@@ -59,6 +63,8 @@ class SweepStage:
     fixed: Callable[[Params], dict[ParamPath, Any]]  # settings every trial gets (epochs, evaluate ...)
     check: Callable[[Params], None]  # raises before any trial when a trial could not start
     run: Callable[[Params, TrialFolders, Sequence[Any]], dict]  # one trial -> the stage's summary
+    # raises ConfigError for a trial's params that params.yaml's own checks accept but the stage would not
+    validate: Callable[[Params], None] = lambda params: None
 
 
 STAGES: dict[str, SweepStage] = {}
@@ -150,16 +156,66 @@ register(SweepStage(
 
 # --- gem: the GeM trainer on one generated set -----------------------------------------------------
 
-def _gem_request(params: Params, folders: TrialFolders | None = None):
+# The swept recipe's intensity (augment.recipes.<recipe>.intensity, see augment/recipes.py). The pipeline's set
+# has one intensity, so a sweep over it makes each trial generate its own (small: sweep.gem_stage.classes,
+# per_class) set at the sampled value; best_params.yaml then sets the recipe's intensity for `dvc exp run`.
+AUGMENT_INTENSITY = "augment_intensity"
+
+
+def _gem_recipe(params: Params) -> str:
+    return params.sweep.gem_stage.recipe or params.pipeline.gem[0]
+
+
+def _generates(params: Params) -> bool:
+    return AUGMENT_INTENSITY in params.sweep.gem_stage.space
+
+
+def _gem_knobs(params: Params) -> dict[str, Knob]:
+    knobs = {k: Knob(("gem", k), a) for k, a in scalar_fields(GemConfig, _FIXED).items()}
+    recipe = _gem_recipe(params)
+    if recipe in params.augment.recipes:
+        knobs[AUGMENT_INTENSITY] = Knob(("augment", "recipes", recipe, "intensity"), "float")
+    elif _generates(params):
+        raise ConfigError(f"sweep.gem_stage.space.{AUGMENT_INTENSITY}: the trials' set {recipe!r} is not a recipe "
+                          f"of augment.recipes, so it has no intensity; known: {sorted(params.augment.recipes)}")
+    return knobs
+
+
+def _trial_augment(params: Params) -> dict[str, Any]:
+    """augment's settings a trial's own set overrides (None: augment's own)."""
+    sweep = params.sweep.gem_stage
+    return {"classes": sweep.classes, "per_class": sweep.per_class}
+
+
+def _trial_recipe(params: Params):
+    """(augment settings, recipe) of a trial's own set; the recipe loader checks its intensity is in [0, 1]."""
+    from embedlab.stages.augment import plan_recipe
+
+    cfg = apply_overrides(params.augment, _trial_augment(params), "augment")
+    return cfg, plan_recipe(cfg, _gem_recipe(params))
+
+
+def _gem_validate(params: Params) -> None:
+    if _generates(params):
+        _trial_recipe(params)
+
+
+def _gem_request(params: Params, folders: TrialFolders | None = None, data_dir: Path | None = None):
     from embedlab.stages.gem import plan_gem
 
-    request = plan_gem(params, params.sweep.gem_stage.recipe)
+    request = plan_gem(params, params.sweep.gem_stage.recipe, data_dir)
     if folders is not None:
         folders.redirect(request)
     return request
 
 
 def _gem_check(params: Params) -> None:
+    if _generates(params):  # the trials' own sets need the recipe and its source images, not the pipeline's set
+        from embedlab.augment.generator import generated_set_classes
+
+        cfg, recipe = _trial_recipe(params)
+        generated_set_classes(cfg.source, cfg.every, cfg.classes, cfg.faces if recipe.faces else None)
+        return
     request = _gem_request(params)
     if not (request.data_dir / "manifest.json").is_file():
         raise FileNotFoundError(f"{request.data_dir}: no generated training set; run "
@@ -167,17 +223,22 @@ def _gem_check(params: Params) -> None:
 
 
 def _gem_run(params: Params, folders: TrialFolders, callbacks: Sequence[Any]) -> dict:
+    from embedlab.stages.augment import run_augment
     from embedlab.stages.gem import run_gem
 
-    return run_gem(params, _gem_request(params, folders), callbacks=callbacks)
+    data_dir = None
+    if _generates(params):  # params holds the trial's intensity; its set goes next to its model
+        recipe = _gem_recipe(params)
+        _, data_dir = run_augment(params, recipe, _trial_augment(params), out=folders.models / "data" / recipe,
+                                  if_stale="restart", progress=False)
+    return run_gem(params, _gem_request(params, folders, data_dir), callbacks=callbacks)
 
 
 register(SweepStage(
     # No validation set: the pruner follows the epoch's training loss.
     "gem_stage", metric="uAP", direction="maximize", epoch_metric="train_loss_epoch", epoch_direction="minimize",
-    section=lambda p: p.sweep.gem_stage, target=lambda p: p.sweep.gem_stage.recipe or p.pipeline.gem[0],
-    knobs=lambda p: {k: Knob(("gem", k), a) for k, a in scalar_fields(GemConfig, _FIXED).items()},
-    fixed=lambda p: _scoring("gem", p, ("gem", "epochs")), check=_gem_check, run=_gem_run,
+    section=lambda p: p.sweep.gem_stage, target=_gem_recipe, knobs=_gem_knobs,
+    fixed=lambda p: _scoring("gem", p, ("gem", "epochs")), check=_gem_check, run=_gem_run, validate=_gem_validate,
 ))
 
 
