@@ -48,6 +48,8 @@ def tiny_params(data_root: str = "data/raw") -> dict:
     params["pipeline"].update(augment=["big"], gem=["big"])
     params["evaluate"].update(train_descriptors=24, ensemble=["drip/s2", "gem/imagenet/big"])
     params["augment"].update(classes=8, per_class=4, size=48)
+    params["robustness"].update(per_kind=2, distractors=3,
+                                members=["baseline/phash", "drip/pretrained", "drip/s2", "gem/imagenet/big"])
     params["gem"].update(
         backbone="test_resnet", pretrained=None, img_size=48, proj_hidden=32, proj_dim=64, descriptor_dim=16, p=4,
         k=2, epochs=2,

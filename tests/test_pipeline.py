@@ -49,7 +49,8 @@ def tiny_repo(tmp_path: Path, tiny_demo: Path, tiny_faces: Path) -> Path:
 def test_dvc_repro_is_incremental_and_tracks_metrics_and_plots(tiny_repo: Path, tmp_path: Path):
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     first = run(["dvc", "repro"], tiny_repo, **env)
-    for stage in ("code_deps", "baseline", "drip@s2", "augment@big", "gem@imagenet-big", "gem@scratch-big", "ensemble",
+    for stage in ("code_deps", "baseline", "robustness_set", "robustness", "drip@s2", "augment@big", "gem@imagenet-big",
+                  "gem@scratch-big", "ensemble",
                   "face_data", "triplet_pretrain", "triplet_finetune", "templates", "decoder"):
         assert f"Running stage '{stage}'" in first.stdout
     metrics = json.loads((tiny_repo / "reports/drip/s2/metrics.json").read_text())
@@ -68,6 +69,9 @@ def test_dvc_repro_is_incremental_and_tracks_metrics_and_plots(tiny_repo: Path, 
     table = run(["embedlab", "report"], tiny_repo, **env).stdout
     assert "gem/imagenet/big" in table and "gem/scratch/big" in table  # the matrix: 2 starts × 1 set
     assert "baseline: perceptual hash (64 bit)" in table
+    robustness = json.loads((tiny_repo / "reports/robustness/metrics.json").read_text())
+    assert list(robustness) == ["baseline/phash", "drip/pretrained", "drip/s2", "gem/imagenet/big"]
+    assert "Robustness set" in table
     assert "ensemble: drip/s2 + gem/imagenet/big" in table and "finetune" in table
     assert "Decoder: cosine" in table and f"{decoder['cosine_mean']:.4f}" in table
 
@@ -123,8 +127,8 @@ def test_dvc_repro_is_incremental_and_tracks_metrics_and_plots(tiny_repo: Path, 
     client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
     runs = client.search_runs([client.get_experiment_by_name("embedlab").experiment_id])
     stages = sorted(r.data.tags["embedlab.stage"] for r in runs)
-    assert stages == ["baseline", "decoder", "drip", "drip", "drip_init", "ensemble", "gem", "gem", "triplet",
-                      "triplet"]
+    assert stages == ["baseline", "decoder", "drip", "drip", "drip_init", "ensemble", "gem", "gem", "robustness",
+                      "triplet", "triplet"]
     assert sorted(r.data.tags["embedlab.drip_step"] for r in runs if "embedlab.drip_step" in r.data.tags) == ["s1", "s2"]
     data_hash = yaml.safe_load((tiny_repo / "data.dvc").read_text())["outs"][0]["md5"]
     head = run(["git", "rev-parse", "HEAD"], tiny_repo).stdout.strip()

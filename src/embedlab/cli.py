@@ -185,6 +185,18 @@ def cmd_baseline(args) -> None:
     print(json.dumps(run_baseline(_params(args)), indent=2))
 
 
+def cmd_robustness_set(args) -> None:
+    from embedlab.data.robustness import build_robustness_set
+
+    print(json.dumps(build_robustness_set(_params(args)), indent=2))
+
+
+def cmd_robustness(args) -> None:
+    from embedlab.evaluation.robustness import run_robustness
+
+    print(json.dumps(run_robustness(_params(args)), indent=2))
+
+
 def cmd_ensemble(args) -> None:
     from embedlab.stages.ensemble import run_ensemble
 
@@ -495,6 +507,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_sweep_parser(sub)
     command("baseline", cmd_baseline, "score the 64-bit perceptual hash (no training) on the DISC sets, as the "
             "models are scored", "embedlab baseline")
+    command("robustness-set", cmd_robustness_set, "edit DISC references with a held-out edit family (screenshots, "
+            "memes, heavy crops, stickers, recaptures, combinations) into a second query set, with distractors",
+            "embedlab robustness-set")
+    command("robustness", cmd_robustness, "score robustness.members on the robustness set: μAP overall and per "
+            "edit kind, a table and a plot", "embedlab robustness")
     p = command("ensemble", cmd_ensemble, "score the concatenated descriptors of trained models, before and after "
                 "post-processing", "embedlab ensemble --members drip/s3 gem/imagenet/big")
     p.add_argument("--members", nargs="+", help="<stage>/<name> of trained models (default: evaluate.ensemble)")

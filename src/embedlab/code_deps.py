@@ -31,6 +31,8 @@ STAGE_MODULES = {
     "augment": "embedlab.stages.augment",
     "gem": "embedlab.stages.gem",
     "baseline": "embedlab.stages.baseline",
+    "robustness_set": "embedlab.data.robustness",
+    "robustness": "embedlab.evaluation.robustness",
     "ensemble": "embedlab.stages.ensemble",
     "face_data": "embedlab.stages.face_data",
     "triplet": "embedlab.stages.triplet",

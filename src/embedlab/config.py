@@ -350,6 +350,27 @@ class GemStart:
 
 
 @dataclasses.dataclass
+class RobustnessConfig:
+    """The robustness query set (``embedlab robustness-set``: references edited by a held-out edit family, plus
+    distractors) and the models ``embedlab robustness`` scores on it, per edit kind."""
+
+    out: str = "data/robustness"
+    seed: int = 0
+    per_kind: int = 1000  # edited references per edit kind
+    distractors: int = 5000  # edited training images: queries that match no reference
+    jpeg_quality: int = 90
+    # <stage>/<name> under models/: a trained model, drip/pretrained (the ImageNet features drip starts
+    # from) or baseline/phash; a pattern (gem/*/*) names every run it matches
+    members: list[str] = dataclasses.field(default_factory=lambda: ["baseline/phash", "drip/pretrained"])
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ConfigError(f"robustness.jpeg_quality must be in [1, 100], got {self.jpeg_quality}")
+        if not self.members or not all(isinstance(m, str) and m for m in self.members):
+            raise ConfigError(f"robustness.members must be a non-empty list of <stage>/<name>, got {self.members!r}")
+
+
+@dataclasses.dataclass
 class AugmentConfig:
     """The augmented training sets (``embedlab augment``): sources, sizes, recipes.
 
@@ -570,6 +591,7 @@ class Params:
     decoder: DecoderConfig = dataclasses.field(default_factory=DecoderConfig)
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
     evaluate: EvaluateConfig = dataclasses.field(default_factory=EvaluateConfig)
+    robustness: RobustnessConfig = dataclasses.field(default_factory=RobustnessConfig)
     tracking: TrackingConfig = dataclasses.field(default_factory=TrackingConfig)
     sweep: SweepConfig = dataclasses.field(default_factory=SweepConfig)
 
@@ -625,7 +647,7 @@ AT_LEAST_ONE = frozenset({
     "epochs", "batch_size", "embedding_dim", "img_size", "aug_size", "image_size", "output_size",
     "inference_batch_size", "devices", "num_nodes", "classifier_devices", "p", "k", "iters", "proj_dim",
     "proj_hidden", "per_class", "size", "every", "patch_size", "depth", "restart_epochs", "visualize_every",
-    "n_trials", "prefetch_factor", "score_norm_n", "stretch_n", "limit_train_batches", "whiten_dim",
+    "n_trials", "prefetch_factor", "score_norm_n", "stretch_n", "limit_train_batches", "whiten_dim", "per_kind",
     "perceptor_layers",
 })
 POSITIVE = frozenset({"lr", "arcface_s", "gem_p", "width", "fmr", "partial_fc", "kd_temperature", "kd_scale"})  # > 0

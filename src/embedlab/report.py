@@ -107,6 +107,16 @@ def markdown_table(header: list[str], body: list[list[str]]) -> str:
     return "\n".join([row(header), rule, *(row(r) for r in body)])
 
 
+def robustness_rows(report: Path = Path("reports/robustness/metrics.json")) -> tuple[list[dict], tuple]:
+    """One row per member of the robustness evaluation, a column per edit kind (μAP)."""
+    if not report.is_file():
+        return [], (("model", "member", "{}"),)
+    scores = json.loads(report.read_text())
+    kinds = list(next(iter(scores.values()), {}))
+    columns = (("model", "member", "{}"), *((kind.replace("_", " "), kind, "{:.4f}") for kind in kinds))
+    return [{"member": member, **per_kind} for member, per_kind in scores.items()], columns
+
+
 def results_report(params: Params, markdown: bool = False) -> str:
     """The results tables of every stage that has run; ``markdown``: GitHub tables, no UI hint."""
     sections = [
@@ -116,6 +126,8 @@ def results_report(params: Params, markdown: bool = False) -> str:
         ("GeM trainer on generated training sets (step = gem/<start>/<recipe>)", gem_rows(params), RETRIEVAL_COLUMNS, "gem"),
         ("Ensemble: concatenated descriptors (μAP post: whitened + score-normalised)",
          single_row(Path("reports/ensemble/metrics.json")), RETRIEVAL_COLUMNS, "ensemble"),
+        ("Robustness set: μAP per held-out edit kind, distractors included (plot: reports/robustness/per_edit.png)",
+         *robustness_rows(), "robustness"),
         ("Face encoder (triplet stage): EER on the validation pairs, then the labelled test pairs",
          metric_rows(Path("reports/triplet"), ["pretrain", "finetune"]), FACE_COLUMNS, "triplet"),
         ("Decoder: cosine between test templates and the templates of their decoded faces",

@@ -78,3 +78,23 @@ class DescriptorModel(nn.Module):
             images = images.contiguous(memory_format=torch.channels_last)
         features = self.pool(self.body(images))
         return F.normalize(self.proj(features.to(self.proj.weight.dtype)).float(), dim=-1)
+
+
+class BackboneFeatures(nn.Module):
+    """A pretrained backbone's own GeM-pooled features, L2-normalised: the descriptor a model starts from
+    (drip's ImageNet start, ``models/drip/pretrained``), with no projection to learn."""
+
+    def __init__(self, backbone: str, weights: str | None, img_size: int, gem_p: float = 3.0) -> None:
+        super().__init__()
+        self.body = create_backbone(backbone, num_classes=0, global_pool="")
+        if weights:
+            load_backbone_weights(self.body, weights)
+        self.pool = GeM(gem_p)
+        self.spec = DescriptorSpec(backbone, self.body.num_features, gem_p, img_size)
+
+    @property
+    def descriptor_dim(self) -> int:
+        return self.spec.embedding_dim
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.pool(self.body(images)).float(), dim=-1)

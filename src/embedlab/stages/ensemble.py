@@ -38,18 +38,19 @@ def member_descriptors(member: str, models_root: Path = Path("models")) -> dict[
     return files
 
 
-def expand_members(members: list[str], models_root: Path = Path("models")) -> list[str]:
-    """Members as given, a glob pattern (``gem/*/*``) replaced by the evaluated runs it matches, sorted."""
+def expand_members(members: list[str], models_root: Path = Path("models"), evaluated: bool = True) -> list[str]:
+    """Members as given, a glob pattern (``gem/*/*``) replaced by the runs it matches, sorted (``evaluated``:
+    those with evaluation descriptors only)."""
     expanded = []
     for member in members:
         if not any(c in member for c in "*?["):
             expanded.append(member)
             continue
         found = sorted(p.relative_to(models_root).as_posix() for p in models_root.glob(member)
-                       if (p / "eval" / "descriptors").is_dir())
+                       if (p / "eval" / "descriptors").is_dir() or (not evaluated and p.is_dir()))
         if not found:
-            raise FileNotFoundError(f"ensemble member pattern {member!r}: no evaluated run under {models_root} "
-                                    "matches it (`dvc repro` the stages first)")
+            raise FileNotFoundError(f"member pattern {member!r}: no {'evaluated ' if evaluated else ''}run under "
+                                    f"{models_root} matches it (`dvc repro` the stages first)")
         expanded.extend(m for m in found if m not in expanded)
     return expanded
 
