@@ -355,3 +355,21 @@ def test_timm_weights_offline_fail_at_once_naming_the_file_to_provide(tiny_proje
     assert done.returncode == 2 and time.monotonic() - start < 60, done.stderr[-2000:]
     assert "pretrained: timm: timm could not provide test_resnet's weights" in done.stderr
     assert "save timm.create_model('test_resnet', pretrained=True).state_dict() with torch.save" in done.stderr
+
+
+def test_atomically_written_files_are_readable_by_the_team_as_plain_writes_are(tmp_path: Path):
+    """mkstemp creates 0600 files: reports, models and mlruns written through it were unreadable to the other
+    users of a shared store. They now get the mode a plain open() gives."""
+    import os
+    import stat
+
+    from embedlab.atomic import write_json_atomic, write_text_atomic
+
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    write_text_atomic(tmp_path / "atomic.txt", "x")
+    write_json_atomic(tmp_path / "report" / "metrics.json", {"uAP": 0.5})
+    expected = stat.S_IMODE(os.stat(plain).st_mode)
+    assert expected & 0o044  # group / others may read (the usual umask)
+    for path in (tmp_path / "atomic.txt", tmp_path / "report" / "metrics.json"):
+        assert stat.S_IMODE(os.stat(path).st_mode) == expected, path

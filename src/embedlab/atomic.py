@@ -40,6 +40,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     tmp = Path(tmp_name)
     try:
         yield tmp
+        _settle(tmp)
         os.replace(tmp, final)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
@@ -49,6 +50,21 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+# The process's umask, read once (reading it means setting it, which is not thread-safe later on).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def _settle(tmp: Path) -> None:
+    """Give a finished temporary file the mode a plain ``open`` would (mkstemp makes it 0600: a team sharing
+    a store could not read it) and flush it to disk, so that the name, once renamed, never shows a file
+    whose data a power cut lost. (The folder itself is not fsynced: the rename may be lost, never half a file.)"""
+    if tmp.is_file():
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
 
 
 # atomic_path's temporary names: "." + the final name + "." + mkstemp's 8 random characters + a suffix.
