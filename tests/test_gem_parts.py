@@ -600,3 +600,19 @@ def test_the_distilled_head_trains_without_changing_the_neck_model():
     assert shared.keys() == plain.keys()
     assert [k for k, v in shared.items() if not torch.equal(v, plain[k])] == []
     assert not torch.equal(head_before, with_head.model.descriptor_head[2].weight)
+
+
+def test_the_pretrained_body_and_the_fresh_layers_have_learning_rates_of_their_own():
+    from embedlab.models.gem_module import GemModule
+
+    gem = GemModule(dataclasses.asdict(dataclasses.replace(TINY, descriptor_dim=16)), n_classes=7, iters_per_epoch=4,
+                    lr=1e-4, head_lr_mult=10.0)
+    body_group, fresh_group = gem.configure_optimizers()["optimizer"].param_groups
+    # (the warm-up schedule scales both alike from their initial rates)
+    assert body_group["initial_lr"] == pytest.approx(1e-4) and fresh_group["initial_lr"] == pytest.approx(1e-3)
+    body = {id(p) for p in gem.model.body.parameters()}
+    assert {id(p) for p in body_group["params"]} == body
+    fresh = {id(p) for p in fresh_group["params"]}
+    for part in (gem.model.projector, gem.model.descriptor_head, gem.classifier):
+        assert {id(p) for p in part.parameters()} <= fresh
+    assert id(gem.model.neck.bias) not in fresh | body  # frozen, as the original's BNNeck

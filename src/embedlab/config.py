@@ -313,6 +313,7 @@ class GemConfig:
     p: int = 32  # identities per batch
     k: int = 4  # images per identity (the original's num_instances)
     lr: float = 3.5e-4
+    head_lr_mult: float = 1.0  # the randomly initialised layers (projector, neck, heads, classifier) at lr × this
     weight_decay: float = 0.0
     warmup_epochs: float = 5
     flat_epochs: float = 5
@@ -650,7 +651,8 @@ AT_LEAST_ONE = frozenset({
     "n_trials", "prefetch_factor", "score_norm_n", "stretch_n", "limit_train_batches", "whiten_dim", "per_kind",
     "perceptor_layers",
 })
-POSITIVE = frozenset({"lr", "arcface_s", "gem_p", "width", "fmr", "partial_fc", "kd_temperature", "kd_scale"})  # > 0
+POSITIVE = frozenset({"lr", "arcface_s", "gem_p", "width", "fmr", "partial_fc", "kd_temperature", "kd_scale",
+                      "head_lr_mult"})  # > 0
 SIGNED = frozenset({"threshold", "whiten_power"})  # any finite number; every other number is >= 0
 
 

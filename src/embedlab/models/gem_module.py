@@ -58,6 +58,7 @@ class GemModule(pl.LightningModule):
         kd_weight: float = 1.0,
         kd_temperature: float = 2.0,
         kd_scale: float = 20.0,
+        head_lr_mult: float = 1.0,
     ) -> None:
         super().__init__()
         # Plain types only: checkpoints must load with torch.load(weights_only=True).
@@ -134,8 +135,14 @@ class GemModule(pl.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        trainable = [p for p in self.parameters() if p.requires_grad]  # the BN neck's bias stays frozen
-        optimizer = torch.optim.Adam(trainable, lr=hp.lr, weight_decay=hp.weight_decay)
+        # Two groups: the (pretrained) backbone at lr; the layers that start from random weights (projector,
+        # neck, heads, classifier) at lr × head_lr_mult, so that a short run moves them without wrecking the body.
+        # The BN neck's bias stays frozen (not in either group).
+        body = [p for p in self.model.body.parameters() if p.requires_grad]
+        body_ids = {id(p) for p in body}
+        fresh = [p for p in self.parameters() if p.requires_grad and id(p) not in body_ids]
+        optimizer = torch.optim.Adam([{"params": body}, {"params": fresh, "lr": hp.lr * hp.head_lr_mult}],
+                                     lr=hp.lr, weight_decay=hp.weight_decay)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupFlatCosine(
             hp.warmup_epochs, hp.flat_epochs, hp.epochs, steps_per_epoch=max(1, int(hp.iters_per_epoch))))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

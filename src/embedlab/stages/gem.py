@@ -96,6 +96,7 @@ class GemRequest(TrainingStage):
             params.runtime.classifier_devices, pretrained=cfg.pretrained if fresh else None,
             channels_last=params.runtime.channels_last, classifier_init=cfg.classifier_init,
             kd_weight=cfg.kd_weight, kd_temperature=cfg.kd_temperature, kd_scale=cfg.kd_scale,
+            head_lr_mult=cfg.head_lr_mult,
         )
 
     def loaders(self, params: Params) -> tuple[DataLoader, None]:
