@@ -43,3 +43,11 @@ def test_the_baseline_is_scored_by_the_models_evaluation_and_reported(tiny_proje
     assert run.info.run_name == "baseline/phash" and run.data.metrics["uAP"] == pytest.approx(summary["uAP"])
     table = results_report(params)
     assert "perceptual hash" in table and f"{summary['uAP']:.4f}" in table
+
+
+def test_the_baseline_command_prints_its_scores_without_faiss_loader_lines(tiny_project: Path):
+    from conftest import run
+
+    result = run(["embedlab", "baseline"], tiny_project)
+    assert json.loads(result.stdout)["step"] == "baseline: perceptual hash (64 bit)"
+    assert "faiss.loader" not in result.stderr and "Loading faiss" not in result.stderr

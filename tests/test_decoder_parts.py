@@ -334,3 +334,20 @@ def test_read_back_templates_are_a_map_of_the_file_that_pickles_as_where_it_lies
     assert len(sent) < vectors.nbytes  # the rows are not in the pickle
     again = pickle.loads(sent)
     assert isinstance(again.templates, np.memmap) and np.array_equal(again.templates, vectors)
+
+
+def test_psnr_and_ssim_equal_scikit_images_on_a_real_photo():
+    from skimage import data
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    from embedlab.evaluation.image_quality import psnr, ssim
+
+    photo = data.astronaut()[100:164, 150:214] / 255.0
+    noisy = np.clip(photo + np.random.default_rng(0).normal(0, 0.08, photo.shape), 0, 1)
+    as_tensor = lambda x: torch.from_numpy(x).permute(2, 0, 1)[None]  # noqa: E731
+    expected = structural_similarity(photo, noisy, channel_axis=2, data_range=1.0, gaussian_weights=True, sigma=1.5,
+                                     use_sample_covariance=True)
+    assert ssim(as_tensor(photo), as_tensor(noisy)).item() == pytest.approx(expected, abs=1e-6)
+    assert psnr(as_tensor(photo), as_tensor(noisy)).item() == pytest.approx(
+        peak_signal_noise_ratio(photo, noisy, data_range=1.0), abs=1e-4)
+    assert ssim(as_tensor(photo), as_tensor(photo)).item() == pytest.approx(1.0, abs=1e-6)

@@ -137,8 +137,18 @@ def test_short_training_raises_the_cosine_and_logs_grids_and_checkpoints(decoder
     assert logged.data.params["decoder.perceptual_weight"] == "11.0"
     assert logged.data.metrics["cosine_mean"] == pytest.approx(summary["cosine_mean"])
     assert len(client.get_metric_history(logged.info.run_id, "val_cosine_mean")) == 20
+    # What a person would compare, epoch by epoch. (With random encoders as template model and perceptor, as
+    # here, the perceptual term may pull the faces away from their photos: the cosine alone would not show it.)
+    ssim_history = [m.value for m in client.get_metric_history(logged.info.run_id, "val_ssim")]
+    assert len(ssim_history) == 20 and all(-1.0 <= v <= 1.0 for v in ssim_history)
+    assert len(client.get_metric_history(logged.info.run_id, "val_psnr")) == 20
+    assert -1.0 <= summary["before_ssim_mean"] <= 1.0 and summary["psnr_mean"] > 0
+    assert logged.data.metrics["ssim_mean"] == pytest.approx(summary["ssim_mean"])
     grids = {a.path for a in client.list_artifacts(logged.info.run_id, "control")}
     assert "control/final.png" in grids and any(p.startswith("control/step_") for p in grids)
+    from PIL import Image
+    with Image.open("models/decoder/control/final.png") as grid:  # readable: 3 pairs a row, faces >= 128 px
+        assert grid.width >= 3 * 2 * 128 and grid.height >= 128
     kept = {a.path for a in client.list_artifacts(logged.info.run_id, "checkpoints")}
     assert {"checkpoints/last.ckpt", "checkpoints/step-1.ckpt", "checkpoints/step-10.ckpt"} <= kept
     assert read_checkpoint("models/decoder/checkpoints/step-10.ckpt")["global_step"] == 10

@@ -256,7 +256,10 @@ def test_a_step_that_never_met_the_advance_rule_stops_the_chain_when_asked(tiny_
     raw["drip"].update(epochs=1, evaluate=False, require_advance_rule=True)
     (tiny_project / "params.yaml").write_text(yaml.safe_dump(raw))
     write_initial_weights(load_params("params.yaml"))
-    run(["embedlab", "drip", "--step", "s1"], tiny_project)  # one epoch of a random head: loss far above 2
+    s1_run = run(["embedlab", "drip", "--step", "s1"], tiny_project)  # one epoch of a random head: loss far above 2
+    said = s1_run.stdout + s1_run.stderr
+    for noise in ("💡 Tip", "litlogger", "LeafSpec", "weights_only", "smaller than the logging interval"):
+        assert noise not in said, f"third-party noise in the stage's output: {noise!r}"
     client = _client(tiny_project)
     (s1,) = client.search_runs([client.get_experiment_by_name("embedlab").experiment_id],
                                "tags.`embedlab.drip_step` = 's1'")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from embedlab.cli_args import auto_or, optional, parse_bool
 from embedlab.credentials import hide_passwords
+from embedlab.const import MODEL_STAGES
 from embedlab.config import ConfigError, DripStep, Params, apply_overrides, load_params, use_profile
 from embedlab.postprocess.cli import add_parser as add_postprocess_parser
 from embedlab.stages.output_lock import OutputBusyError
@@ -171,6 +172,20 @@ def cmd_export_onnx(args) -> None:
     from embedlab.models.face_models import export_onnx_face_model
 
     print(export_onnx_face_model(args.checkpoint, args.out))
+
+
+def cmd_export(args) -> None:
+    from embedlab.model_export import export_model
+
+    print(json.dumps(export_model(args.checkpoint, args.out, args.format), indent=2))
+
+
+def cmd_register(args) -> None:
+    from embedlab.model_registry import register_best
+
+    params = _params(args, anywhere=True)
+    print(json.dumps(register_best(args.stage, params.tracking.experiment, args.metric, args.mode, args.alias,
+                                   args.name, args.filter, params.tracking.uri), indent=2))
 
 
 def cmd_validate_decoder(args) -> None:
@@ -426,10 +441,33 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: models/decoder/checkpoints/last.ckpt)")
 
     p = command("export-onnx", cmd_export_onnx, "export a project encoder as an ONNX face model (RGB, "
-                "(x - 127.5) / 127.5, like insightface's)", "embedlab export-onnx --checkpoint "
+                "(x - 127.5) / 127.5, like insightface's; `embedlab export` writes any descriptor model as its "
+                "PyTorch forward)", "embedlab export-onnx --checkpoint "
                 "models/triplet/finetune/encoder.safetensors --out encoder.onnx", params=False)
     p.add_argument("--checkpoint", required=True, help="a triplet .ckpt or an exported encoder .safetensors")
     p.add_argument("--out", required=True, help="the .onnx file to write")
+
+    p = command("export", cmd_export, "export a descriptor model (drip, GeM, face encoder) to ONNX or TorchScript: "
+                "ImageNet-normalised images in, the descriptor out, checked against PyTorch before it is written",
+                "embedlab export --checkpoint models/drip/s2/descriptor_model.safetensors --out drip.onnx",
+                params=False)
+    p.add_argument("--checkpoint", required=True, help="an exported .safetensors (+ .json) or a stage's .ckpt")
+    p.add_argument("--out", required=True, help="the file to write (.onnx, or .pt for TorchScript)")
+    p.add_argument("--format", type=o_str, choices=("onnx", "torchscript"),
+                   help="default: by the file name (.onnx: onnx; .pt, .ts: torchscript)")
+
+    p = command("register", cmd_register, "register the logged model of a stage's best finished run as a new "
+                "model version and point an alias at it",
+                "embedlab register --stage drip   (best μAP -> models:/embedlab-drip@champion)")
+    p.add_argument("--stage", required=True, choices=MODEL_STAGES, help="the training stage")
+    p.add_argument("--metric", type=o_str, help="the run metric that picks the best (default: the stage's "
+                   "headline, as its sweep optimises it: uAP, triplet: valid_eer)")
+    p.add_argument("--mode", type=o_str, choices=("max", "min"), help="whether higher or lower --metric is "
+                   "better (default: the headline's direction; required for another metric)")
+    p.add_argument("--alias", type=o_str, help="the alias set on the new version (default: champion)")
+    p.add_argument("--name", type=o_str, help="the registered model (default: embedlab-<stage>)")
+    p.add_argument("--filter", type=o_str, help="an MLflow run filter the candidates must also match, e.g. "
+                   "\"tags.embedlab.drip_step = 's3'\"")
 
     command("drip-cache", cmd_drip_cache, "decode and resize drip's class images once, to drip.aug_size, into "
             "image stores under data.drip_cache (what drip reads)", "embedlab drip-cache")
@@ -552,6 +590,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:
+        from embedlab.log_noise import quiet_third_party
+
+        quiet_third_party()
     try:
         args.func(args)
     except Exception as exc:

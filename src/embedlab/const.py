@@ -23,6 +23,8 @@ W_MATRIX = "w_matrix.safetensors"  # a drip step's class centroids
 DESCRIPTOR_MODEL = "descriptor_model.safetensors"  # exported drip / GeM model (+ .json spec)
 ENCODER = "encoder.safetensors"  # exported face encoder
 DECODER = "decoder.safetensors"  # exported template decoder
+LOGGED_MODEL = "model"  # the exported model as MLflow's logged model of the run (embedlab.mlflow_model)
+MODEL_STAGES = ("drip", "gem", "triplet")  # the stages whose export is a descriptor model (not the decoder's)
 
 # --- evaluation files and reports ---------------------------------------------------------------
 METRICS_JSON = "metrics.json"

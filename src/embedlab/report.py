@@ -53,6 +53,9 @@ DECODER_COLUMNS = (
     ("cos max", "cosine_max", "{:.4f}"),
     ("threshold", "threshold", "{:.4f}"),
     ("share above", "above_threshold", "{:.1%}"),
+    ("SSIM before", "before_ssim_mean", "{:.3f}"),  # decoded face vs its photo, as a person would compare them
+    ("SSIM", "ssim_mean", "{:.3f}"),
+    ("PSNR dB", "psnr_mean", "{:.2f}"),
 )
 
 

@@ -16,7 +16,6 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.utils import make_grid
 
 from embedlab.atomic import atomic_path
 from embedlab.data.templates import TemplateSet
@@ -147,15 +146,45 @@ def format_stats(stats: dict, split: str, fmr: float | None) -> str:
     ])
 
 
+GRID_FACE_PX = 128  # each face is shown at least this large, whatever the decoder's output size
+
+
 @torch.no_grad()
 def write_control_grid(module: DecoderModule, templates: torch.Tensor, photos: torch.Tensor, path: Path) -> Path:
-    """Original | reconstruction side by side for each control sample, three pairs to a row."""
+    """Photo | decoded face side by side for each control sample, three pairs to a row, each pair captioned
+    with the cosine of the decoded face's template to the photo's and the SSIM of the two images."""
+    from embedlab.models.decoder_module import photo_similarity
+
     device = next(module.model.parameters()).device
     with eval_mode(module):
-        decoded = to_uint8(module.model(templates.to(device))).cpu()
+        output = module.model(templates.to(device))
+        cosines = module.reembed_cosines(templates.to(device), output).cpu()
+        _, ssims = photo_similarity(output, photos.to(device))
+    decoded = to_uint8(output).cpu()
     originals = to_uint8(photos)
-    pairs = torch.stack([torch.cat([o, d], dim=2) for o, d in zip(originals, decoded)])
-    grid = make_grid(pairs, nrow=3, padding=2, pad_value=255)
+    pairs = [_captioned_pair(o, d, f"cos {c:.3f} · SSIM {s:.2f}")
+             for o, d, c, s in zip(originals, decoded, cosines.tolist(), ssims.cpu().tolist())]
+    cols = min(3, len(pairs))
+    w, h = pairs[0].size
+    sheet = Image.new("RGB", (cols * w + (cols + 1) * 4, -(-len(pairs) // cols) * (h + 4) + 4), "white")
+    for i, pair in enumerate(pairs):
+        sheet.paste(pair, (4 + (i % cols) * (w + 4), 4 + (i // cols) * (h + 4)))
     with atomic_path(path) as tmp:
-        Image.fromarray(grid.permute(1, 2, 0).numpy()).save(tmp, format="PNG")
+        sheet.save(tmp, format="PNG")
     return path
+
+
+def _captioned_pair(photo: torch.Tensor, decoded: torch.Tensor, caption: str) -> Image.Image:
+    from PIL import ImageDraw
+
+    from embedlab.augment.fonts import default_font_paths, load_font
+
+    size = max(GRID_FACE_PX, photo.shape[-1])
+    faces = [Image.fromarray(x.permute(1, 2, 0).numpy()).resize((size, size), Image.Resampling.BICUBIC)
+             for x in (photo, decoded)]
+    band = max(14, size // 8)
+    pair = Image.new("RGB", (2 * size + 2, size + band), "white")
+    pair.paste(faces[0], (0, 0))
+    pair.paste(faces[1], (size + 2, 0))
+    ImageDraw.Draw(pair).text((4, size + 1), caption, fill=(0, 0, 0), font=load_font(str(default_font_paths()[0]), band - 3))
+    return pair

@@ -20,8 +20,18 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from embedlab.models.decoder import DecoderSpec, Discriminator, TemplateDecoder, to_uint8
+from embedlab.evaluation.image_quality import psnr, ssim
+from embedlab.models.decoder import DecoderSpec, Discriminator, TemplateDecoder, to_uint8, to_unit_range
 from embedlab.models.decoder_losses import adversarial_loss, laplace_loss, perceptual_loss
+
+
+@torch.no_grad()
+def photo_similarity(decoded: torch.Tensor, photos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """PSNR and SSIM of each decoded face, as an 8-bit image, to its photo (both in the decoder's
+    normalised space)."""
+    saved = to_uint8(decoded).float() / 255.0
+    target = to_unit_range(photos.float())
+    return psnr(saved, target), ssim(saved, target)
 
 
 class DecoderModule(pl.LightningModule):
@@ -45,6 +55,7 @@ class DecoderModule(pl.LightningModule):
         self.automatic_optimization = False
         self._frozen: dict[str, Any] = {}
         self._cosines: list[torch.Tensor] = []
+        self._quality: list[torch.Tensor] = []  # per image: PSNR, SSIM of the decoded face to its photo
 
     def attach(self, perceptor, template_model) -> "DecoderModule":
         """The frozen perceptor (training loss) and template model (validation)."""
@@ -131,6 +142,7 @@ class DecoderModule(pl.LightningModule):
         templates, photos = batch
         decoded = self.model(templates)  # once, for both the cosine and the loss
         self._cosines.append(self.reembed_cosines(templates, decoded).cpu())
+        self._quality.append(torch.stack(photo_similarity(decoded, photos), dim=1).cpu())
         self.log("val_loss", self.losses(decoded, photos)["loss"], batch_size=len(templates))
 
     def on_validation_epoch_end(self) -> None:
@@ -140,6 +152,10 @@ class DecoderModule(pl.LightningModule):
         self._cosines.clear()
         self.log("val_cosine_mean", cosines.mean(), prog_bar=True)
         self.log("val_cosine_min", cosines.min())
+        quality = torch.cat(self._quality).mean(dim=0)
+        self._quality.clear()
+        self.log("val_psnr", quality[0])
+        self.log("val_ssim", quality[1])
 
     def configure_optimizers(self):
         h = self.hparams

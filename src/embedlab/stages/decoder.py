@@ -31,7 +31,8 @@ from embedlab.data.templates import TemplatePairs, TemplateSet, read_template_se
 from embedlab.devices import runtime_loader_options, torch_device, training_shard
 from embedlab.models.checkpoints import StepCheckpoints, load_descriptor_model
 from embedlab.models.decoder import DECODER_KIND, DecoderSpec
-from embedlab.models.decoder_module import DecoderModule
+from embedlab.models.decoder_module import DecoderModule, photo_similarity
+from embedlab.models.eval_mode import eval_mode
 from embedlab.models.face_models import FaceModel, load_face_model
 from embedlab.evaluation.decoder_cosine import (
     cosine_stats,
@@ -57,6 +58,7 @@ class DecoderRequest(TrainingStage):
     command: ClassVar[str] = "decoder"
     section: ClassVar[str] = "decoder"
     export_name: ClassVar[str] = DECODER
+    logs_model: ClassVar[bool] = False  # templates in, images out: no pyfunc of images to descriptors
     monitor: ClassVar[Monitor] = Monitor("val_cosine_mean", "max")
     history_plot: ClassVar[str] = "decoder_history"
 
@@ -119,7 +121,8 @@ class DecoderRequest(TrainingStage):
         return self.cfg.evaluate, self.cfg.evaluate and self.cfg.evaluate_before
 
     def evaluate(self, module: DecoderModule, params: Params, folder: Path, prefix: str) -> dict:
-        return score_decoder(module, self.sources, self.cfg, params, prefix=prefix)
+        return {**score_decoder(module, self.sources, self.cfg, params, prefix=prefix),
+                **photo_scores(module, self.test_pairs, params, prefix)}
 
     def finish(self, module: DecoderModule, params: Params, summary: dict) -> dict[str, Path]:
         grid = write_control_grid(module, *self.control, self.out_dir / "control" / "final.png")
@@ -189,6 +192,22 @@ def score_decoder(module: DecoderModule, inputs: DecoderInputs, cfg: DecoderConf
         model.to(device)
     cosines = decoded_cosines(module, getattr(inputs, split), params.runtime.inference_batch_size)
     return {f"{prefix}{k}": v for k, v in cosine_stats(cosines, inputs.threshold(cfg)).items()}
+
+
+@torch.no_grad()
+def photo_scores(module: DecoderModule, pairs: TemplatePairs, params: Params, prefix: str = "") -> dict:
+    """Mean PSNR and SSIM of the decoded test faces to their photos: would a person see the same face?"""
+    device = next(module.model.parameters()).device
+    loader = DataLoader(pairs, batch_size=params.runtime.inference_batch_size, collate_fn=collate_skipping_bad)
+    scores = []
+    with eval_mode(module):
+        for batch in loader:
+            if batch is not None:
+                templates, photos = batch
+                scores.append(torch.stack(photo_similarity(module.model(templates.to(device)), photos.to(device)),
+                                          dim=1).cpu())
+    mean = torch.cat(scores).mean(dim=0) if scores else torch.full((2,), float("nan"))
+    return {f"{prefix}psnr_mean": float(mean[0]), f"{prefix}ssim_mean": float(mean[1])}
 
 
 def run_decoder(params: Params, request: DecoderRequest | None = None,

@@ -41,6 +41,7 @@ from embedlab.models.checkpoints import (
     read_checkpoint,
 )
 from embedlab.models.compiled import compiled_trunk
+from embedlab.mlflow_model import log_descriptor_model
 from embedlab.stages.reports import write_stage_reports
 from embedlab.code_deps import stage_code
 from embedlab.digests import fingerprint
@@ -75,6 +76,7 @@ class TrainingStage(OutputFolders, abc.ABC):
     command: str  # the CLI command and MLflow tag embedlab.stage: drip, gem, triplet, decoder
     section: str  # its params.yaml section: its settings are logged as <section>.<key>
     export_name: str  # the exported model's file name in the run's folder
+    logs_model: bool = True  # log the export as MLflow's logged model (a pyfunc: images in, descriptors out)
     monitor: Monitor | None = None  # None: no validation; ``last.ckpt`` only
     history_plot: str = "history"  # folder of the per-epoch plot CSVs under plots_root
     plots_root: Path
@@ -210,9 +212,13 @@ def _run_stage(stage: TrainingStage, params: Params, callbacks: Sequence[pl.Call
         if evaluate_after:
             summary.update(stage.evaluate(module, params, out_dir / EVAL, ""))
         extra_artifacts = stage.finish(module, params, summary)
+        # The UI's "Logged models"; a re-evaluated run's model of the same weights is not logged twice.
+        model_id = log_descriptor_model(module.model, model_path) if stage.logs_model else None
         # The monitored metric has its per-epoch history already: a final copy would read as one more epoch.
+        # The final scores are the logged model's too (model_id).
         mlflow.log_metrics({k: v for k, v in summary.items()
-                            if isinstance(v, (int, float)) and v is not None and k != history_metric})
+                            if isinstance(v, (int, float)) and v is not None and k != history_metric},
+                           model_id=model_id)
         write_stage_reports(stage.report_dir, summary, stage.plots_root, stage.plot_name,
                             (stage.history_plot, history_metric, history), stage.curves(),
                             pictures=[out_dir / EVAL / "pr_curve.png"])
