@@ -34,6 +34,7 @@ def test_unknown_parameter_is_an_error_naming_file_and_key(tmp_path):
     ("runtime", "precision", "fp8", "runtime.precision"),
     ("runtime", "num_workers", -1, "runtime.num_workers"),
     ("runtime", "devices", 0, "runtime.devices"),
+    ("tracking", "system_metrics_interval", 0, "tracking.system_metrics_interval"),
 ])
 def test_invalid_values_are_rejected(section, key, value, message):
     params = load_params(PROJECT / "params.yaml")

@@ -134,6 +134,16 @@ def test_dvc_repro_is_incremental_and_tracks_metrics_and_plots(tiny_repo: Path, 
     head = run(["git", "rev-parse", "HEAD"], tiny_repo).stdout.strip()
     assert all(r.data.tags["dvc.data_hash"] == data_hash for r in runs)
     assert all(r.data.tags["mlflow.source.git.commit"] == head for r in runs)
+    # Each training run's datasets carry DVC's hashes: GeM's set as the augment stage recorded it (dvc repro
+    # writes a stage's lock entry before the next stage runs), DISC's query as DVC hashes data/raw/disc/query.
+    lock = yaml.safe_load((tiny_repo / "dvc.lock").read_text())["stages"]
+    augmented = next(o["md5"] for o in lock["augment@big"]["outs"] if o["path"] == "data/augmented/big")
+    for r in runs:
+        inputs = {i.dataset.name: i.dataset.digest for i in client.get_run(r.info.run_id).inputs.dataset_inputs}
+        stage = r.data.tags["embedlab.stage"]
+        assert bool(inputs) == (stage in ("drip", "gem", "triplet", "decoder")), stage
+        if stage == "gem":
+            assert inputs["augmented/big"] == augmented and inputs["disc21/query"].endswith(".dir")
 
     # Changing the intensity re-runs the drip steps, not the weights they start from.
     run(["git", "add", "-A"], tiny_repo)

@@ -273,6 +273,10 @@ class EvaluateConfig:
 class TrackingConfig:
     experiment: str = "embedlab"
     uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite:///<repo>/mlflow.db
+    # Training runs log CPU, memory, disk, network (and GPU) use as system/* metrics, sampled every
+    # system_metrics_interval seconds (embedlab.system_metrics).
+    system_metrics: bool = True
+    system_metrics_interval: float = 10.0
 
 
 @dataclasses.dataclass
@@ -652,7 +656,7 @@ AT_LEAST_ONE = frozenset({
     "perceptor_layers",
 })
 POSITIVE = frozenset({"lr", "arcface_s", "gem_p", "width", "fmr", "partial_fc", "kd_temperature", "kd_scale",
-                      "head_lr_mult"})  # > 0
+                      "head_lr_mult", "system_metrics_interval"})  # > 0
 SIGNED = frozenset({"threshold", "whiten_power"})  # any finite number; every other number is >= 0
 
 

@@ -7,6 +7,7 @@ Each is known and harmless here:
 - Lightning's pytree code calls a torch API that torch deprecated (``LeafSpec``), a warning per run;
 - a demo epoch shorter than ``log_every_n_steps`` makes Lightning say it will not log mid-epoch, which the
   stages do not rely on (they log per epoch).
+- MLflow's system-metrics monitor says at INFO, every run, that it starts, stops and finds no GPU library.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class _DropKnownNoise(logging.Filter):
 
 def quiet_third_party() -> None:
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
     for name in ("pytorch_lightning.utilities.rank_zero", "pytorch_lightning.trainer.connectors.checkpoint_connector",
                  "lightning_fabric.utilities.rank_zero"):
         logging.getLogger(name).addFilter(_DropKnownNoise())

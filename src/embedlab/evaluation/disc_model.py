@@ -19,6 +19,7 @@ from embedlab.postprocess import PostprocessConfig, postprocess_files
 from embedlab.evaluation.embed import embed_to_file
 from embedlab.evaluation.disc_search import evaluate_disc
 from embedlab.evaluation.multiscale import embed_multiscale
+from embedlab.run_inputs import DataInput, first
 
 
 
@@ -45,6 +46,22 @@ class ScoringSets:
         if params.evaluate.train_descriptors > 0:
             paths["train"] = list_images(layout.training_dir)[:params.evaluate.train_descriptors]
         return cls(layout, paths, ids, [p.stem for p in paths["query"]] if fixed_subset else None)
+
+    def data_inputs(self, params: Params) -> list[DataInput]:
+        """What this evaluation reads, as the run's datasets: the query and reference images, the ground truth,
+        and the training images post-processing is fitted on. A fixed subset is a part of its set."""
+        subset = None if self.scored is None else {
+            "queries": params.evaluate.queries, "references": params.evaluate.references, "seed": params.seed}
+        layout = self.layout
+        inputs = [DataInput("disc21/query", layout.query_dir, {"images": len(self.paths["query"])}, subset),
+                  DataInput("disc21/reference", layout.reference_dir, {"images": len(self.paths["reference"])}, subset),
+                  DataInput("disc21/ground_truth", layout.ground_truth_csv,
+                            {"matches": len(read_ground_truth(layout.ground_truth_csv))})]
+        if "train" in self.paths:
+            train = len(self.paths["train"])
+            inputs.append(DataInput("disc21/postprocess", layout.training_dir, {"images": train},
+                                    first(train, len(list_images(layout.training_dir)))))
+        return inputs
 
     def score(self, query: Path, reference: Path, folder: Path, params: Params, prefix: str = "") -> dict:
         """μAP and friends of two descriptor files, keys prefixed."""

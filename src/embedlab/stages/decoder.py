@@ -41,6 +41,7 @@ from embedlab.evaluation.decoder_cosine import (
     impostor_threshold,
     write_control_grid,
 )
+from embedlab.run_inputs import DataInput
 from embedlab.stages.lifecycle import Monitor, TrainingStage, run_stage
 from embedlab.digests import file_digest
 
@@ -91,6 +92,13 @@ class DecoderRequest(TrainingStage):
         inputs = self.sources
         return {"decoder.template_model": str(inputs.template_model_path), "decoder.template_dim": inputs.train.dim,
                 "decoder.n_train_pairs": len(inputs.train), "decoder.n_test_pairs": len(inputs.test)}
+
+    def training_data(self, params: Params) -> list[DataInput]:
+        return [_template_data(params, "train", self.sources.train)]
+
+    def evaluation_data(self, params: Params) -> list[DataInput]:
+        """The test pairs: validated every epoch and scored at the end."""
+        return [_template_data(params, "test", self.sources.test)]
 
     def build(self, params: Params, fresh: bool) -> DecoderModule:
         module = build_module(self.sources, self.cfg)
@@ -170,6 +178,13 @@ class DecoderInputs:
                              f"decoder makes {cfg.output_size} px; set decoder.output_size to "
                              f"{perceptor.input_size} or decoder.resize_to_perceptor: true")
         return cls(Path(manifest["faces_root"]), train, test, model_path, template_model, perceptor)
+
+
+def _template_data(params: Params, split: str, pairs: TemplateSet) -> DataInput:
+    """A split's pairs: its templates (made from its photos: they change with them) and the photo list."""
+    folder = Path(params.templates.out)
+    return DataInput(f"templates/{split}", folder / f"{split}.h5", {"pairs": len(pairs), "persons": len(pairs.persons)},
+                     also=(folder / f"{split}.csv",))
 
 
 def decoder_spec(inputs: DecoderInputs, cfg: DecoderConfig) -> dict:

@@ -48,13 +48,16 @@ from embedlab.images import count_bad_images, list_images
 from embedlab.models.checkpoints import restore_matching_weights
 from embedlab.models.drip_module import DripModule
 from embedlab.models.stop_rule import StopRule
-from embedlab.evaluation.disc_model import evaluate_descriptor_model
+from embedlab.evaluation.disc_model import ScoringSets, evaluate_descriptor_model
+from embedlab.run_inputs import DataInput, first
 from embedlab.stages.init_weights import INIT_STEP, initial_weights_path
 from embedlab.stages.lifecycle import Monitor, TrainingStage, run_stage
 from embedlab.stages.w_matrix import CentroidInit
 
 
 log = logging.getLogger(__name__)
+
+DATA_NAMES = {"facebook": "disc21/training", "imagenet": "imagenet", "frm_faces": "frm_faces"}  # MLflow datasets
 
 @dataclasses.dataclass
 class DripRequest(TrainingStage):
@@ -102,6 +105,7 @@ class DripRequest(TrainingStage):
             built = build_drip_cache(wanted, data.drip_cache, self.cfg.aug_size, data.on_bad_image)
             self.cache_skipped = sum(len(summary["skipped"]) for summary in built.values())
             folders = {name: cache_folder(data.drip_cache, self.cfg.aug_size, name) for name in folders}
+        self.class_sources = {name: (folders[name], count) for name, count in counts.items() if count}
         self.classes = [Path(c.path) for c in select_classes([
             ClassSource(folders[name], count, label=name, exact=True) for name, count in counts.items()])]
         if not self.classes:
@@ -131,6 +135,14 @@ class DripRequest(TrainingStage):
             # A step's None means "drip.<field>": the effective value is the section's, logged already.
             **{f"drip.{k}": v for k, v in dataclasses.asdict(self.step).items() if v is not None},
         }
+
+    def training_data(self, params: Params) -> list[DataInput]:
+        # A class is one image of its source: the first ``count`` in name order (select_classes).
+        return [DataInput(DATA_NAMES[name], folder, {"classes": count}, first(count, len(list_images(folder))))
+                for name, (folder, count) in self.class_sources.items()]
+
+    def evaluation_data(self, params: Params) -> list[DataInput]:
+        return ScoringSets.of(params).data_inputs(params) if any(self.evaluates(params)) else []
 
     def build(self, params: Params, fresh: bool) -> DripModule:
         cfg = self.cfg

@@ -33,7 +33,8 @@ from embedlab.devices import runtime_loader_options, training_shard
 from embedlab.images import count_bad_images
 from embedlab.models.gem_module import GemModule, iterations_per_epoch
 from embedlab.models.gem_net import GemNetSpec, NeckDescriptor
-from embedlab.evaluation.disc_model import evaluate_descriptor_model
+from embedlab.evaluation.disc_model import ScoringSets, evaluate_descriptor_model
+from embedlab.run_inputs import DataInput
 from embedlab.stages.lifecycle import TrainingStage, run_stage
 
 NECK = "neck"  # the folder and metric prefix of the neck feature's scores
@@ -87,6 +88,13 @@ class GemRequest(TrainingStage):
         return {"gem.n_classes": self.dataset.n_classes, "gem.n_images": len(self.dataset),
                 "gem.batch_size": self.cfg.p * self.cfg.k, "gem.iters_per_epoch": self.iters,
                 "gem.data": str(self.data_dir), "gem.start": self.start}
+
+    def training_data(self, params: Params) -> list[DataInput]:
+        return [DataInput(f"augmented/{self.recipe}", self.data_dir,
+                          {"images": len(self.dataset), "classes": self.dataset.n_classes})]
+
+    def evaluation_data(self, params: Params) -> list[DataInput]:
+        return ScoringSets.of(params).data_inputs(params) if any(self.evaluates(params)) else []
 
     def build(self, params: Params, fresh: bool) -> GemModule:
         cfg = self.cfg

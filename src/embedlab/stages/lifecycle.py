@@ -9,7 +9,9 @@ A stage declares only its own parts by subclassing :class:`TrainingStage`
    (:mod:`embedlab.stages.run_state`): the same fingerprint resumes an
    unfinished run or re-evaluates a finished one, any other starts afresh;
 2. open the stage's MLflow run (the resumed one, ``mlflow run``'s, or a new
-   one) and log its params; runtime settings are tags, never params;
+   one) and log its params, its data sets (:mod:`embedlab.run_inputs`) and,
+   while it runs, system metrics (:mod:`embedlab.system_metrics`); runtime
+   settings are tags, never params;
 3. score the starting model once ("before"), train with Lightning (from
    ``last.ckpt`` when resuming), or load the finished weights;
 4. export the model, score it, log metrics, write the DVC reports, log the
@@ -31,6 +33,8 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
 from embedlab import tracking
+from embedlab.run_inputs import EVALUATION, TRAINING, DataInput, log_data_inputs
+from embedlab.system_metrics import system_metrics
 from embedlab.const import BEFORE, CHECKPOINTS, EVAL, RUN_STATE, last_checkpoint
 from embedlab.config import Params, flatten
 from embedlab.devices import check_devices, launched_rank, lightning_precision, speed_tags, torch_device
@@ -110,6 +114,14 @@ class TrainingStage(OutputFolders, abc.ABC):
         """Params beside the section's: counts, the step's name, the parent checkpoint."""
         return {}
 
+    def training_data(self, params: Params) -> list[DataInput]:
+        """The data sets the run trains (and validates) on: the run's MLflow datasets of context "training"."""
+        return []
+
+    def evaluation_data(self, params: Params) -> list[DataInput]:
+        """The data sets the trained model is scored on (context "evaluation")."""
+        return []
+
     # --- its parts -----------------------------------------------------------------------------
     def setup(self, params: Params) -> None:
         """Check that the run can start and read its inputs; writes nothing (the folder may be cleared next)."""
@@ -186,11 +198,13 @@ def _run_stage(stage: TrainingStage, params: Params, callbacks: Sequence[pl.Call
     evaluate_after, evaluate_before = stage.evaluates(params)
     with tracking.stage_run(stage.command, stage.mlflow_run_name, params.tracking.experiment, params.tracking.uri,
                             resume_run_id=state.mlflow_run_id if state.fingerprint == key else None,
-                            tags={**stage.tags(), **speed_tags(params.runtime)}) as run:
+                            tags={**stage.tags(), **speed_tags(params.runtime)}) as run, \
+            system_metrics(run.info.run_id, params.tracking):
         run_id = run.info.run_id
         RunState(key, run_id, complete=False).save(out_dir / RUN_STATE)
         tracking.log_params({**{f"{stage.section}.{k}": v for k, v in flatten(stage.config(params)).items()},
                              **stage.extra_params(params), "seed": params.seed})
+        log_data_inputs({TRAINING: stage.training_data(params), EVALUATION: stage.evaluation_data(params)})
         if mode == "start":
             stage.prepare(module, params)
         before = scores_before(out_dir, mode == "start" and evaluate_before,

@@ -33,6 +33,7 @@ from embedlab.models.checkpoints import read_checkpoint
 from embedlab.models.face_encoder import FaceEncoderSpec
 from embedlab.models.triplet_module import TripletModule
 from embedlab.evaluation.face_pairs import score_pairs
+from embedlab.run_inputs import DataInput
 from embedlab.stages.lifecycle import Monitor, TrainingStage, run_stage
 
 PHASES = ("pretrain", "finetune")
@@ -82,6 +83,22 @@ class TripletRequest(TrainingStage):
         return {**{f"triplet.{k}": v for k, v in dataclasses.asdict(self.phase_settings).items()},
                 "triplet.phase": self.phase, "triplet.init_checkpoint": str(self.init_checkpoint or ""),
                 "triplet.n_train_images": len(self.data.train), "triplet.n_valid_pairs": len(self.data.valid_pairs)}
+
+    def training_data(self, params: Params) -> list[DataInput]:
+        # A list file and the face images it names (face-data splits the persons of <faces>/train).
+        train = self.data.train
+        return [DataInput("faces/train", Path(params.triplet.data_out) / "train.csv",
+                          {"images": len(train), "classes": len({r.label for r in train})},
+                          also=(self.data.root / "train",))]
+
+    def evaluation_data(self, params: Params) -> list[DataInput]:
+        """The validation pairs (every epoch and at the end) and the labelled test pairs."""
+        inputs = [DataInput("faces/valid_pairs", Path(params.triplet.data_out) / "valid_pairs.csv",
+                            {"pairs": len(self.data.valid_pairs)}, also=(self.data.root / "train",))]
+        if self.data.test_pairs:
+            inputs.append(DataInput("faces/test_public", self.data.root / "test_public",
+                                    {"pairs": len(self.data.test_pairs)}))
+        return inputs
 
     def build(self, params: Params, fresh: bool) -> TripletModule:
         cfg = params.triplet
