@@ -140,9 +140,10 @@ def per_edit_figure(scores: dict[str, dict[str, float]], kinds: list[str], n_que
     for i, member in enumerate(members):
         values = [scores[member].get(k, 0.0) for k in kinds]
         bars = ax.bar(x + (i - (len(members) - 1) / 2) * width, values, width, label=member)
-        ax.bar_label(bars, labels=[f"{v:.2f}" for v in values], fontsize=7, padding=1)
+        ax.bar_label(bars, labels=[f"{v:.2f}" for v in values], fontsize=6, padding=1, rotation=90)
     ax.set_xticks(x, [k.replace("_", " ") for k in kinds])
-    ax.set_ylim(0, 1.05)
+    top = max((v for per in scores.values() for v in per.values()), default=1.0)
+    ax.set_ylim(0, min(1.05, 1.25 * top + 0.05))  # room for the labels, no empty upper half
     ax.set_ylabel("μAP")
     ax.set_title(f"Robustness set: μAP per edit kind ({n_queries} queries, {n_distractors} of them distractors)")
     ax.legend(fontsize=8, loc="upper right")
