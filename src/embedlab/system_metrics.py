@@ -30,8 +30,15 @@ def system_metrics(run_id: str, cfg: TrackingConfig) -> Iterator[None]:
         return
     # resume_logging: a resumed run's samples go on after its last step instead of overwriting step 0 on.
     monitor = SystemMetricsMonitor(run_id, sampling_interval=cfg.system_metrics_interval, resume_logging=True)
+    first_step = monitor._logging_step
     monitor.start()
     try:
         yield
     finally:
         monitor.finish()
+        if monitor._logging_step == first_step:
+            # The thread published nothing: a run shorter than one interval, or a busy store that refused its
+            # status check (it then stops quietly). One sample now, so every run shows its system metrics.
+            monitor.collect_metrics()
+            monitor.publish_metrics(monitor.aggregate_metrics())
+            monitor.mlflow_logger.flush()
