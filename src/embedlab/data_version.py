@@ -25,7 +25,7 @@ from typing import Iterator
 
 import yaml
 
-from embedlab.digests import file_digest
+from embedlab.digests import file_digest, update_with_file
 
 INDEX_FILES = ("store.json", "index.npz", "manifest.json")  # what a folder says about its images
 CHECKED_BYTES = 64 << 20  # a file up to this size is checked against DVC's record; a bigger one is trusted
@@ -114,10 +114,8 @@ def _file_matches(path: Path, md5: str | None) -> bool:
         return False
     if path.stat().st_size > CHECKED_BYTES:
         return True
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    h = hashlib.md5()  # DVC's hash of a file
+    update_with_file(h, path)
     return h.hexdigest() == md5
 
 

@@ -22,7 +22,8 @@ def settings_digest(settings: Any) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=_jsonable).encode()).hexdigest()[:16]
 
 
-def _update_with_file(h, path: str | Path) -> None:
+def update_with_file(h, path: str | Path) -> None:
+    """Feed a file's bytes to hash ``h`` a MiB at a time (files of any size, flat memory)."""
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
@@ -31,7 +32,7 @@ def _update_with_file(h, path: str | Path) -> None:
 def file_digest(path: str | Path) -> str:
     """Digest of a file's bytes, e.g. to tell whether a model file changed."""
     h = hashlib.sha256()
-    _update_with_file(h, path)
+    update_with_file(h, path)
     return h.hexdigest()[:16]
 
 
@@ -54,5 +55,5 @@ def fingerprint(settings: Any, files: Iterable[Path | None] = (), code: Iterable
     h.update(source_digest(code).encode())
     for path in files:
         if path is not None:
-            _update_with_file(h, path)
+            update_with_file(h, path)
     return h.hexdigest()[:16]
