@@ -149,6 +149,25 @@ def test_gradient_is_finite_on_coincident_points():
     assert torch.isfinite(x.grad).all()
 
 
+@pytest.mark.parametrize("loss", ["all", "hard", "gem_soft"])
+def test_gradient_is_the_same_bits_every_time(loss):
+    """A demo-size P×K batch (16 × 4, 192-d; the GeM one 32 × 4, 2048-d): the backward of x[a] on CPU
+    added repeated rows in a thread-dependent order, and runs of one seed ended at different EERs."""
+    size, dim = (128, 2048) if loss == "gem_soft" else (64, 192)
+    base = torch.randn(size, dim, generator=torch.Generator().manual_seed(0))
+    labels = torch.arange(size // 4).repeat_interleave(4)
+
+    def gradient() -> torch.Tensor:
+        x = base.clone().requires_grad_()
+        value = losses.soft_batch_hard_triplet(x, labels) if loss == "gem_soft" else \
+            triplet_loss(x, labels, loss, normalize=True)[0]
+        value.backward()
+        return x.grad
+
+    first = gradient()
+    assert all(torch.equal(gradient(), first) for _ in range(5))
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="unknown triplet miner"):
         triplet_loss(POINTS, LABELS, "semihard", normalize=False)

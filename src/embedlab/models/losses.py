@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from embedlab.models.triplet import hard_triplets, pair_distances
+from embedlab.models.triplet import hard_triplets, triplet_distances
 
 # The batch-hard miner is the encoder's (one implementation); the old name stays for callers.
 hardest_pairs = hard_triplets
@@ -27,8 +27,7 @@ def soft_batch_hard_triplet(features: torch.Tensor, labels: torch.Tensor) -> tor
     """
     anchors, positives, negatives = hard_triplets(features, labels)
     x = features.float()
-    d_ap = pair_distances(x[anchors], x[positives])
-    d_an = pair_distances(x[anchors], x[negatives])
+    d_ap, d_an = triplet_distances(x, anchors, positives, negatives)
     return F.softplus(d_ap - d_an).mean()
 
 

@@ -33,6 +33,20 @@ def pair_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a - b).pow(2).sum(dim=1).clamp(min=1e-12).sqrt()
 
 
+def triplet_distances(x: torch.Tensor, a: torch.Tensor, p: torch.Tensor,
+                      n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(d(a, p), d(a, n)) of the mined triplets' rows of ``x``.
+
+    Rows are taken with ``index_select``, not ``x[a]``: the backward of tensor
+    indexing on CPU (``index_put_`` with accumulate) adds the repeated rows'
+    gradients in a thread-dependent order, so a run's weights drift in their
+    last bits and the same seed ends at another EER; ``index_add_`` adds them
+    in index order.
+    """
+    anchors = x.index_select(0, a)
+    return pair_distances(anchors, x.index_select(0, p)), pair_distances(anchors, x.index_select(0, n))
+
+
 def _masks(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(positive, negative) boolean [B, B] masks: same label other than self, other label."""
     labels = labels.reshape(-1)
@@ -107,6 +121,7 @@ def triplet_loss(embeddings: torch.Tensor, labels: torch.Tensor, miner: Literal[
     if normalize:
         x = F.normalize(x, dim=1)
     a, p, n = MINERS[miner](x, labels)
-    terms = F.relu(pair_distances(x[a], x[p]) - pair_distances(x[a], x[n]) + margin)
+    d_ap, d_an = triplet_distances(x, a, p, n)
+    terms = F.relu(d_ap - d_an + margin)
     info = {"n_triplets": int(a.numel()), "active_fraction": float((terms.detach() > 0).float().mean())}
     return terms.mean(), info
