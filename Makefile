@@ -26,7 +26,7 @@ MLFLOW_WORKERS ?= 2
 # `dvc repro`, and `dvc pull` in a fresh clone: data and trained models, nothing retrained.
 DVC_REMOTE ?=
 
-.PHONY: install demo data test test-fast mlflow-ui mlflow-server dvc-remote clean
+.PHONY: install demo demo-full data test test-fast mlflow-ui mlflow-server dvc-remote clean
 
 install: $(STAMP)
 
@@ -52,6 +52,14 @@ data: install .dvc/config.local
 	  echo "WARNING: data/raw differs from data.dvc (other package versions?): 'dvc commit -f data.dvc' records it"
 
 demo: data
+	dvc repro
+	@echo
+	embedlab report
+
+# The demo with the whole GeM matrix (2 starts × 2 sets): params.yaml switches to the demo_full
+# profile (`embedlab use-profile demo` goes back).
+demo-full: data
+	embedlab use-profile demo_full
 	dvc repro
 	@echo
 	embedlab report

@@ -66,6 +66,20 @@ def test_use_profile_full_replaces_the_schedule_and_keeps_comments(tmp_path):
     assert load_params(path) == load_params(PROJECT / "params.yaml")
 
 
+def test_switching_through_two_profiles_gives_back_the_demo(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text((PROJECT / "params.yaml").read_text())
+    use_profile(path, "demo_full")  # `make demo-full`: the whole GeM matrix of the demo
+    params = load_params(path)
+    assert params.pipeline.gem_starts == ["imagenet", "scratch"] and params.pipeline.gem == ["big", "bw"]
+    assert params.drip == load_params(PROJECT / "params.yaml").drip
+    use_profile(path, "full")  # demo_full and demo keep the demo values full overwrites
+    use_profile(path, "demo_full")
+    assert load_params(path).drip == load_params(PROJECT / "params.yaml").drip
+    use_profile(path, "demo")
+    assert load_params(path) == load_params(PROJECT / "params.yaml")
+
+
 def test_use_profile_unknown_name(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text((PROJECT / "params.yaml").read_text())

@@ -30,7 +30,9 @@ def tiny_repo(tmp_path: Path, tiny_demo: Path, tiny_faces: Path) -> Path:
     # every stage reads them through the same paths.
     run(["embedlab", "pack", *(f"data/raw/{part}" for part in ("disc/training", "disc/reference", "disc/query",
                                                                 "imagenet", "frm_faces"))], repo)
-    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params()))
+    params = tiny_params()
+    params["pipeline"]["gem_starts"] = ["imagenet", "scratch"]  # the demo_full profile's matrix: 2 starts × 1 set
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
     (repo / ".gitignore").write_text("mlflow.db\nmlruns/\n__pycache__/\n")
     run(["git", "init", "-q"], repo)
     run(["dvc", "init", "-q"], repo)

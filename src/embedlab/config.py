@@ -770,8 +770,9 @@ def use_profile(path: str | os.PathLike, name: str) -> None:
     """Write profile ``name`` of params.yaml into its top-level values (comments kept).
 
     A profile's ``drip_schedule`` and ``gem_starts`` replace the current ones instead of merging into them.
-    The values it overwrites are first kept as the current profile (e.g.
-    ``demo``) when params.yaml does not define that one, so a switch can be undone.
+    The values it overwrites are first kept in every other profile that does not set them (the
+    current one, e.g. ``demo``, is created when params.yaml does not define it): each profile is a
+    whole state, so any switch can be undone and demo -> demo_full -> full -> demo gives back the demo.
     """
     from ruamel.yaml import YAML  # round-trip: keeps the file's comments and order
 
@@ -796,9 +797,21 @@ def use_profile(path: str | os.PathLike, name: str) -> None:
                 if isinstance(value, Mapping) and key not in REPLACED_BY_PROFILES and isinstance(target.get(key), Mapping)
                 else copy.deepcopy(target[key]) for key, value in overlay.items() if key in target}
 
+    def keep_missing(target, kept):
+        for key, value in kept.items():
+            if key not in target:
+                target[key] = value
+            elif isinstance(value, Mapping) and key not in REPLACED_BY_PROFILES and isinstance(target[key], Mapping):
+                keep_missing(target[key], value)
+
     current = doc.get("profile", "demo")
-    if current != name and current not in profiles:
-        doc["profiles"][current] = snapshot(doc, profiles[name])
+    if current != name:
+        if doc["profiles"].get(current) is None:
+            doc["profiles"][current] = {}
+        overwritten = snapshot(doc, profiles[name])
+        for other in doc["profiles"]:
+            if other != name:
+                keep_missing(doc["profiles"][other], copy.deepcopy(overwritten))
     merge(doc, profiles[name])
     doc["profile"] = name
     buffer = io.StringIO()
