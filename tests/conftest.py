@@ -126,3 +126,8 @@ def run(cmd: list[str], cwd: Path, timeout: float = 600, **extra_env: str) -> su
     if result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
     return result
+
+
+def logged_image_keys(client, run_id: str) -> set[str]:
+    """The keys of a run's MLflow images (``mlflow.log_image(key=...)``: images/<key>+step+<n>+...)."""
+    return {a.path.split("/", 1)[1].split("+step+")[0] for a in client.list_artifacts(run_id, "images")}

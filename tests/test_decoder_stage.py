@@ -14,7 +14,7 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import PROJECT, run, tiny_params
+from conftest import PROJECT, logged_image_keys, run, tiny_params
 from embedlab.config import load_params
 from embedlab.data.templates import read_template_set, to_unit_tensor
 from embedlab.images import load_rgb
@@ -149,6 +149,7 @@ def test_short_training_raises_the_cosine_and_logs_grids_and_checkpoints(decoder
     from PIL import Image
     with Image.open("models/decoder/control/final.png") as grid:  # readable: 3 pairs a row, faces >= 128 px
         assert grid.width >= 3 * 2 * 128 and grid.height >= 128
+    assert "control_grid" in logged_image_keys(client, logged.info.run_id)  # an MLflow image the UI compares
     kept = {a.path for a in client.list_artifacts(logged.info.run_id, "checkpoints")}
     assert {"checkpoints/last.ckpt", "checkpoints/step-1.ckpt", "checkpoints/step-10.ckpt"} <= kept
     assert read_checkpoint("models/decoder/checkpoints/step-10.ckpt")["global_step"] == 10

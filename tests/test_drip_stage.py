@@ -18,7 +18,7 @@ from embedlab.config import load_params
 from embedlab.stages.drip import plan_scheduled_step, run_drip
 from embedlab.stages.init_weights import write_initial_weights
 
-from conftest import cli_env, run
+from conftest import cli_env, logged_image_keys, run
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +47,8 @@ def test_two_scheduled_steps_write_outputs_log_runs_and_chain(tiny_project: Path
     history = Path("reports/plots/history/drip_s2.csv").read_text().splitlines()
     assert history[0] == "epoch,train_loss,val_loss" and len(history) == 3
     assert Path("reports/plots/pr_curve/drip_s2.csv").read_text().startswith("precision,recall")
-    assert Path("reports/drip/s2/pr_curve.png").read_bytes()[:4] == b"\x89PNG"
+    for picture in ("pr_curve.png", "retrieval.png", "worst_queries.png"):
+        assert Path("reports/drip/s2", picture).read_bytes()[:4] == b"\x89PNG", picture
 
     # The W matrix of s2 has one centroid per class of s2, unit columns.
     w = load_file(str(out / "w_matrix.safetensors"))["w"]
@@ -69,7 +70,9 @@ def test_two_scheduled_steps_write_outputs_log_runs_and_chain(tiny_project: Path
         points = client.get_metric_history(run2.info.run_id, accuracy)
         assert len(points) == 2 and all(0.0 <= p.value <= 1.0 for p in points), accuracy
     artifacts = {a.path for a in client.list_artifacts(run2.info.run_id)}
-    assert {"checkpoints", "w_matrix", "model", "eval", "reports"} <= artifacts
+    assert {"checkpoints", "w_matrix", "model", "eval", "reports", "images"} <= artifacts
+    # The pictures as keyed MLflow images: the UI's image charts compare them across runs.
+    assert {"pr_curve", "retrieval", "worst_queries"} <= logged_image_keys(client, run2.info.run_id)
     evaluated = {a.path for a in client.list_artifacts(run2.info.run_id, "eval/descriptors")}
     # The training descriptors are the post-processing's training set (evaluate.train_descriptors).
     assert evaluated == {"eval/descriptors/query.h5", "eval/descriptors/reference.h5", "eval/descriptors/train.h5"}

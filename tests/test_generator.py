@@ -238,6 +238,18 @@ def test_cli_prints_a_summary(params_file, tmp_path, capsys):
     assert json.loads((tmp_path / "augmented" / "dark" / "manifest.json").read_text())["run"]["workers"] == 2
 
 
+def test_preview_shows_the_sets_own_images_and_writes_no_set(params_file, tmp_path, capsys):
+    preview = tmp_path / "previews" / "bw.png"
+    assert main(["augment", "--params", str(params_file), "--recipe", "bw", "--preview", str(preview)]) == 0
+    assert capsys.readouterr().out.strip() == str(preview)
+    assert not (tmp_path / "augmented").exists()
+    picture = np.asarray(Image.open(preview).convert("RGB")).astype(int)
+    columns = min(6, load_params(params_file).augment.per_class)
+    assert picture.shape[:2] == (680, 150 * columns)  # 4 classes, each its anchor + augmentations
+    # The bw recipe's grid is grey: its images are the set's grayscale ones, not a colour re-drawing.
+    assert np.abs(picture - picture.mean(axis=2, keepdims=True)).max() <= 3
+
+
 def test_a_source_name_the_store_cannot_hold_is_refused_before_any_work(tmp_path, tiny_demo):
     from embedlab.data.shards import StoreError
 

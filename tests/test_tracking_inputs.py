@@ -52,6 +52,8 @@ def test_a_gem_run_logs_its_data_sets_once_and_system_metrics(tiny_project: Path
                                  gem=dataclasses.replace(params.gem, epochs=1, evaluate_before=False))
     run_gem(params, plan_gem(params, "big"))
     run_id = _only_run()
+    experiment = MlflowClient().get_experiment_by_name("embedlab")  # created by the run as a training experiment
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
 
     disc = Path(params.data.disc)
     augmented = AugmentedSet("data/augmented/big", params.gem.img_size)

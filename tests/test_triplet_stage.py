@@ -11,7 +11,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import PROJECT, run, tiny_params
+from conftest import PROJECT, logged_image_keys, run, tiny_params
 from embedlab.cli import main
 from embedlab.config import load_params
 from embedlab.models.checkpoints import load_descriptor_model
@@ -61,6 +61,10 @@ def test_pretrain_then_finetune_logs_eer_and_exports_the_encoder(face_project: P
     artifacts = {a.path for a in client.list_artifacts(runs["finetune"].info.run_id, "model")}
     assert "model/encoder.safetensors" in artifacts
     assert json.loads(Path("reports/triplet/finetune/metrics.json").read_text())["test_eer"] == fine["test_eer"]
+    # The test pairs' pictures beside the metrics, and as MLflow images the UI compares across runs.
+    for picture in ("roc.png", "scores.png", "roc_by_kind.png"):
+        assert Path("reports/triplet/finetune", picture).read_bytes()[:4] == b"\x89PNG", picture
+    assert {"roc", "scores", "roc_by_kind"} <= logged_image_keys(client, runs["finetune"].info.run_id)
     assert Path("reports/plots/roc/triplet_finetune.csv").read_text().startswith("fpr,tpr,threshold")
 
     # The exported encoder scores pairs like the stage did: the submission holds every test pair.

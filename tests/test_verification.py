@@ -256,3 +256,19 @@ def test_write_roc_keeps_small_curves_whole(tmp_path):
     scores, same = _pairs([0.9, 0.8, 0.6, 0.3], [0.7, 0.5, 0.4, 0.2])
     csv_path, _ = write_roc(scores, same, tmp_path)
     assert len(csv_path.read_text().splitlines()) == 1 + 9
+
+
+def test_pair_pictures_show_each_impostor_kind(tmp_path):
+    from PIL import Image
+
+    from embedlab.evaluation.pair_pictures import ROC_BY_KIND_PNG, SCORES_PNG, write_pair_pictures
+
+    rng = np.random.default_rng(0)
+    kinds = np.array(["genuine"] * 300 + ["fake_same_person"] * 300 + ["other_person"] * 300)
+    scores = np.r_[rng.normal(0.7, 0.1, 300), rng.normal(0.55, 0.1, 300), rng.normal(0.1, 0.1, 300)]
+    same = (kinds == "genuine").astype(int)
+    written = write_pair_pictures(scores, same, kinds, tmp_path, "triplet/finetune test")
+    assert [p.name for p in written] == [SCORES_PNG, ROC_BY_KIND_PNG]
+    assert [Image.open(path).size for path in written] == [(600, 360), (500, 400)]
+    # Without kinds: genuine against all impostors.
+    assert len(write_pair_pictures(scores, same, None, tmp_path / "plain", "x")) == 2

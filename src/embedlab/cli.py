@@ -77,7 +77,7 @@ def cmd_demo_data(args) -> None:
 
 def cmd_augment(args) -> None:
     from embedlab.augment.generator import format_summary
-    from embedlab.stages.augment import run_augment, show_recipe
+    from embedlab.stages.augment import preview_augment, run_augment, show_recipe
 
     params = _params(args)
     overrides = {"classes": args.classes, "per_class": args.per_class, "size": args.size, "seed": args.seed}
@@ -85,6 +85,9 @@ def cmd_augment(args) -> None:
         params = dataclasses.replace(params, runtime=apply_overrides(params.runtime, {"augment_workers": args.workers}))
     if args.show:
         print(show_recipe(params, args.recipe, overrides, args.params))
+        return
+    if args.preview:
+        print(preview_augment(params, args.recipe, args.preview, overrides, args.params))
         return
     manifest, out = run_augment(params, args.recipe, overrides, out=args.out, restart=args.restart,
                                 if_stale=args.if_stale, progress=not args.no_progress, params_file=args.params)
@@ -364,6 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--if-stale", choices=("fail", "restart"), default="fail",
                    help="output made with other parameters: fail (default) or restart (dvc repro)")
     p.add_argument("--show", action="store_true", help="print the recipe's effective steps and exit")
+    p.add_argument("--preview", type=o_str, metavar="PNG",
+                   help="write a picture of a few classes as the set holds them (anchor + augmentations) and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = command("drip", cmd_drip, "train one drip step (ArcFace over a growing class count)",

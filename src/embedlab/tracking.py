@@ -61,7 +61,12 @@ def dvc_data_hash(root: Path | None = None) -> str | None:
     return outs[0].get("md5")
 
 
+# The UI opens an experiment of this kind on its training runs (not on the GenAI traces view).
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def ensure_experiment(name: str) -> str:
+    """The id of experiment ``name``, created as a model-training experiment when it does not exist."""
     client = MlflowClient()
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
@@ -70,7 +75,7 @@ def ensure_experiment(name: str) -> str:
     artifacts = None
     if uri.startswith("sqlite:///"):  # artifacts beside the database, not in the cwd
         artifacts = (Path(uri[len("sqlite:///"):]).resolve().parent / "mlruns").as_uri()
-    return client.create_experiment(name, artifact_location=artifacts)
+    return client.create_experiment(name, artifact_location=artifacts, tags=EXPERIMENT_KIND)
 
 
 def run_is_usable(run_id: str | None) -> bool:
@@ -176,3 +181,9 @@ def epoch_history(run_id: str, val_metric: str) -> list[tuple[int, float, float]
     """(epoch, train loss, ``val_metric``): one row per logged training epoch, NaN where validation is missing."""
     train, val = metric_values(run_id, "train_loss_epoch"), metric_values(run_id, val_metric)
     return [(e, t, v) for e, (t, v) in enumerate(zip(train, val + [float("nan")] * (len(train) - len(val))))]
+
+
+def picture_title(prefix: str = "") -> str:
+    """A picture's title: the active MLflow run's name and the scores' prefix (``before``, ``post``)."""
+    run = mlflow.active_run()
+    return " ".join(filter(None, [run.info.run_name if run else "", prefix.rstrip("_")]))

@@ -188,7 +188,9 @@ class ClassResult(NamedTuple):
 
 
 @dataclasses.dataclass
-class _Worker:
+class ClassWorker:
+    """Makes a class's images: its anchor, then augmentations seeded by (seed, recipe, class, index)."""
+
     recipe: Recipe
     settings: GenerateSettings
     augmenter: RecipeAugmenter
@@ -211,7 +213,7 @@ class _Worker:
         return ClassResult(image.name, out)
 
 
-_WORKER: _Worker | None = None
+_WORKER: ClassWorker | None = None
 
 
 def _init_worker(recipe: Recipe, settings: GenerateSettings, pool: OverlayPool) -> None:
@@ -220,7 +222,7 @@ def _init_worker(recipe: Recipe, settings: GenerateSettings, pool: OverlayPool) 
 
     fpixel(), fblur()  # already imported where the parent forked; imported here otherwise
     cv2.setNumThreads(1)  # one process per core: OpenCV's own threads would only compete
-    _WORKER = _Worker(recipe, settings, RecipeAugmenter(recipe, AugContext(pool=pool)))
+    _WORKER = ClassWorker(recipe, settings, RecipeAugmenter(recipe, AugContext(pool=pool)))
 
 
 def _run_class(job: tuple[ClassImage, int]) -> ClassResult:

@@ -19,8 +19,9 @@ from embedlab.postprocess import PostprocessConfig, postprocess_files
 from embedlab.evaluation.embed import embed_to_file
 from embedlab.evaluation.disc_search import evaluate_disc
 from embedlab.evaluation.multiscale import embed_multiscale
+from embedlab.evaluation.retrieval_grid import write_retrieval_pictures
 from embedlab.run_inputs import DataInput, first
-
+from embedlab.tracking import picture_title
 
 
 @dataclasses.dataclass
@@ -64,10 +65,16 @@ class ScoringSets:
         return inputs
 
     def score(self, query: Path, reference: Path, folder: Path, params: Params, prefix: str = "") -> dict:
-        """μAP and friends of two descriptor files, keys prefixed."""
+        """μAP and friends of two descriptor files, keys prefixed. The pictures are titled with the active
+        MLflow run's name; a model's own scores (no prefix: not before training, not post-processed) also
+        get the retrieval grids (``evaluation/retrieval_grid.py``)."""
+        title = picture_title(prefix)
         metrics = evaluate_disc(query, reference, self.layout.ground_truth_csv, folder, k=params.evaluate.k,
                                 all_query_ids=self.ids["query"], all_reference_ids=self.ids["reference"],
-                                scored_query_ids=self.scored)
+                                scored_query_ids=self.scored, title=title)
+        if not prefix:
+            write_retrieval_pictures(folder, read_ground_truth(self.layout.ground_truth_csv), self.paths["query"],
+                                     self.paths["reference"], title, params.seed)
         return {f"{prefix}{k}": metrics[k] for k in DISC_HEADLINE}
 
 

@@ -49,7 +49,8 @@ def _subsample_curve(n: int, keep: int | None) -> np.ndarray:
     return np.unique(idx)
 
 
-def write_pr_curve(out_dir: Path, p: np.ndarray, r: np.ndarray, t: np.ndarray, p90_index: int | None) -> None:
+def write_pr_curve(out_dir: Path, p: np.ndarray, r: np.ndarray, t: np.ndarray, p90_index: int | None,
+                   title: str = "Precision-recall (all queries)") -> None:
     """``pr_curve.csv`` (for ``dvc plots``) and ``pr_curve.png``."""
     idx = _subsample_curve(p.size, p90_index)
     rows = ["precision,recall,threshold"] + [f"{p[i]:.6g},{r[i]:.6g},{t[i]:.9g}" for i in idx]
@@ -64,7 +65,7 @@ def write_pr_curve(out_dir: Path, p: np.ndarray, r: np.ndarray, t: np.ndarray, p
     if p90_index is not None:
         ax.plot([r[p90_index]], [p[p90_index]], "o", label=f"P90: recall {r[p90_index]:.3f}")
         ax.legend(loc="lower left")
-    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title="Precision-recall (all queries)")
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title=title)
     ax.grid(alpha=0.3)
     with atomic_path(out_dir / "pr_curve.png") as tmp:
         fig.savefig(tmp, format="png")
@@ -90,6 +91,7 @@ def evaluate_disc(
     all_query_ids: Sequence[str] | None = None,
     all_reference_ids: Sequence[str] | None = None,
     scored_query_ids: Sequence[str] | None = None,
+    title: str = "",
 ) -> dict[str, Any]:
     """Search every query among the references, score against the ground truth.
 
@@ -99,7 +101,8 @@ def evaluate_disc(
     ``all_query_ids`` / ``all_reference_ids``: the ids of the whole image sets
     when the h5 files lack images skipped as unreadable (default: the h5
     names); ground-truth pairs of skipped images then count as misses. ``scored_query_ids``: score on
-    these queries only (a fixed subset; the ground truth is still checked against all ids).
+    these queries only (a fixed subset; the ground truth is still checked against all ids). ``title``: what
+    the PR curve's title names (e.g. the run), followed by the μAP.
     """
     out = Path(out_dir)
     q_names, q_vecs = read_descriptors(query_h5, query_subset)
@@ -148,7 +151,7 @@ def evaluate_disc(
     # The four files replace the last evaluation's together, or (a full disk, a kill) not at all.
     with files_replaced_together(out) as staging:
         write_predictions_csv(staging / "predictions.csv", preds)
-        write_pr_curve(staging, p, r, t, p90_index)
+        write_pr_curve(staging, p, r, t, p90_index, f"{title + ': ' if title else ''}μAP {metrics['uAP']:.3f}")
         write_json_atomic(staging / "metrics.json", metrics)
     return metrics
 

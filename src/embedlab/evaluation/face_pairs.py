@@ -18,9 +18,12 @@ import torch
 
 from embedlab.atomic import write_csv_atomic
 from embedlab.config import RuntimeConfig
+from embedlab.tracking import picture_title
+from embedlab.const import BEFORE
 from embedlab.data.faces import PairImages, read_test_pairs
 from embedlab.models.checkpoints import load_descriptor_model
 from embedlab.evaluation.embed import embed_paths
+from embedlab.evaluation.pair_pictures import write_pair_pictures
 from embedlab.verification import verification_report, write_roc
 
 
@@ -45,6 +48,9 @@ def score_pairs(model: torch.nn.Module, pairs: Sequence, same: Sequence[int], ki
     same = np.asarray(same)[keep]
     report = verification_report(scores[keep], same, None if kinds is None else np.asarray(kinds)[keep])
     write_roc(scores[keep], same, out_dir)
+    if not prefix.startswith(BEFORE):
+        write_pair_pictures(scores[keep], same, None if kinds is None else np.asarray(kinds)[keep], out_dir,
+                            picture_title(prefix))
     metrics = {f"{prefix}{k}": v for k, v in report.items() if v is not None}
     metrics[f"{prefix}skipped_pairs"] = int((~keep).sum())
     metrics[f"{prefix}embed_images_per_s"] = round(rate, 1)

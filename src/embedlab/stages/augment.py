@@ -3,6 +3,7 @@
     embedlab augment --recipe bw                  # settings from params.yaml's augment section
     embedlab augment --recipe big --classes 100 --per-class 20 --size 256 --workers 8
     embedlab augment --recipe blur_bw --show      # print the recipe's effective steps, make nothing
+    embedlab augment --recipe bw --preview bw.png # a picture of a few classes as the set holds them
 
 Writes ``<augment.out>/<recipe>`` (see :mod:`embedlab.augment.generator` for
 the layout). Everything is checked before the first image is written: the
@@ -46,6 +47,26 @@ def show_recipe(params: Params, name: str, overrides: dict[str, Any] | None = No
     return format_recipe(plan_recipe(cfg, name, params_file))
 
 
+def _plan(params: Params, name: str, overrides: dict[str, Any] | None, params_file: str):
+    """What a set of recipe ``name`` is made of: (config, recipe, source classes, overlay pool paths, settings)."""
+    cfg = apply_overrides(params.augment, overrides or {}, "augment")
+    recipe = plan_recipe(cfg, name, params_file)
+    classes = generated_set_classes(cfg.source, cfg.every, cfg.classes, cfg.faces if recipe.faces else None)
+    settings = GenerateSettings(per_class=cfg.per_class, jpeg_quality=cfg.jpeg_quality, seed=cfg.seed,
+                                on_bad_image=cfg.on_bad_image)
+    return cfg, recipe, classes, overlay_sources(cfg.source), settings
+
+
+def preview_augment(params: Params, name: str, out: str | Path, overrides: dict[str, Any] | None = None,
+                    params_file: str = "params.yaml") -> Path:
+    """The preview picture of recipe ``name``: a few classes as the set would hold them (nothing else written)."""
+    from embedlab.augment.pool import OverlayPool
+    from embedlab.augment.preview import write_recipe_preview
+
+    _, recipe, classes, pool, settings = _plan(params, name, overrides, params_file)
+    return write_recipe_preview(recipe, classes, settings, OverlayPool(pool, max_side=recipe.size), out)
+
+
 def run_augment(params: Params, name: str, overrides: dict[str, Any] | None = None, out: str | Path | None = None,
                 restart: bool = False, if_stale: str = "fail", progress: bool = True,
                 params_file: str = "params.yaml", shard_size: int = SHARD_SIZE) -> tuple[dict[str, Any], Path]:
@@ -53,12 +74,7 @@ def run_augment(params: Params, name: str, overrides: dict[str, Any] | None = No
 
     ``overrides`` are AugmentConfig fields (None values ignored), e.g. from the CLI.
     """
-    cfg = apply_overrides(params.augment, overrides or {}, "augment")
-    recipe = plan_recipe(cfg, name, params_file)
-    classes = generated_set_classes(cfg.source, cfg.every, cfg.classes, cfg.faces if recipe.faces else None)
-    pool = overlay_sources(cfg.source)
-    settings = GenerateSettings(per_class=cfg.per_class, jpeg_quality=cfg.jpeg_quality, seed=cfg.seed,
-                                on_bad_image=cfg.on_bad_image)
+    cfg, recipe, classes, pool, settings = _plan(params, name, overrides, params_file)
     folder = Path(out) if out else Path(cfg.out) / name
     # The recipe steps are in the manifest already; out is where, not what.
     shaping = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("out", "base", "recipes")}

@@ -132,6 +132,10 @@ class DecoderRequest(TrainingStage):
         return {**score_decoder(module, self.sources, self.cfg, params, prefix=prefix),
                 **photo_scores(module, self.test_pairs, params, prefix)}
 
+    def pictures(self) -> dict[str, Path]:
+        """The final control grid: photo | decoded face, each pair captioned with its cosine and SSIM."""
+        return {"control_grid": self.out_dir / "control" / "final.png"}
+
     def finish(self, module: DecoderModule, params: Params, summary: dict) -> dict[str, Path]:
         grid = write_control_grid(module, *self.control, self.out_dir / "control" / "final.png")
         return {"control": grid.parent}

@@ -46,7 +46,8 @@ from embedlab.models.checkpoints import (
 )
 from embedlab.models.compiled import compiled_trunk
 from embedlab.mlflow_model import log_descriptor_model
-from embedlab.stages.reports import write_stage_reports
+from embedlab.evaluation.retrieval_grid import RETRIEVAL_PNG, WORST_PNG
+from embedlab.stages.reports import log_pictures, write_stage_reports
 from embedlab.code_deps import stage_code
 from embedlab.digests import fingerprint
 from embedlab.atomic import remove_stale_temporaries
@@ -164,6 +165,11 @@ class TrainingStage(OutputFolders, abc.ABC):
         """Plot CSVs to publish: {plot kind: (the evaluation's CSV, its header when absent)}."""
         return {}
 
+    def pictures(self) -> dict[str, Path]:
+        """The evaluation's pictures by name (those that exist are copied beside metrics.json as
+        ``<name>.png`` and logged as MLflow images of that key): a retrieval model's PR curve and grids."""
+        return {Path(name).stem: self.out_dir / EVAL / name for name in ("pr_curve.png", RETRIEVAL_PNG, WORST_PNG)}
+
 
 def run_stage(stage: TrainingStage, params: Params, callbacks: Sequence[pl.Callback] = ()) -> dict:
     """Train, score and log one run of ``stage``; returns its summary ({} on DDP ranks > 0).
@@ -233,9 +239,11 @@ def _run_stage(stage: TrainingStage, params: Params, callbacks: Sequence[pl.Call
         mlflow.log_metrics({k: v for k, v in summary.items()
                             if isinstance(v, (int, float)) and v is not None and k != history_metric},
                            model_id=model_id)
+        pictures = stage.pictures()
         write_stage_reports(stage.report_dir, summary, stage.plots_root, stage.plot_name,
                             (stage.history_plot, history_metric, history), stage.curves(),
-                            pictures=[out_dir / EVAL / "pr_curve.png"])
+                            pictures=pictures)
+        log_pictures(pictures)
         tracking.log_artifacts_if_present({CHECKPOINTS: out_dir / CHECKPOINTS, EVAL: out_dir / EVAL,
                                            "reports": stage.report_dir, **extra_artifacts})
         for path in (model_path, model_path.with_suffix(".json")):

@@ -33,6 +33,7 @@ from embedlab.models.checkpoints import read_checkpoint
 from embedlab.models.face_encoder import FaceEncoderSpec
 from embedlab.models.triplet_module import TripletModule
 from embedlab.evaluation.face_pairs import score_pairs
+from embedlab.evaluation.pair_pictures import ROC_BY_KIND_PNG, SCORES_PNG
 from embedlab.run_inputs import DataInput
 from embedlab.stages.lifecycle import Monitor, TrainingStage, run_stage
 
@@ -139,6 +140,12 @@ class TripletRequest(TrainingStage):
         roc = next((p for p in (eval_dir / "test" / ROC_CSV, eval_dir / "valid" / ROC_CSV) if p.is_file()),
                    eval_dir / "valid" / ROC_CSV)
         return {"roc": (roc, ROC_HEADER)}
+
+    def pictures(self) -> dict[str, Path]:
+        """The test pairs' ROC, score histograms and ROC per impostor kind, else the validation pairs'."""
+        eval_dir = self.out_dir / EVAL
+        split = eval_dir / "test" if (eval_dir / "test" / ROC_CSV).is_file() else eval_dir / "valid"
+        return {Path(name).stem: split / name for name in ("roc.png", SCORES_PNG, ROC_BY_KIND_PNG)}
 
 
 def plan_phase(params: Params, phase: str, overrides: dict | None = None) -> TripletRequest:
