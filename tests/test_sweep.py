@@ -29,7 +29,7 @@ from embedlab.sweep.best import set_param_command, write_best_params, yaml_scala
 from embedlab.sweep.runner import SweepRequest, plan_sweep, run_sweep
 from embedlab.sweep.stages import get_stage
 from embedlab.sweep.runs import mark_killed
-from embedlab.sweep.study import MLFLOW_RUN, RETRY_OF, WORKER, counts, recover_killed
+from embedlab.sweep.study import MLFLOW_RUN, RETRY_OF, WORKER, counts, make_sampler, recover_killed
 
 from conftest import PROJECT, cli_env, run, tiny_params
 
@@ -409,3 +409,21 @@ def test_a_sweep_can_score_every_trial_on_one_fixed_subset():
     trial = with_values(params, fixed, "sweep.drip_stage")
     assert (trial.evaluate.queries, trial.evaluate.references) == (50, 1000)
     assert ("evaluate", "queries") not in get_stage("gem_stage").fixed(params)  # gem's own section sets none
+
+
+@pytest.mark.parametrize("name", ["tpe", "random", "qmc", "gp"])
+def test_each_sampler_replays_its_trials_for_a_seed(name):
+    def sampled(seed: int) -> list[float]:
+        study = optuna.create_study(sampler=make_sampler(name, seed))
+        study.optimize(lambda t: (t.suggest_float("x", -1.0, 1.0) - 0.3) ** 2, n_trials=4)
+        return [t.params["x"] for t in study.trials]
+
+    assert sampled(3) == sampled(3) and sampled(3) != sampled(4)
+
+
+def test_an_unknown_sampler_is_named_with_the_choices(tmp_path):
+    params = yaml.safe_load((PROJECT / "params.yaml").read_text())
+    params["sweep"]["sampler"] = "cmaes"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    with pytest.raises(ConfigError, match=r"sweep.sampler: 'cmaes' is not one of \['tpe', 'random', 'qmc', 'gp'\]"):
+        load_params(tmp_path / "params.yaml")

@@ -558,6 +558,7 @@ class SweepConfig:
 
     storage: str | None = None  # RDB URL; None: sqlite:///<repo>/optuna.db (postgresql://... to share)
     n_trials: int = 20  # the study's budget, counted over all its workers and restarts
+    sampler: str = "tpe"  # tpe | random | qmc | gp (Optuna's samplers of those names)
     sampler_seed: int = 0
     pruner: str = "median"  # median | hyperband | none
     n_startup_trials: int = 2  # median pruner: trials that run to the end before any pruning
@@ -569,6 +570,7 @@ class SweepConfig:
 
     def __post_init__(self) -> None:
         _check_choice("sweep.pruner", self.pruner, ("median", "hyperband", "none"))
+        _check_choice("sweep.sampler", self.sampler, ("tpe", "random", "qmc", "gp"))
         if self.n_trials < 1:
             raise ConfigError(f"sweep.n_trials must be at least 1, got {self.n_trials}")
 

@@ -103,8 +103,17 @@ def open_study(storage: optuna.storages.RDBStorage, name: str, stage_name: str, 
     if study.direction.name.lower() != direction:
         raise ConfigError(f"sweep: study {name!r} {study.direction.name.lower()}s, {stage_name} needs {direction}")
     seed = cfg.sampler_seed + 10_007 * worker_index + len(study.get_trials(deepcopy=False))
-    study.sampler = optuna.samplers.TPESampler(seed=seed)
+    study.sampler = make_sampler(cfg.sampler, seed)
     return study
+
+
+SAMPLERS = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
+            "qmc": optuna.samplers.QMCSampler, "gp": optuna.samplers.GPSampler}
+
+
+def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+    """sweep.sampler as an Optuna sampler seeded with ``seed``."""
+    return SAMPLERS[name](seed=seed)
 
 
 # Our budget, not optuna.study.MaxTrialsCallback: that one only stops a worker after a trial ends (N workers
