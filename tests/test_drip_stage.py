@@ -66,6 +66,10 @@ def test_two_scheduled_steps_write_outputs_log_runs_and_chain(tiny_project: Path
     assert run2.data.metrics["uAP"] == pytest.approx(second["uAP"])
     assert run2.data.tags["embedlab.stage"] == "drip"
     assert len(client.get_metric_history(run2.info.run_id, "val_loss")) == 2
+    # Training images per second, each epoch, in a group of its own (not among the scores, not in metrics.json).
+    speed = client.get_metric_history(run2.info.run_id, "speed/train_images_per_s")
+    assert len(speed) == 2 and all(p.value > 0 for p in speed)
+    assert not [k for k in report if k.endswith("_per_s")]
     for accuracy in ("train_acc", "val_acc"):  # one point per epoch, a share of the batch's rows
         points = client.get_metric_history(run2.info.run_id, accuracy)
         assert len(points) == 2 and all(0.0 <= p.value <= 1.0 for p in points), accuracy

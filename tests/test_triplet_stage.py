@@ -61,6 +61,9 @@ def test_pretrain_then_finetune_logs_eer_and_exports_the_encoder(face_project: P
     artifacts = {a.path for a in client.list_artifacts(runs["finetune"].info.run_id, "model")}
     assert "model/encoder.safetensors" in artifacts
     assert json.loads(Path("reports/triplet/finetune/metrics.json").read_text())["test_eer"] == fine["test_eer"]
+    # Embedding speed: an MLflow metric of its own group, not a DVC metric.
+    assert runs["finetune"].data.metrics["speed/test_embed_images_per_s"] > 0
+    assert not [k for k in json.loads(Path("reports/triplet/finetune/metrics.json").read_text()) if "_per_s" in k]
     # The test pairs' pictures beside the metrics, and as MLflow images the UI compares across runs.
     for picture in ("roc.png", "scores.png", "roc_by_kind.png"):
         assert Path("reports/triplet/finetune", picture).read_bytes()[:4] == b"\x89PNG", picture

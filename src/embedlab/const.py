@@ -35,6 +35,7 @@ ROC_HEADER = "fpr,tpr,threshold\n"
 
 # --- metric keys --------------------------------------------------------------------------------
 BEFORE = "before_"  # prefix of the starting model's scores
+SPEED = "speed"  # MLflow group of a run's throughput figures (speed/<name>_per_s), apart from its scores
 DISC_HEADLINE = ("uAP", "recall_at_p90", "threshold_at_p90", "recall_at_rank1", "recall_at_rank10")
 FACE_HEADLINE = ("valid_eer", "valid_eer_fake_same_person", "valid_eer_other_person", "test_eer", "test_roc_auc")
 

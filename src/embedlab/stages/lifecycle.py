@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 from embedlab import tracking
 from embedlab.run_inputs import EVALUATION, TRAINING, DataInput, log_data_inputs
 from embedlab.system_metrics import system_metrics
-from embedlab.const import BEFORE, CHECKPOINTS, EVAL, RUN_STATE, last_checkpoint
+from embedlab.const import BEFORE, CHECKPOINTS, EVAL, RUN_STATE, SPEED, last_checkpoint
 from embedlab.config import Params, flatten
 from embedlab.devices import check_devices, launched_rank, lightning_precision, speed_tags, torch_device
 from embedlab.models.checkpoints import (
@@ -48,6 +48,7 @@ from embedlab.models.compiled import compiled_trunk
 from embedlab.mlflow_model import log_descriptor_model
 from embedlab.evaluation.retrieval_grid import RETRIEVAL_PNG, WORST_PNG
 from embedlab.stages.reports import log_pictures, write_stage_reports
+from embedlab.stages.throughput import TrainThroughput
 from embedlab.code_deps import stage_code
 from embedlab.digests import fingerprint
 from embedlab.atomic import remove_stale_temporaries
@@ -234,11 +235,15 @@ def _run_stage(stage: TrainingStage, params: Params, callbacks: Sequence[pl.Call
         extra_artifacts = stage.finish(module, params, summary)
         # The UI's "Logged models"; a re-evaluated run's model of the same weights is not logged twice.
         model_id = log_descriptor_model(module.model, model_path) if stage.logs_model else None
+        # Speed figures are the machine's, not the model's: a group of their own in MLflow, kept out of the
+        # scores (and of DVC's metrics files, whose diffs would flag every run).
+        speed = {f"{SPEED}/{k}": summary.pop(k) for k in [k for k in summary if k.endswith("_per_s")]}
         # The monitored metric has its per-epoch history already: a final copy would read as one more epoch.
         # The final scores are the logged model's too (model_id).
         mlflow.log_metrics({k: v for k, v in summary.items()
                             if isinstance(v, (int, float)) and v is not None and k != history_metric},
                            model_id=model_id)
+        mlflow.log_metrics(speed)
         pictures = stage.pictures()
         write_stage_reports(stage.report_dir, summary, stage.plots_root, stage.plot_name,
                             (stage.history_plot, history_metric, history), stage.curves(),
@@ -291,7 +296,7 @@ def _fit(stage: TrainingStage, module: pl.LightningModule, params: Params, run_i
             *([ModelCheckpoint(dirpath=checkpoints, filename="best", monitor=monitor.metric, mode=monitor.mode,
                                enable_version_counter=False)] if monitor else []),
             ModelCheckpoint(dirpath=checkpoints, filename="last", enable_version_counter=False),
-            *stage.callbacks(params, run_id), *callbacks,
+            TrainThroughput(), *stage.callbacks(params, run_id), *callbacks,
         ],
         enable_model_summary=False, num_sanity_val_steps=0, **stage.trainer_options(params),
     )
