@@ -66,6 +66,7 @@ def test_demo_gem_training_improves_on_its_imagenet_start(tmp_path: Path):
     run(["embedlab", "gem", "--start", "imagenet", "--recipe", "big"], tmp_path, **env)
 
     metrics = json.loads((tmp_path / "reports/gem/imagenet/big/metrics.json").read_text())
-    # Measured: μAP 0.159 -> 0.181 and 0.186 in two demo runs (2 cores, seed 0); the 1024-d neck 0.188-0.205.
-    assert metrics["uAP"] > metrics["before_uAP"] + 0.01, metrics
-    assert metrics["neck_uAP"] > metrics["before_uAP"] + 0.01, metrics
+    # Measured (waveblock off, CE weight 1, 8 epochs): μAP 0.157 -> 0.249 and 0.143 -> 0.243 on seeds 1 and 2;
+    # with waveblock on, seed 0 ended below its start (0.159 -> 0.141).
+    assert metrics["uAP"] > metrics["before_uAP"] + 0.03, metrics
+    assert metrics["neck_uAP"] > metrics["before_uAP"] + 0.03, metrics
