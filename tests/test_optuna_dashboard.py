@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import shutil
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -24,7 +24,8 @@ def test_the_dashboard_serves_a_studys_trials(tmp_path: Path):
 
     port = servers.free_port()
     log = tmp_path / "dashboard.log"
-    cmd = [shutil.which("optuna-dashboard") or "optuna-dashboard", url, "--host", "127.0.0.1", "--port", str(port)]
+    dashboard = Path(sys.executable).with_name("optuna-dashboard")  # the venv's, installed by `make install`
+    cmd = [str(dashboard), url, "--host", "127.0.0.1", "--port", str(port)]
     with servers.process_group(cmd, log, cwd=tmp_path, env=cli_env()) as proc:
         base = f"http://127.0.0.1:{port}"
         servers.wait_http(f"{base}/api/studies", proc, log)

@@ -15,6 +15,8 @@ import json
 import re
 import shlex
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -165,6 +167,16 @@ def _check_tool(argv: list[str]) -> None:
         _load_tool().build_parser().parse_args(argv[1:])  # parsed only: running it rewrites README.md
 
 
+def _check_optuna_dashboard(argv: list[str]) -> None:
+    """A storage URL the sweeps write (sweep.storage) and flags the installed dashboard takes."""
+    storage = next(w for w in argv if not w.startswith("-") and "://" in w)
+    assert storage.startswith(("sqlite:///", "postgresql://")), f"not a sweep storage: {storage}"
+    dashboard = Path(sys.executable).with_name("optuna-dashboard")  # the venv's, installed by `make install`
+    usage = subprocess.run([str(dashboard), "--help"], capture_output=True, text=True, check=True).stdout
+    for flag in (w for w in argv if w.startswith("--")):
+        assert flag in usage, f"optuna-dashboard takes no {flag}"
+
+
 def _load_tool():
     spec = importlib.util.spec_from_file_location("update_readme_results", PROJECT / "tools/update_readme_results.py")
     module = importlib.util.module_from_spec(spec)
@@ -188,6 +200,8 @@ def _check_command(argv: list[str], params: dict, strict: bool) -> str:
         _check_dvc(argv[1:], params)
     elif program == "python" and len(argv) > 1 and argv[1].endswith(".py"):
         _check_tool(argv[1:])
+    elif program == "optuna-dashboard":
+        _check_optuna_dashboard(argv)
     elif strict:
         pytest.fail(f"README example of an unknown kind: {shlex.join(argv)} (decide in test_readme.py how to check it)")
     return "checked"
