@@ -78,6 +78,11 @@ class ScoringSets:
         return {f"{prefix}{k}": metrics[k] for k in DISC_HEADLINE}
 
 
+def scoring_data(params: Params, scores: bool) -> list[DataInput]:
+    """The DISC sets a retrieval stage is scored on, as its MLflow datasets (none when it ``scores`` nothing)."""
+    return ScoringSets.of(params).data_inputs(params) if scores else []
+
+
 def evaluate_descriptor_model(model: torch.nn.Module, params: Params, out_dir: Path, prefix: str = "") -> dict:
     """Embed DISC query + reference into ``out_dir/descriptors`` and evaluate into ``out_dir``.
 

@@ -46,11 +46,11 @@ def score_pairs(model: torch.nn.Module, pairs: Sequence, same: Sequence[int], ki
     scores, rate = pair_similarities(model, pairs, root, runtime, on_bad_image)
     keep = ~np.isnan(scores)  # pairs with a skipped image
     same = np.asarray(same)[keep]
-    report = verification_report(scores[keep], same, None if kinds is None else np.asarray(kinds)[keep])
+    kinds = None if kinds is None else np.asarray(kinds)[keep]
+    report = verification_report(scores[keep], same, kinds)
     write_roc(scores[keep], same, out_dir)
     if not prefix.startswith(BEFORE):
-        write_pair_pictures(scores[keep], same, None if kinds is None else np.asarray(kinds)[keep], out_dir,
-                            picture_title(prefix))
+        write_pair_pictures(scores[keep], same, kinds, out_dir, picture_title(prefix))
     metrics = {f"{prefix}{k}": v for k, v in report.items() if v is not None}
     metrics[f"{prefix}skipped_pairs"] = int((~keep).sum())
     metrics[f"{prefix}embed_images_per_s"] = round(rate, 1)

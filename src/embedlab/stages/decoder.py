@@ -134,10 +134,14 @@ class DecoderRequest(TrainingStage):
 
     def pictures(self) -> dict[str, Path]:
         """The final control grid: photo | decoded face, each pair captioned with its cosine and SSIM."""
-        return {"control_grid": self.out_dir / "control" / "final.png"}
+        return {"control_grid": self.final_grid}
+
+    @property
+    def final_grid(self) -> Path:
+        return self.out_dir / "control" / "final.png"
 
     def finish(self, module: DecoderModule, params: Params, summary: dict) -> dict[str, Path]:
-        grid = write_control_grid(module, *self.control, self.out_dir / "control" / "final.png")
+        grid = write_control_grid(module, *self.control, self.final_grid)
         return {"control": grid.parent}
 
 

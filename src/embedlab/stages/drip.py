@@ -48,7 +48,7 @@ from embedlab.images import count_bad_images, list_images
 from embedlab.models.checkpoints import restore_matching_weights
 from embedlab.models.drip_module import DripModule
 from embedlab.models.stop_rule import StopRule
-from embedlab.evaluation.disc_model import ScoringSets, evaluate_descriptor_model
+from embedlab.evaluation.disc_model import evaluate_descriptor_model, scoring_data
 from embedlab.run_inputs import DataInput, first
 from embedlab.stages.init_weights import INIT_STEP, initial_weights_path
 from embedlab.stages.lifecycle import Monitor, TrainingStage, run_stage
@@ -142,7 +142,7 @@ class DripRequest(TrainingStage):
                 for name, (folder, count) in self.class_sources.items()]
 
     def evaluation_data(self, params: Params) -> list[DataInput]:
-        return ScoringSets.of(params).data_inputs(params) if any(self.evaluates(params)) else []
+        return scoring_data(params, any(self.evaluates(params)))
 
     def build(self, params: Params, fresh: bool) -> DripModule:
         cfg = self.cfg

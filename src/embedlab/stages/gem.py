@@ -33,7 +33,7 @@ from embedlab.devices import runtime_loader_options, training_shard
 from embedlab.images import count_bad_images
 from embedlab.models.gem_module import GemModule, iterations_per_epoch
 from embedlab.models.gem_net import GemNetSpec, NeckDescriptor
-from embedlab.evaluation.disc_model import ScoringSets, evaluate_descriptor_model
+from embedlab.evaluation.disc_model import evaluate_descriptor_model, scoring_data
 from embedlab.run_inputs import DataInput
 from embedlab.stages.lifecycle import TrainingStage, run_stage
 
@@ -94,7 +94,7 @@ class GemRequest(TrainingStage):
                           {"images": len(self.dataset), "classes": self.dataset.n_classes})]
 
     def evaluation_data(self, params: Params) -> list[DataInput]:
-        return ScoringSets.of(params).data_inputs(params) if any(self.evaluates(params)) else []
+        return scoring_data(params, any(self.evaluates(params)))
 
     def build(self, params: Params, fresh: bool) -> GemModule:
         cfg = self.cfg

@@ -134,18 +134,19 @@ class TripletRequest(TrainingStage):
     def describe(self, history) -> dict[str, Any]:
         return {"phase": self.phase, "miner": self.phase_settings.miner}
 
+    @property
+    def reported_split(self) -> Path:
+        """The evaluation folder the reports show: the test pairs', else the validation pairs'."""
+        eval_dir = self.out_dir / EVAL
+        return eval_dir / "test" if (eval_dir / "test" / ROC_CSV).is_file() else eval_dir / "valid"
+
     def curves(self) -> dict[str, tuple[Path, str]]:
         """The test ROC, else the validation one."""
-        eval_dir = self.out_dir / EVAL
-        roc = next((p for p in (eval_dir / "test" / ROC_CSV, eval_dir / "valid" / ROC_CSV) if p.is_file()),
-                   eval_dir / "valid" / ROC_CSV)
-        return {"roc": (roc, ROC_HEADER)}
+        return {"roc": (self.reported_split / ROC_CSV, ROC_HEADER)}
 
     def pictures(self) -> dict[str, Path]:
         """The test pairs' ROC, score histograms and ROC per impostor kind, else the validation pairs'."""
-        eval_dir = self.out_dir / EVAL
-        split = eval_dir / "test" if (eval_dir / "test" / ROC_CSV).is_file() else eval_dir / "valid"
-        return {Path(name).stem: split / name for name in ("roc.png", SCORES_PNG, ROC_BY_KIND_PNG)}
+        return {Path(name).stem: self.reported_split / name for name in ("roc.png", SCORES_PNG, ROC_BY_KIND_PNG)}
 
 
 def plan_phase(params: Params, phase: str, overrides: dict | None = None) -> TripletRequest:
