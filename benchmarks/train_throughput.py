@@ -10,7 +10,8 @@ Bare: the stage's model (backbone → pooling → projection, random weights)
 on a batch already on the device: forward, a trivial loss, backward, AdamW
 step, under the runtime section's precision, channels-last and compile
 settings. Stage: the real stage code - the stage's own training DataLoader
-(drip: class images from JPEG files, decoded at ``aug_size``, the query
+(drip: class images from the ``aug_size`` cache store, or with
+``--drip-source files`` decoded from the JPEG files, then the query
 augmentations; gem, triplet: the P×K sampler) and the Lightning Trainer of
 the shared stage lifecycle (:func:`embedlab.stages.lifecycle._fit`: the
 stage's callbacks and trainer options, the MLflow logger, compile) with the
@@ -166,6 +167,12 @@ def drip_rates(params, args, sources: list[Path], tmp: Path) -> Rates:
     cfg = dataclasses.replace(params.drip, epochs=1, limit_train_batches=args.warmup + args.steps + 2, w_init="random")
     # One image per class, one epoch: enough classes for every step of every rank (the timer stops the epoch early).
     n_classes = max(args.classes, cfg.batch_size * (args.warmup + args.steps + 2) * params.runtime.devices)
+    if args.drip_source == "cache":  # what the stage reads: the sources decoded and resized once
+        from embedlab.data.image_cache import cache_source
+        from embedlab.images import list_images
+
+        cache_source(sources[0].parent, tmp / "drip_cache", cfg.aug_size, workers=os.cpu_count() or 1)
+        sources = list_images(tmp / "drip_cache")
     classes = [sources[i % len(sources)] for i in range(n_classes)]
 
     @dataclasses.dataclass
@@ -182,8 +189,8 @@ def drip_rates(params, args, sources: list[Path], tmp: Path) -> Rates:
     stage.setup(params)
     pl.seed_everything(0, workers=True)
     loader, _ = stage.loaders(params)  # the stage's training loader: (epoch, index) views of the classes
-    what = (f"drip: {cfg.backbone} at {cfg.img_size} px (augmented at {cfg.aug_size}, intensity "
-            f"{cfg.qry_augs_intensity}), batch {cfg.batch_size}, {len(classes):,} classes, {_speed(params)}")
+    what = (f"drip: {cfg.backbone} at {cfg.img_size} px (augmented at {cfg.aug_size} from the {args.drip_source}, "
+            f"intensity {cfg.qry_augs_intensity}), batch {cfg.batch_size}, {len(classes):,} classes, {_speed(params)}")
     data = None if args.ddp_run else data_rate(loader, args.warmup, args.steps)
     if args.data_only:
         return what, None, data, None
@@ -312,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
                                            "triplet - the original's (ViT-B/16)")
     parser.add_argument("--img", type=int)
     parser.add_argument("--aug-size", type=int, help="drip: the augmentation size (full profile: 384)")
+    parser.add_argument("--intensity", type=float, help="drip: query augmentation intensity (full profile's first "
+                                                         "step: 0.5; the last: 0.75)")
     parser.add_argument("--batch", type=int, help="drip: batch size; gem, triplet: P (images per class: K)")
     parser.add_argument("--phase", choices=("pretrain", "finetune"), default="pretrain",
                         help="triplet: which phase's miner (pretrain: all triplets, finetune: batch-hard)")
@@ -323,6 +332,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=workers_arg, default="auto",
                         help="runtime.num_workers: N or auto")
     parser.add_argument("--distinct", type=int, default=512, help="distinct source photos (cycled over the classes)")
+    parser.add_argument("--drip-source", choices=("cache", "files"), default="cache",
+                        help="drip: class images from the aug_size cache store, as the stage reads them "
+                             "(data.drip_cache), or decoded from the 512×384 files")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--data-only", action="store_true",
@@ -343,11 +355,15 @@ def main(argv: list[str] | None = None) -> int:
                                          compile=args.compile, devices=args.devices if args.ddp_run else 1)
     speed = {"pretrained": None}
     if args.stage == "drip":
-        base = {k: drip_full.get(k, getattr(params.drip, k)) for k in ("backbone", "img_size", "aug_size", "batch_size")}
-        over = {"backbone": args.backbone, "img_size": args.img, "aug_size": args.aug_size, "batch_size": args.batch}
+        base = {k: drip_full.get(k, getattr(params.drip, k))
+                for k in ("backbone", "img_size", "aug_size", "batch_size", "qry_augs_intensity")}
+        over = {"backbone": args.backbone, "img_size": args.img, "aug_size": args.aug_size, "batch_size": args.batch,
+                "qry_augs_intensity": args.intensity}
         if args.tiny:
-            over = {"backbone": "test_resnet", "img_size": 48, "aug_size": 64, "batch_size": 16}
-        params.drip = dataclasses.replace(params.drip, **{k: over[k] if over[k] else base[k] for k in base}, **speed)
+            over = {"backbone": "test_resnet", "img_size": 48, "aug_size": 64, "batch_size": 16,
+                    "qry_augs_intensity": args.intensity}
+        chosen = {k: over[k] if over[k] is not None else base[k] for k in base}
+        params.drip = dataclasses.replace(params.drip, **chosen, **speed)
     elif args.stage == "gem":
         over = {"backbone": args.backbone, "img_size": args.img, "p": args.batch}
         if args.tiny:

@@ -195,7 +195,7 @@ def test_face_images_and_pair_images(hand_made: Path) -> None:
     ds = build_face_dataset(hand_made, valid_fraction=0.0)
     images = FaceImages(ds.train, img_size=16, root=ds.root)
     x, label = images[0]
-    assert x.shape == (3, 16, 16) and x.dtype == torch.float32 and label == ds.train[0].label
+    assert x.shape == (3, 16, 16) and x.dtype == torch.uint8 and label == ds.train[0].label
     assert images.labels.tolist() == [r.label for r in ds.train]
     (ds.root / ds.train[1].path).write_bytes(b"not a jpeg")
     assert FaceImages(ds.train, 16, root=ds.root, on_bad_image="skip")[1] is None

@@ -33,8 +33,8 @@ from embedlab.config import (
     apply_overrides,
     load_params,
 )
-from embedlab.data.decode import decode_resize, gpu_decodable, normalize_uint8, pil_to_uint8, read_encoded
-from embedlab.data.transforms import resize_square, to_tensor
+from embedlab.data.decode import decode_resize, gpu_decodable, read_encoded
+from embedlab.data.transforms import normalize_uint8, resize_square, to_tensor, to_uint8
 from embedlab.descriptors import read_descriptors
 from embedlab.devices import (
     autocast_dtype,
@@ -51,6 +51,7 @@ from embedlab.models.compiled import compiled_trunk, is_compiled
 from embedlab.evaluation import embed as embed_stage
 from embedlab.stages.drip import DripRequest, run_drip
 from embedlab.evaluation.embed import embed_folder, embed_paths
+from embedlab.worker_threads import loader_worker_init
 
 from conftest import PROJECT, run
 
@@ -98,7 +99,7 @@ def mixed_folder(tmp_path: Path, references: list[Path]) -> Path:
 
 def test_device_normalisation_is_bit_identical_to_to_tensor(references: list[Path]):
     img = resize_square(load_rgb(references[0]), 48)
-    assert torch.equal(normalize_uint8(pil_to_uint8(img)[None])[0], to_tensor(img))
+    assert torch.equal(normalize_uint8(to_uint8(img)[None])[0], to_tensor(img))
 
 
 def test_bf16_autocast_gives_descriptors_close_to_fp32(model: DescriptorModel, references: list[Path]):
@@ -132,7 +133,7 @@ def test_batched_decode_on_cpu_matches_pillow(references: list[Path], size: int)
     encoded = [read_encoded(p) for p in references[:8]]
     assert all(e is not None for e in encoded)
     batched = decode_resize(encoded, size, CPU)
-    pillow = [pil_to_uint8(resize_square(load_rgb(p), size)) for p in references[:8]]
+    pillow = [to_uint8(resize_square(load_rgb(p), size)) for p in references[:8]]
     for a, b in zip(batched, pillow):
         assert a.shape == b.shape == (3, size, size) and a.dtype == torch.uint8
         diff = (a.int() - b.int()).abs()
@@ -212,10 +213,10 @@ def test_loader_options_resolve_the_auto_settings():
     workers = min(8, available_cpus() // 2)
     assert loader_options("auto", "auto", 4, CPU) == {
         "num_workers": workers, "pin_memory": False, "prefetch_factor": 4 if workers else None,
-        "persistent_workers": workers > 0}
+        "persistent_workers": workers > 0, "worker_init_fn": loader_worker_init if workers else None}
     # In-process loading takes no prefetch factor (torch refuses one); a loader read once keeps no workers.
     assert loader_options(0, True, 4, CPU) == {"num_workers": 0, "pin_memory": True, "prefetch_factor": None,
-                                               "persistent_workers": False}
+                                               "persistent_workers": False, "worker_init_fn": None}
     assert loader_options(2, "auto", None, torch.device("cuda"), keep_workers=False)["persistent_workers"] is False
     assert loader_options(2, "auto", None, torch.device("cuda"))["pin_memory"] is True
 

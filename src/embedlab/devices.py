@@ -6,6 +6,8 @@ import os
 
 import torch
 
+from embedlab.worker_threads import loader_worker_init
+
 
 def launched_rank(devices_per_node: int = 1) -> int:
     """This process's global rank when a DDP launcher started it (Lightning, torchrun, SLURM); else 0.
@@ -138,7 +140,8 @@ def loader_options(num_workers: int | str, pin_memory: bool | str, prefetch_fact
     workers = loader_workers(num_workers, device, processes)
     return {"num_workers": workers, "pin_memory": pin_memory_for(pin_memory, device),
             "prefetch_factor": prefetch_factor if workers > 0 else None,
-            "persistent_workers": keep_workers and workers > 0}
+            "persistent_workers": keep_workers and workers > 0,
+            "worker_init_fn": loader_worker_init if workers > 0 else None}
 
 
 def runtime_loader_options(runtime, keep_workers: bool = True) -> dict:

@@ -160,18 +160,25 @@ def encoded_size(path: str | os.PathLike) -> int:
     return -1 if index is None else store.size(index)
 
 
-def load_rgb(path: str | os.PathLike) -> Image.Image:
+def load_rgb(path: str | os.PathLike, at_least: int | None = None) -> Image.Image:
     """Read ``path`` fully into an RGB image, EXIF orientation applied.
 
     ``path`` is a file or an image of a store folder. Raises
     :class:`BadImageError` for a missing, empty, truncated, corrupt or
     non-image file (and for colour modes that cannot become RGB).
+
+    ``at_least``: the caller resizes to at most this many pixels a side, so a
+    JPEG twice that size or more is decoded at 1/2, 1/4 or 1/8 scale (DCT
+    scaling, Pillow's draft mode), never below ``at_least`` a side: a quarter
+    of the decoding work per halving, and less for the resize after it.
     """
     path = Path(path)
     _ensure_truncation_is_an_error()
     data = read_image_bytes(path)
     try:
         with Image.open(io.BytesIO(data)) as im:
+            if at_least and im.format == "JPEG":
+                im.draft(None, (at_least, at_least))
             im.load()  # decode now: lazy decoding would hide truncation until later
             img = ImageOps.exif_transpose(im)
     except Image.UnidentifiedImageError:
@@ -212,7 +219,8 @@ def check_on_bad_image(on_bad_image: str) -> str:
     return on_bad_image
 
 
-def load_or_skip(path: str | os.PathLike, on_bad_image: str, bad_log: Path | None = None) -> Image.Image | None:
+def load_or_skip(path: str | os.PathLike, on_bad_image: str, bad_log: Path | None = None,
+                 at_least: int | None = None) -> Image.Image | None:
     """:func:`load_rgb`, or ``None`` plus a warning for a bad file when ``on_bad_image='skip'``.
 
     A skipped file is also appended to ``bad_log`` when given (one short line
@@ -221,7 +229,7 @@ def load_or_skip(path: str | os.PathLike, on_bad_image: str, bad_log: Path | Non
     """
     check_on_bad_image(on_bad_image)
     try:
-        return load_rgb(path)
+        return load_rgb(path, at_least)
     except BadImageError as exc:
         if on_bad_image == "fail":
             raise

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from embedlab.augment._resize import resize_image
+from embedlab.resize import resize_image
 from embedlab.augment.fonts import FontBank
 from embedlab.augment.pool import OverlayPool, synthetic_background
 

@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from embedlab.augment._albu import fblur, fpixel
-from embedlab.augment._resize import resize_array
+from embedlab.resize import resize_array
 from embedlab.augment.context import AugContext
 from embedlab.augment.registry import Magnitude, draw, draw_int, register, side
 
@@ -95,7 +95,7 @@ def pixelization(
     nearest neighbour (smaller ratio, bigger blocks). Same size."""
     r = min(1.0, max(draw(rng, ratio), 1.0 / side(img)))
     w, h = img.size
-    # OpenCV: antialiased reduction (see _resize), then nearest-neighbour blocks as Pillow's NEAREST.
+    # Antialiased reduction (embedlab.resize), then nearest-neighbour blocks as Pillow's NEAREST.
     small = resize_array(np.asarray(img), (max(1, round(w * r)), max(1, round(h * r))))
     return Image.fromarray(cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST_EXACT), "RGB")
 

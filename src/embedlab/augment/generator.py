@@ -46,6 +46,7 @@ from embedlab.augment.pool import OverlayPool
 from embedlab.augment.recipes import Recipe, RecipeAugmenter
 from embedlab.data.shards import SHARD_SIZE, ImageStore, ShardWriter, check_key
 from embedlab.images import BadImageError, check_on_bad_image, encode_jpeg, encoded_size, load_rgb
+from embedlab.worker_threads import one_thread, use_one_thread
 
 log = logging.getLogger(__name__)
 
@@ -218,10 +219,8 @@ _WORKER: ClassWorker | None = None
 
 def _init_worker(recipe: Recipe, settings: GenerateSettings, pool: OverlayPool) -> None:
     global _WORKER
-    import cv2
-
     fpixel(), fblur()  # already imported where the parent forked; imported here otherwise
-    cv2.setNumThreads(1)  # one process per core: OpenCV's own threads would only compete
+    use_one_thread()
     _WORKER = ClassWorker(recipe, settings, RecipeAugmenter(recipe, AugContext(pool=pool)))
 
 
@@ -287,14 +286,9 @@ def generate(recipe: Recipe, classes: Sequence[ClassImage], out: str | os.PathLi
 
     try:
         if n_workers == 1:
-            import cv2
-
-            threads = cv2.getNumThreads()
-            _init_worker(*init_args)
-            try:
+            with one_thread():
+                _init_worker(*init_args)
                 store = writer.write(images(map(_run_class, jobs)))
-            finally:
-                cv2.setNumThreads(threads)
         else:
             chunk = max(1, min(16, len(jobs) // (n_workers * 8)))
             ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from embedlab.augment._resize import resize_image
+from embedlab.resize import resize_image
 from embedlab.augment.context import AugContext
 from embedlab.augment.registry import Magnitude, draw, random_color, register, side
 
@@ -104,16 +104,22 @@ def rotate(
                              borderMode=cv2.BORDER_CONSTANT, borderValue=0)
         return Image.fromarray(out, "RGB")
     w, h = img.size
-    big = img.rotate(a, resample=Image.BILINEAR, expand=True)
     rw, rh = _max_valid_rect(w, h, math.radians(a))
-    rw, rh = max(1.0, min(rw, big.width)), max(1.0, min(rh, big.height))
-    cx, cy = big.width / 2, big.height / 2
     # One pixel of margin: bilinear edges are partly black (quarter turns are exact).
     m = 0 if a % 90 == 0 else 1
-    box = (cx - rw / 2 + m, cy - rh / 2 + m, cx + rw / 2 - m, cy + rh / 2 - m)
-    if box[2] <= box[0] or box[3] <= box[1]:
-        box = (0, 0, big.width, big.height)
-    return big.resize((w, h), Image.BILINEAR, box=box)
+    bw, bh = min(rw, w + h) - 2 * m, min(rh, w + h) - 2 * m  # the kept rectangle, centred on the image
+    if bw <= 0 or bh <= 0:  # a sliver of an image: rotate it whole, corners and all
+        return img.rotate(a, resample=Image.BILINEAR, expand=True).resize((w, h), Image.BILINEAR)
+    # One warp from each output pixel to its place in the input: the rectangle's point, turned back by
+    # the angle about the centre (as Pillow's rotate-expand-then-crop-and-resize, interpolated once).
+    c, s = math.cos(math.radians(a)), math.sin(math.radians(a))
+    sx, sy = bw / w, bh / h
+    ox, oy = 0.5 * sx - bw / 2, 0.5 * sy - bh / 2
+    matrix = np.array([[c * sx, -s * sy, w / 2 - 0.5 + c * ox - s * oy],
+                       [s * sx, c * sy, h / 2 - 0.5 + s * ox + c * oy]])
+    out = cv2.warpAffine(np.asarray(img), matrix, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                         borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return Image.fromarray(out, img.mode)
 
 
 @register("perspective", neutral={"sigma": 0.0})

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from embedlab.augment._resize import resize_array, resize_image
+from embedlab.resize import resize_array, resize_image
 from embedlab.augment.context import AugContext
 from embedlab.augment.registry import Magnitude, draw, register, side
 

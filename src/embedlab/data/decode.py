@@ -29,12 +29,10 @@ import logging
 import os
 from typing import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from embedlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from embedlab.images import BadImageError, read_image_bytes
 
 log = logging.getLogger(__name__)
@@ -42,10 +40,6 @@ log = logging.getLogger(__name__)
 DECODE_CHOICES = ("auto", "cpu", "gpu")
 _EXIF_ORIENTATION = 0x0112
 
-# The same float32 constants as embedlab.data.transforms.to_tensor, so normalising
-# on the device gives bit-identical inputs to the CPU path.
-_MEAN255 = torch.from_numpy(np.asarray(IMAGENET_MEAN, dtype=np.float32) * 255.0).view(1, 3, 1, 1)
-_STD255 = torch.from_numpy(np.asarray(IMAGENET_STD, dtype=np.float32) * 255.0).view(1, 3, 1, 1)
 
 
 def resolve_decode(decode: str, device: torch.device) -> torch.device | None:
@@ -87,17 +81,6 @@ def read_encoded(path: str | os.PathLike) -> torch.Tensor | None:
     if not gpu_decodable(data):
         return None
     return torch.frombuffer(bytearray(data), dtype=torch.uint8)
-
-
-def pil_to_uint8(img: Image.Image) -> torch.Tensor:
-    """RGB PIL image → uint8 tensor [3, H, W] (normalised later, on the model's device)."""
-    return torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1)
-
-
-def normalize_uint8(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [N, 3, H, W] → ImageNet-normalised float32, the same arithmetic as ``to_tensor``."""
-    mean, std = _MEAN255.to(images.device), _STD255.to(images.device)
-    return (images.float() - mean) / std
 
 
 def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:

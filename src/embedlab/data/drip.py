@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 
 from embedlab.config import DataConfig
 from embedlab.data.path_table import path_table
-from embedlab.data.transforms import resize_square, to_tensor
+from embedlab.data.transforms import resize_square, to_uint8
 from embedlab.images import check_on_bad_image, load_or_skip
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ class ClassImages:
         return len(self.paths)
 
     def load(self, index: int) -> Image.Image | None:
-        img = load_or_skip(self.paths[index], self.on_bad_image, self.bad_log)
+        img = load_or_skip(self.paths[index], self.on_bad_image, self.bad_log, at_least=self.aug_size)
         return None if img is None else resize_square(img, self.aug_size)
 
 
@@ -84,8 +84,7 @@ class QueryViews(Dataset):
         img = self.images.load(index)
         if img is None:
             return None
-        view = resize_square(self.augment(img, np.random.default_rng(key)).convert("RGB"), self.img_size)
-        return to_tensor(view), index
+        return to_uint8(self.augment(img, np.random.default_rng(key)), self.img_size), index
 
 
 class ReferenceViews(Dataset):
@@ -99,7 +98,7 @@ class ReferenceViews(Dataset):
 
     def __getitem__(self, index: int):
         img = self.images.load(index)
-        return None if img is None else (to_tensor(resize_square(img, self.img_size)), index)
+        return None if img is None else (to_uint8(img, self.img_size), index)
 
 
 class ValidationPairs(Dataset):

@@ -45,7 +45,7 @@ from torch.utils.data import Dataset
 from embedlab.atomic import write_csv_atomic, write_json_atomic
 from embedlab.data.labelled import LabelledImages
 from embedlab.data.path_table import PathTable
-from embedlab.data.transforms import resize_square, to_tensor
+from embedlab.data.transforms import to_uint8
 from embedlab.images import check_on_bad_image, list_images, load_or_skip
 
 log = logging.getLogger(__name__)
@@ -388,8 +388,8 @@ class PairImages(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int):
-        img = load_or_skip(self.paths[index], self.on_bad_image, self.bad_log)
-        return None if img is None else (to_tensor(resize_square(img, self.img_size)), index)
+        img = load_or_skip(self.paths[index], self.on_bad_image, self.bad_log, at_least=self.img_size)
+        return None if img is None else (to_uint8(img, self.img_size), index)
 
     def similarities(self, embeddings: np.ndarray) -> np.ndarray:
         """Cosine similarity of every pair from the embeddings of :attr:`paths` (a NaN row gives NaN)."""

@@ -10,12 +10,12 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from embedlab.data.path_table import PathTable
-from embedlab.data.transforms import resize_square, to_tensor
+from embedlab.data.transforms import to_uint8
 from embedlab.images import check_on_bad_image, load_or_skip
 
 
 class LabelledImages(Dataset):
-    """(ImageNet-normalised tensor [3, size, size], label) for (path, label) rows.
+    """(uint8 image tensor [3, size, size], label) for (path, label) rows (the model normalises the pixels).
 
     ``rows``: objects with ``.path`` and ``.label`` (e.g. a face data set's
     rows) or (path, label) tuples; relative paths are
@@ -49,11 +49,11 @@ class LabelledImages(Dataset):
 
     def __getitem__(self, item: int | tuple[int, int]):
         draw, index = item if isinstance(item, tuple) else (None, item)
-        img = load_or_skip(self.paths[index], self.on_bad_image, self.bad_log)
+        img = load_or_skip(self.paths[index], self.on_bad_image, self.bad_log, at_least=self.img_size)
         if img is None:
             return None
         if self.augment is not None:
             img = self.augment(img).convert("RGB")
         if draw is not None and self.train_transform is not None:
             img = self.train_transform(img, np.random.default_rng([self.seed, draw]), self.img_size)
-        return to_tensor(resize_square(img, self.img_size)), int(self.labels[index])
+        return to_uint8(img, self.img_size), int(self.labels[index])

@@ -28,9 +28,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from embedlab.data.decode import decode_resize, normalize_uint8, pil_to_uint8, read_encoded, resolve_decode
+from embedlab.data.decode import decode_resize, read_encoded, resolve_decode
 from embedlab.data.path_table import path_table
-from embedlab.data.transforms import resize_square
+from embedlab.data.transforms import normalize_uint8, to_uint8
 from embedlab.descriptor_chunks import Chunk, ChunkedDescriptors, check_names, images_digest, weights_digest
 from embedlab.config import RuntimeConfig
 from embedlab.devices import autocast_dtype, check_devices, runtime_loader_options, torch_device
@@ -62,7 +62,7 @@ class ImageFiles(Dataset):
         img = load_or_skip(self.paths[index], self.on_bad_image)
         if img is None:
             return None, None, index
-        return "pixels", pil_to_uint8(resize_square(img, self.img_size)), index
+        return "pixels", to_uint8(img, self.img_size), index
 
 
 class Batch(NamedTuple):
@@ -108,7 +108,7 @@ def _device_images(batch: Batch, paths: Sequence[Path], img_size: int, on_bad_im
                 if pil is None:
                     skipped.append(i)
                     continue
-                img = pil_to_uint8(resize_square(pil, img_size)).to(dev)
+                img = to_uint8(pil, img_size).to(dev)
             parts.append(img.to(dev)[None])
             index.append(i)
     if not parts:

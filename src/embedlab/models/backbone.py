@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from embedlab.data.transforms import model_input
 from embedlab.models.pretrained import load_backbone_weights
 
 
@@ -74,6 +75,8 @@ class DescriptorModel(nn.Module):
         return self
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 pixels (normalised here, on the model's device) or normalised float images → descriptors."""
+        images = model_input(images)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         features = self.pool(self.body(images))
@@ -97,4 +100,4 @@ class BackboneFeatures(nn.Module):
         return self.spec.embedding_dim
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.pool(self.body(images)).float(), dim=-1)
+        return F.normalize(self.pool(self.body(model_input(images))).float(), dim=-1)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from embedlab.data.transforms import model_input
 from embedlab.models.backbone import create_backbone
 from embedlab.models.pretrained import load_backbone_weights
 
@@ -63,8 +64,9 @@ class FaceEncoder(nn.Module):
         return self
 
     def raw_embedding(self, images: torch.Tensor) -> torch.Tensor:
-        """The CLS embedding before any normalisation (what ONNX face models output)."""
-        return self.body(images).float()
+        """The CLS embedding before any normalisation (what ONNX face models output); ``images`` uint8
+        pixels (normalised here) or normalised float."""
+        return self.body(model_input(images)).float()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         embedding = self.raw_embedding(images)

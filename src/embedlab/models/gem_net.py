@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from timm.models.resnet import ResNet
 from torch import nn
 
+from embedlab.data.transforms import model_input
 from embedlab.models.backbone import GeM, create_backbone
 from embedlab.models.pretrained import load_backbone_weights
 
@@ -205,7 +206,9 @@ class GemNet(nn.Module):
         return self
 
     def features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(GeM feature [B, C] in fp32, neck feature [B, proj_dim]): the triplet's and the CE's inputs."""
+        """(GeM feature [B, C] in fp32, neck feature [B, proj_dim]): the triplet's and the CE's inputs.
+        ``images``: uint8 pixels (normalised here, on the model's device) or normalised float."""
+        images = model_input(images)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         gem = self.pool(self.body(images))
