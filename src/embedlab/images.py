@@ -38,6 +38,7 @@ ON_BAD_IMAGE = ("fail", "skip")
 
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 _HIGH_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+_ORIENTATION = 0x0112  # the EXIF tag of how the camera was held
 
 
 class BadImageError(ValueError):
@@ -180,7 +181,8 @@ def load_rgb(path: str | os.PathLike, at_least: int | None = None) -> Image.Imag
             if at_least and im.format == "JPEG":
                 im.draft(None, (at_least, at_least))
             im.load()  # decode now: lazy decoding would hide truncation until later
-            img = ImageOps.exif_transpose(im)
+            # exif_transpose copies even an upright image: only a rotated one goes through it.
+            img = ImageOps.exif_transpose(im) if im.getexif().get(_ORIENTATION, 1) != 1 else im
     except Image.UnidentifiedImageError:
         raise BadImageError(path, f"not an image file Pillow can read ({len(data)} bytes, unrecognised format)") \
             from None

@@ -50,5 +50,7 @@ def resize_array(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def resize_image(img: Image.Image, size: tuple[int, int], box: tuple[int, int, int, int] | None = None) -> Image.Image:
     """``img`` (or its integer ``box`` (x0, y0, x1, y1)) resized to ``size`` (w, h): a new image."""
+    if img.mode not in ("RGB", "RGBA", "L"):  # palette, 16-bit, CMYK...: Pillow's own, on its own terms
+        return (img.crop(box) if box is not None else img).resize(size, Image.BILINEAR)
     arr = np.asarray(img.crop(box) if box is not None else img)  # crop first: convert only the window
     return Image.fromarray(resize_array(arr, size), img.mode)

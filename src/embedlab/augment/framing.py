@@ -9,6 +9,7 @@ from embedlab.augment.context import AugContext
 from embedlab.augment.fonts import MIN_FONT_PX, load_font
 from embedlab.augment.graphics import random_text
 from embedlab.augment.registry import Magnitude, draw, random_color, register
+from embedlab.resize import resize_image
 
 
 def _fit_font(
@@ -89,6 +90,6 @@ def screenshot(
     # The photo, aspect kept, centred in the content area.
     cw, ch = max(1, w - 2 * margin), max(1, h - top - bottom)
     f = min(cw / w, ch / h)
-    photo = img.resize((max(1, round(w * f)), max(1, round(h * f))), Image.BILINEAR)
+    photo = resize_image(img, (max(1, round(w * f)), max(1, round(h * f))))
     out.paste(photo, (margin + (cw - photo.width) // 2, top + (ch - photo.height) // 2))
     return out

@@ -61,7 +61,7 @@ def scale(
     """Resize by ``factor`` (both sides); downscaling loses detail for good."""
     f = draw(rng, factor)
     new = (max(1, round(img.width * f)), max(1, round(img.height * f)))
-    return img.resize(new, Image.BILINEAR)
+    return resize_image(img, new)
 
 
 @register("resize")

@@ -55,7 +55,7 @@ def overlay_onto_image(
     background = ctx.other_image(rng, img.size).copy()
     s = draw(rng, scale)
     new = (max(1, round(img.width * s)), max(1, round(img.height * s)))
-    small = img.resize(new, Image.BILINEAR)
+    small = resize_image(img, new)
     _paste(background, small, _paste_position(rng, background.size, small.size), draw(rng, opacity))
     return background
 
@@ -72,7 +72,7 @@ def overlay_image(
     shorter side (above 1 it covers everything), at a random place."""
     other = ctx.other_image(rng)
     s = draw(rng, scale) * side(img) / max(other.size)
-    other = other.resize((max(1, round(other.width * s)), max(1, round(other.height * s))), Image.BILINEAR)
+    other = resize_image(other, (max(1, round(other.width * s)), max(1, round(other.height * s))))
     out = img.copy()
     _paste(out, other, _paste_position(rng, out.size, other.size), draw(rng, opacity))
     return out

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from embedlab.images import read_image_bytes
+from embedlab.resize import resize_image
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def _shrink(img: Image.Image, max_side: int) -> Image.Image:
     scale = max_side / max(img.size)
     if scale < 1.0:
         new = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
-        img = img.resize(new, Image.BILINEAR)
+        img = resize_image(img, new)
     return img
 
 
