@@ -13,7 +13,7 @@ from pathlib import Path
 
 from embedlab.cli_args import auto_or, optional, parse_bool
 from embedlab.credentials import hide_passwords
-from embedlab.const import MODEL_STAGES
+from embedlab.const import METRICS_JSON, MODEL_STAGES
 from embedlab.config import ConfigError, DripStep, Params, apply_overrides, load_params, use_profile
 from embedlab.postprocess.cli import add_parser as add_postprocess_parser
 from embedlab.stages.output_lock import OutputBusyError
@@ -29,6 +29,13 @@ def _params(args, anywhere: bool = False):
 
 
 DEFAULT_PARAMS = "params.yaml"
+
+
+def _default(func, name: str):
+    """The default of ``func``'s argument ``name`` (where a stage writes, said once: in its signature)."""
+    import inspect
+
+    return inspect.signature(func).parameters[name].default
 
 
 def _with_runtime(params, args):
@@ -76,8 +83,9 @@ def cmd_demo_data(args) -> None:
 
 
 def cmd_augment(args) -> None:
-    from embedlab.augment.generator import format_summary
+    from embedlab.augment.generator import MANIFEST
     from embedlab.stages.augment import preview_augment, run_augment, show_recipe
+    from embedlab.summary_line import augment_line
 
     params = _params(args)
     overrides = {"classes": args.classes, "per_class": args.per_class, "size": args.size, "seed": args.seed}
@@ -91,11 +99,12 @@ def cmd_augment(args) -> None:
         return
     manifest, out = run_augment(params, args.recipe, overrides, out=args.out, restart=args.restart,
                                 if_stale=args.if_stale, progress=not args.no_progress, params_file=args.params)
-    print(format_summary(manifest, out))
+    print(augment_line(manifest, out, Path(out) / MANIFEST))
 
 
 def cmd_drip(args) -> None:
     from embedlab.stages.drip import DripRequest, plan_scheduled_step, run_drip
+    from embedlab.summary_line import retrieval_line
 
     params = _params(args)
     sizes = (args.n_facebook_samples, args.n_imagenet_samples, args.n_frm_face_samples)
@@ -116,11 +125,14 @@ def cmd_drip(args) -> None:
         request = DripRequest(name=name, step=step)
     if args.build_w_matrix is not None:
         request.build_w_matrix = args.build_w_matrix
-    print(json.dumps(run_drip(_with_runtime(params, args), request), indent=2))
+    summary = run_drip(_with_runtime(params, args), request)
+    if summary:  # DDP worker processes return nothing
+        print(retrieval_line(request.mlflow_run_name, summary, request.report_dir / METRICS_JSON))
 
 
 def cmd_gem(args) -> None:
     from embedlab.stages.gem import plan_gem, run_gem
+    from embedlab.summary_line import retrieval_line
 
     params = _params(args)
     overrides = {"epochs": args.epochs, "iters": args.iters, "lr": args.lr, "p": args.p, "k": args.k,
@@ -128,21 +140,27 @@ def cmd_gem(args) -> None:
     request = plan_gem(params, args.recipe, args.data, apply_overrides(params.gem, overrides, "gem"), args.start)
     summary = run_gem(_with_runtime(params, args), request)
     if summary:  # DDP worker processes return nothing
-        print(json.dumps(summary, indent=2))
+        print(retrieval_line(request.mlflow_run_name, summary, request.report_dir / METRICS_JSON))
 
 
 def cmd_face_data(args) -> None:
     from embedlab.stages.face_data import write_face_data
+    from embedlab.summary_line import face_data_line
 
-    print(json.dumps(write_face_data(_params(args)), indent=2))
+    summary = write_face_data(_params(args))
+    print(face_data_line(summary, Path(summary["out"]) / "labels_info.json"))
 
 
 def cmd_triplet(args) -> None:
     from embedlab.stages.triplet import plan_phase, run_triplet
+    from embedlab.summary_line import triplet_line
 
     params = _params(args)
     overrides = {"miner": args.miner, "lr": args.lr, "epochs": args.epochs, "init_from": args.init_from}
-    print(json.dumps(run_triplet(_with_runtime(params, args), plan_phase(params, args.phase, overrides)), indent=2))
+    request = plan_phase(params, args.phase, overrides)
+    summary = run_triplet(_with_runtime(params, args), request)
+    if summary:  # DDP worker processes return nothing
+        print(triplet_line(request.mlflow_run_name, summary, request.report_dir / METRICS_JSON))
 
 
 def cmd_face_submission(args) -> None:
@@ -155,12 +173,15 @@ def cmd_face_submission(args) -> None:
 
 def cmd_templates(args) -> None:
     from embedlab.stages.templates import build_templates
+    from embedlab.summary_line import templates_line
 
-    print(json.dumps(build_templates(_params(args)), indent=2))
+    params = _params(args)
+    print(templates_line(build_templates(params), Path(params.templates.out) / "manifest.json"))
 
 
 def cmd_decoder(args) -> None:
     from embedlab.stages.decoder import DecoderRequest, run_decoder
+    from embedlab.summary_line import decoder_line
 
     params = _params(args)
     cfg = apply_overrides(params.decoder, {
@@ -168,7 +189,10 @@ def cmd_decoder(args) -> None:
         "mse_weight": args.mse_weight, "use_discriminator": args.use_discriminator,
         "discr_weight": args.discr_weight, "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
         "variant": args.variant, "output_size": args.output_size}, "decoder")
-    print(json.dumps(run_decoder(_with_runtime(params, args), DecoderRequest(cfg)), indent=2, default=str))
+    request = DecoderRequest(cfg)
+    summary = run_decoder(_with_runtime(params, args), request)
+    if summary:  # DDP worker processes return nothing
+        print(decoder_line(request.mlflow_run_name, summary, request.report_dir / METRICS_JSON))
 
 
 def cmd_export_onnx(args) -> None:
@@ -198,27 +222,36 @@ def cmd_validate_decoder(args) -> None:
 
 
 def cmd_baseline(args) -> None:
-    from embedlab.stages.baseline import run_baseline
+    from embedlab.stages.baseline import NAME, run_baseline
+    from embedlab.summary_line import retrieval_line
 
-    print(json.dumps(run_baseline(_params(args)), indent=2))
+    print(retrieval_line(f"baseline/{NAME}", run_baseline(_params(args)), _default(run_baseline, "report_dir")
+                         / METRICS_JSON))
 
 
 def cmd_robustness_set(args) -> None:
-    from embedlab.data.robustness import build_robustness_set
+    from embedlab.data.robustness import MANIFEST, build_robustness_set
+    from embedlab.summary_line import robustness_set_line
 
-    print(json.dumps(build_robustness_set(_params(args)), indent=2))
+    params = _params(args)
+    out = Path(params.robustness.out)
+    print(robustness_set_line(build_robustness_set(params), out, out / MANIFEST))
 
 
 def cmd_robustness(args) -> None:
     from embedlab.evaluation.robustness import run_robustness
+    from embedlab.summary_line import robustness_line
 
-    print(json.dumps(run_robustness(_params(args)), indent=2))
+    print(robustness_line(run_robustness(_params(args)), _default(run_robustness, "report_dir") / METRICS_JSON))
 
 
 def cmd_ensemble(args) -> None:
     from embedlab.stages.ensemble import run_ensemble
+    from embedlab.summary_line import retrieval_line
 
-    print(json.dumps(run_ensemble(_params(args), args.members), indent=2))
+    summary = run_ensemble(_params(args), args.members)
+    print(retrieval_line(f"ensemble of {' + '.join(summary['members'])}", summary,
+                         _default(run_ensemble, "report_dir") / METRICS_JSON))
 
 
 def cmd_embed(args) -> None:
@@ -270,18 +303,21 @@ def cmd_submission(args) -> None:
 def cmd_drip_cache(args) -> None:
     from embedlab.data.drip import class_folders
     from embedlab.data.image_cache import build_drip_cache
+    from embedlab.summary_line import drip_cache_line
 
     params = _params(args)
     if not params.data.drip_cache:
         raise ConfigError(f"{args.params}: data.drip_cache is null (drip decodes the originals): nothing to build")
-    print(json.dumps(build_drip_cache(class_folders(params.data), params.data.drip_cache, params.drip.aug_size,
-                                      params.data.on_bad_image), indent=2))
+    summary = build_drip_cache(class_folders(params.data), params.data.drip_cache, params.drip.aug_size,
+                               params.data.on_bad_image)
+    print(drip_cache_line(summary, params.data.drip_cache))
 
 
 def cmd_init_weights(args) -> None:
     from embedlab.stages.init_weights import write_initial_weights
+    from embedlab.summary_line import init_weights_line
 
-    print(json.dumps(write_initial_weights(_params(args)), indent=2))
+    print(init_weights_line(write_initial_weights(_params(args))))
 
 
 def cmd_use_profile(args) -> None:
@@ -326,9 +362,9 @@ def cmd_pack(args) -> None:
 
 def cmd_code_deps(args) -> None:
     from embedlab.code_deps import write_code_deps
+    from embedlab.summary_line import code_deps_line
 
-    for path in write_code_deps(Path(args.out)):
-        print(path.read_text().splitlines()[0], "->", path)
+    print(code_deps_line(write_code_deps(Path(args.out)), args.out))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -595,9 +631,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if not args.verbose:
-        from embedlab.log_noise import quiet_third_party
+    from embedlab.log_noise import quiet_third_party, wanted
 
+    if not args.verbose and wanted():  # --verbose or EMBEDLAB_QUIET=0: every third-party line (log_noise.py)
         quiet_third_party()
     try:
         args.func(args)

@@ -41,6 +41,7 @@ from embedlab.config import RuntimeConfig
 from embedlab.const import LOGGED_MODEL
 from embedlab.digests import PACKAGE, file_digest
 from embedlab.images import BadImageError
+from embedlab.log_noise import artifact_copy_bars_off
 
 IMAGE_COLUMN = "image"
 WEIGHTS_DIGEST_TAG = "embedlab.weights_digest"  # the logged model's weights: a re-evaluated run logs no second copy
@@ -138,12 +139,13 @@ def log_descriptor_model(model: torch.nn.Module, model_path: Path, name: str = L
         entry = Path(tmp) / "descriptor_pyfunc.py"
         entry.write_text(_MODEL_CODE)
         try:
-            info = mlflow.pyfunc.log_model(
-                name=name, python_model=str(entry),
-                artifacts={"weights": str(model_path), "spec": str(model_path.with_suffix(".json"))},
-                code_paths=[str(code)], pip_requirements=pip_requirements(),
-                signature=signature(int(model.descriptor_dim)), input_example=input_example(model.spec.img_size),
-                tags={WEIGHTS_DIGEST_TAG: weights})
+            with artifact_copy_bars_off():  # a "Downloading artifacts" bar per file copied into the model
+                info = mlflow.pyfunc.log_model(
+                    name=name, python_model=str(entry),
+                    artifacts={"weights": str(model_path), "spec": str(model_path.with_suffix(".json"))},
+                    code_paths=[str(code)], pip_requirements=pip_requirements(),
+                    signature=signature(int(model.descriptor_dim)),
+                    input_example=input_example(model.spec.img_size), tags={WEIGHTS_DIGEST_TAG: weights})
         finally:
             # MLflow's check of the input example loads the model here, putting its (temporary) code first on
             # sys.path; this process keeps importing its own embedlab.

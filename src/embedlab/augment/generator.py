@@ -350,25 +350,3 @@ def _manifest(recipe: Recipe, classes: Sequence[ClassImage], bad: list[tuple[str
         "run": {"workers": n_workers, "resumed": resumed, "seconds": round(elapsed, 3),
                 "images_per_second": round(written / elapsed, 1) if elapsed > 0 else None},
     }
-
-
-def format_summary(manifest: dict[str, Any], out: str | os.PathLike) -> str:
-    """A one-screen summary of a run (printed by the CLI)."""
-    c, run = manifest["counts"], manifest["run"]
-    lines = [
-        f"augment {manifest['recipe']}: {c['classes']} classes x {manifest['parameters']['per_class']} images "
-        f"of {manifest['parameters']['size']} px -> {out}",
-        f"  written {c['images_written']}, already present {c['images_present']}, "
-        f"skipped inputs {c['skipped_inputs']}",
-        f"  {run['workers']} worker(s), {run['seconds']:.1f} s, "
-        f"{run['images_per_second'] or 0:.0f} images/s ({(run['images_per_second'] or 0) / run['workers']:.0f} "
-        f"per worker){', resumed' if run['resumed'] else ''}",
-    ]
-    for item in manifest["skipped_inputs"][:5]:
-        lines.append(f"  skipped {item['path']}: {item['reason']}")
-    if c["skipped_inputs"] > 5:
-        lines.append(f"  ... and {c['skipped_inputs'] - 5} more (manifest.json lists them all)")
-    lines.append(f"  manifest: {Path(out) / MANIFEST}")
-    return "\n".join(lines)
-
-

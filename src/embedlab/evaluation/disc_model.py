@@ -83,6 +83,12 @@ def scoring_data(params: Params, scores: bool) -> list[DataInput]:
     return ScoringSets.of(params).data_inputs(params) if scores else []
 
 
+def embed_title(subset: str, prefix: str = "") -> str:
+    """The progress bar's title of one embedded set: "embed query", "embed reference (before)"."""
+    scored = prefix.strip("_").replace("_", " ")
+    return f"embed {subset}" + (f" ({scored})" if scored else "")
+
+
 def evaluate_descriptor_model(model: torch.nn.Module, params: Params, out_dir: Path, prefix: str = "") -> dict:
     """Embed DISC query + reference into ``out_dir/descriptors`` and evaluate into ``out_dir``.
 
@@ -95,12 +101,13 @@ def evaluate_descriptor_model(model: torch.nn.Module, params: Params, out_dir: P
     files, embedded, skipped = {}, {}, 0
     for subset, paths in sets.paths.items():
         files[subset] = out_dir / "descriptors" / f"{subset}.h5"
+        title = embed_title(subset, prefix)
         if params.evaluate.scales:
             result = embed_multiscale(model, paths, files[subset], params.evaluate.scales,
-                                      params.data.on_bad_image, params.runtime)
+                                      params.data.on_bad_image, params.runtime, progress=title)
         else:
             result = embed_to_file(model, paths, files[subset], on_bad_image=params.data.on_bad_image,
-                                   runtime=params.runtime)
+                                   runtime=params.runtime, progress=title)
         embedded[subset] = result.settings["vectors"]
         skipped += len(result.skipped)
 

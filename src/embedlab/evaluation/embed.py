@@ -163,7 +163,7 @@ class _Plan:
 
 @torch.no_grad()
 def _embedding_chunks(model: torch.nn.Module, paths: Sequence[Path], plan: _Plan, on_bad_image: str,
-                      progress: bool, start: int = 0, end: int | None = None) -> Iterator[Chunk]:
+                      progress: bool | str, start: int = 0, end: int | None = None) -> Iterator[Chunk]:
     """Descriptors of ``paths[start:end]`` in chunks of ``_FLUSH_EVERY`` batches of consecutive inputs.
 
     The loader is iterated once, so its workers are never kept alive between passes.
@@ -183,7 +183,8 @@ def _embedding_chunks(model: torch.nn.Module, paths: Sequence[Path], plan: _Plan
     chunk_start = start
     try:
         with eval_mode(model):
-            bar = tqdm(loader, desc="embed", unit="batch", disable=not progress, leave=False,
+            bar = tqdm(loader, desc=progress if isinstance(progress, str) else "embed", unit="batch",  # str: title
+                       disable=not progress, leave=False,
                        total=-(-len(todo) // batch_size))
             for number, batch in enumerate(bar):
                 images, kept_here, bad = _device_images(batch, todo, plan.size, on_bad_image, plan.dev,
@@ -272,7 +273,7 @@ def _embed_in_processes(model: torch.nn.Module, paths: list[Path], parts: Chunke
 
 def embed_to_file(model: torch.nn.Module, paths: Sequence[Path], out: str | Path, img_size: int | None = None,
                   on_bad_image: str = "fail", runtime: RuntimeConfig | None = None,
-                  progress: bool = True, processes: int = 1) -> Embeddings:
+                  progress: bool | str = True, processes: int = 1) -> Embeddings:
     """Embed ``paths`` into the h5 ``out`` chunk by chunk (:mod:`embedlab.descriptor_chunks`).
 
     Memory holds one chunk of descriptors, whatever the number of images; a run

@@ -26,10 +26,12 @@ def scale_file(out: Path, size: int) -> Path:
 
 def embed_multiscale(model: torch.nn.Module, paths: Sequence[Path], out: str | Path, sizes: Sequence[int],
                      on_bad_image: str = "fail", runtime: RuntimeConfig | None = None,
-                     progress: bool = True) -> Embeddings:
-    """``out`` (h5): the L2-normalised mean of ``model``'s descriptors of ``paths`` at each input size."""
+                     progress: bool | str = True) -> Embeddings:
+    """``out`` (h5): the L2-normalised mean of ``model``'s descriptors of ``paths`` at each input size.
+    ``progress``: a bar per size (a str: its title, followed by the size)."""
     out = Path(out)
-    results = [embed_to_file(model, paths, scale_file(out, size), size, on_bad_image, runtime, progress)
+    results = [embed_to_file(model, paths, scale_file(out, size), size, on_bad_image, runtime,
+                             f"{progress} at {size} px" if isinstance(progress, str) else progress)
                for size in sizes]
     readers = [DescriptorReader(scale_file(out, size)) for size in sizes]
     for size, reader in zip(sizes[1:], readers[1:]):

@@ -9,6 +9,8 @@ block of every view and the sums are all-reduced.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -31,6 +33,7 @@ def class_centroids(
     dtype: torch.dtype | None = None,
     rank: int = 0,
     ranks: int = 1,
+    titles: Sequence[str] | None = None,
 ) -> torch.Tensor:
     """W [embedding_dim, n_classes]: normalised mean embedding over ``views``.
 
@@ -46,10 +49,11 @@ def class_centroids(
     model.to(device)
     sums = torch.zeros(n_classes, model.spec.embedding_dim)
     with eval_mode(model):
-        for view in views:
+        for number, view in enumerate(views):
             share = Subset(view, range(len(view) * rank // ranks, len(view) * (rank + 1) // ranks))
             loader = DataLoader(share, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_skipping_bad)
-            for batch in tqdm(loader, desc="W matrix", unit="batch", leave=False):
+            title = f"W matrix: {titles[number]}" if titles else "W matrix"  # which view this bar embeds
+            for batch in tqdm(loader, desc=title, unit="batch", leave=False):
                 if batch is None:
                     continue
                 images, labels = batch

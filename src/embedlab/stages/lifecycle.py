@@ -53,6 +53,7 @@ from embedlab.code_deps import stage_code
 from embedlab.digests import fingerprint
 from embedlab.atomic import remove_stale_temporaries
 from embedlab.stages.output_lock import output_lock
+from embedlab.stages.progress_bar import titled_progress_bar
 from embedlab.stages.run_state import (
     OutputFolders,
     RunState,
@@ -279,6 +280,9 @@ def _fit(stage: TrainingStage, module: pl.LightningModule, params: Params, run_i
     train, val = stage.loaders(params)
     checkpoints = stage.out_dir / CHECKPOINTS
     monitor = stage.monitor
+    options = stage.trainer_options(params)
+    # The bar names the run and counts epochs from 1 ("drip/s1: epoch 2/2"), unless the stage turns bars off.
+    bar = [titled_progress_bar(stage.mlflow_run_name)] if options.get("enable_progress_bar", True) else []
     trainer = pl.Trainer(
         accelerator="cpu" if runtime.device == "cpu" else "auto", devices=devices, num_nodes=runtime.num_nodes,
         strategy="ddp" if devices * runtime.num_nodes > 1 else "auto",
@@ -296,9 +300,9 @@ def _fit(stage: TrainingStage, module: pl.LightningModule, params: Params, run_i
             *([ModelCheckpoint(dirpath=checkpoints, filename="best", monitor=monitor.metric, mode=monitor.mode,
                                enable_version_counter=False)] if monitor else []),
             ModelCheckpoint(dirpath=checkpoints, filename="last", enable_version_counter=False),
-            TrainThroughput(), *stage.callbacks(params, run_id), *callbacks,
+            TrainThroughput(), *bar, *stage.callbacks(params, run_id), *callbacks,
         ],
-        enable_model_summary=False, num_sanity_val_steps=0, **stage.trainer_options(params),
+        enable_model_summary=False, num_sanity_val_steps=0, **options,
     )
     with compiled_trunk(module.model, runtime.compile):
         trainer.fit(module, train_dataloaders=train, val_dataloaders=val,

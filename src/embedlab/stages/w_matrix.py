@@ -39,6 +39,11 @@ def w_matrix_key(module: DripModule, images: ClassImages, cfg: DripConfig, param
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:20]
 
 
+def view_titles(augmentations: int) -> list[str]:
+    """What each view's bar embeds, in the views' order: the reference view, then each augmentation."""
+    return ["reference view"] + [f"augmentation {a}/{augmentations}" for a in range(1, augmentations + 1)]
+
+
 def _on_rank_zero(value):
     """Rank 0's ``value`` on every rank: all ranks must take the same branch (compute or load) together."""
     if not (dist.is_available() and dist.is_initialized()):
@@ -74,7 +79,8 @@ def init_w_matrix(module: DripModule, out_dir: Path, models_root: Path, images: 
     # Inference: the embedding batch size and precision, not training's (7.5M forward passes at 1.5M classes).
     w = class_centroids(module.model, views, len(images), params.runtime.inference_batch_size,
                         loader_workers(params.runtime.num_workers, device, processes=ranks), device,
-                        autocast_dtype(params.runtime.precision, device), rank=rank, ranks=ranks)
+                        autocast_dtype(params.runtime.precision, device), rank=rank, ranks=ranks,
+                        titles=view_titles(cfg.w_matrix_augmentations))
     module.model.to(home)
     module.head.load_centroids(w)
     if rank == 0:
