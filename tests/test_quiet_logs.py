@@ -39,6 +39,9 @@ def restored_logging():
     filters, quiet = list(warnings.filters), log_noise._quiet
     root, root_level = logging.getLogger(), logging.getLogger().level
     root.setLevel(logging.INFO)  # as the CLI runs
+    for name, logger in loggers.items():  # as a fresh process has them: earlier tests may have quietened them
+        logger.setLevel(logging.NOTSET)
+        logger.filters[:] = [f for f in logger.filters if not isinstance(f, log_noise.DropKnownNoise)]
     yield
     root.setLevel(root_level)
     for name, (level, kept) in saved.items():
