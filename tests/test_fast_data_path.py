@@ -145,3 +145,29 @@ def test_uint8_batches_give_the_descriptors_of_float_batches(photos):
         model.eval()
         with torch.no_grad():
             assert torch.equal(model(pixels), model(floats)), type(model).__name__
+
+
+def test_loader_workers_run_one_opencv_and_one_torch_thread_after_the_parent_used_opencvs_pool():
+    """A forked worker that changed OpenCV's thread count itself waited forever on the parent's pool;
+    the parent sets it before forking, and the workers inherit one thread."""
+    code = """
+import cv2, numpy as np, torch
+from torch.utils.data import DataLoader, Dataset
+from embedlab.devices import loader_options
+cv2.setNumThreads(4)
+for _ in range(3):
+    cv2.resize(np.zeros((1500, 1500, 3), np.uint8), (2500, 2500))  # the parent's OpenCV pool is running
+class Threads(Dataset):
+    def __len__(self):
+        return 8
+    def __getitem__(self, i):
+        return torch.tensor([cv2.getNumThreads(), torch.get_num_threads()])
+batches = DataLoader(Threads(), batch_size=2, **loader_options(2, False, None, torch.device("cpu")))
+print(sorted({tuple(row.tolist()) for batch in batches for row in batch}))
+"""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[(1, 1)]"

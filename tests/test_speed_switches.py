@@ -51,7 +51,6 @@ from embedlab.models.compiled import compiled_trunk, is_compiled
 from embedlab.evaluation import embed as embed_stage
 from embedlab.stages.drip import DripRequest, run_drip
 from embedlab.evaluation.embed import embed_folder, embed_paths
-from embedlab.worker_threads import loader_worker_init
 
 from conftest import PROJECT, run
 
@@ -213,10 +212,10 @@ def test_loader_options_resolve_the_auto_settings():
     workers = min(8, available_cpus() // 2)
     assert loader_options("auto", "auto", 4, CPU) == {
         "num_workers": workers, "pin_memory": False, "prefetch_factor": 4 if workers else None,
-        "persistent_workers": workers > 0, "worker_init_fn": loader_worker_init if workers else None}
+        "persistent_workers": workers > 0}
     # In-process loading takes no prefetch factor (torch refuses one); a loader read once keeps no workers.
     assert loader_options(0, True, 4, CPU) == {"num_workers": 0, "pin_memory": True, "prefetch_factor": None,
-                                               "persistent_workers": False, "worker_init_fn": None}
+                                               "persistent_workers": False}
     assert loader_options(2, "auto", None, torch.device("cuda"), keep_workers=False)["persistent_workers"] is False
     assert loader_options(2, "auto", None, torch.device("cuda"))["pin_memory"] is True
 

@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from embedlab.worker_threads import loader_worker_init
+from embedlab.worker_threads import opencv_single_threaded
 
 
 def launched_rank(devices_per_node: int = 1) -> int:
@@ -138,10 +138,11 @@ def loader_options(num_workers: int | str, pin_memory: bool | str, prefetch_fact
     processes sharing the machine's cores (DDP ranks).
     """
     workers = loader_workers(num_workers, device, processes)
+    if workers > 0:  # the workers' image ops: one OpenCV thread each, set here in the parent (worker_threads)
+        opencv_single_threaded()
     return {"num_workers": workers, "pin_memory": pin_memory_for(pin_memory, device),
             "prefetch_factor": prefetch_factor if workers > 0 else None,
-            "persistent_workers": keep_workers and workers > 0,
-            "worker_init_fn": loader_worker_init if workers > 0 else None}
+            "persistent_workers": keep_workers and workers > 0}
 
 
 def runtime_loader_options(runtime, keep_workers: bool = True) -> dict:

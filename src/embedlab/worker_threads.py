@@ -1,43 +1,44 @@
 """One compute thread per worker process: with a process per core, OpenCV's and torch's own thread pools
-(both used by the image ops, e.g. :mod:`embedlab.resize`) would only compete for the same cores."""
+(both used by the image ops, e.g. :mod:`embedlab.resize`) would only compete for the same cores.
+
+OpenCV's thread count must be set in the parent, before it forks the workers: a forked child that
+changes it waits forever on the parent's thread pool, which it inherited without its threads. The
+children inherit the setting; torch's count is per process, so each child sets its own.
+"""
 
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 from typing import Iterator
 
 
-def use_one_thread() -> tuple[int, int]:
-    """Limit OpenCV and torch to one thread each in this process; returns the previous (OpenCV, torch) counts."""
+def opencv_single_threaded() -> int:
+    """OpenCV on one thread in this process (and the processes it forks from now on); returns the old count."""
     import cv2
+
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    return before
+
+
+def torch_single_threaded() -> None:
+    """torch on one thread in this process (a forked worker's first step; safe after a fork)."""
     import torch
 
-    before = cv2.getNumThreads(), torch.get_num_threads()
-    cv2.setNumThreads(1)
     torch.set_num_threads(1)
-    return before
 
 
 @contextmanager
 def one_thread() -> Iterator[None]:
-    """:func:`use_one_thread` for a block of work in this process, the previous counts restored after it."""
+    """OpenCV and torch on one thread each for a block of work in this process (or in the workers it
+    forks inside the block), the previous counts restored after it."""
     import cv2
     import torch
 
-    cv_threads, torch_threads = use_one_thread()
+    cv_threads, torch_threads = opencv_single_threaded(), torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
         yield
     finally:
         cv2.setNumThreads(cv_threads)
         torch.set_num_threads(torch_threads)
-
-
-def loader_worker_init(worker_id: int) -> None:
-    """A DataLoader worker's ``worker_init_fn``: one thread (torch sets its own in workers, OpenCV does not),
-    then Lightning's worker seeding, which Lightning adds itself only to loaders without an init function."""
-    use_one_thread()
-    if int(os.environ.get("PL_SEED_WORKERS", 0)):
-        from lightning_fabric.utilities.seed import pl_worker_init_function
-
-        pl_worker_init_function(worker_id)

@@ -46,7 +46,7 @@ from embedlab.augment.pool import OverlayPool
 from embedlab.augment.recipes import Recipe, RecipeAugmenter
 from embedlab.data.shards import SHARD_SIZE, ImageStore, ShardWriter, check_key
 from embedlab.images import BadImageError, check_on_bad_image, encode_jpeg, encoded_size, load_rgb
-from embedlab.worker_threads import one_thread, use_one_thread
+from embedlab.worker_threads import one_thread, torch_single_threaded
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +220,7 @@ _WORKER: ClassWorker | None = None
 def _init_worker(recipe: Recipe, settings: GenerateSettings, pool: OverlayPool) -> None:
     global _WORKER
     fpixel(), fblur()  # already imported where the parent forked; imported here otherwise
-    use_one_thread()
+    torch_single_threaded()  # OpenCV's one thread is the parent's setting (worker_threads)
     _WORKER = ClassWorker(recipe, settings, RecipeAugmenter(recipe, AugContext(pool=pool)))
 
 
@@ -292,7 +292,7 @@ def generate(recipe: Recipe, classes: Sequence[ClassImage], out: str | os.PathLi
         else:
             chunk = max(1, min(16, len(jobs) // (n_workers * 8)))
             ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
-            with ctx.Pool(n_workers, initializer=_init_worker, initargs=init_args) as procs:
+            with one_thread(), ctx.Pool(n_workers, initializer=_init_worker, initargs=init_args) as procs:
                 # imap keeps the class order: the shards' bytes do not depend on which worker finished first
                 store = writer.write(images(procs.imap(_run_class, jobs, chunksize=chunk)))
     finally:

@@ -32,7 +32,7 @@ from embedlab.atomic import write_json_atomic
 from embedlab.data.shards import SHARD_SIZE, ImageStore, ShardWriter
 from embedlab.data.transforms import resize_square
 from embedlab.images import BadImageError, check_on_bad_image, encode_jpeg, list_images, load_rgb
-from embedlab.worker_threads import use_one_thread
+from embedlab.worker_threads import one_thread, torch_single_threaded
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +96,8 @@ def _cache_source(folder: Path, out: Path, size: int, on_bad_image: str, workers
     last = writer.last_key()  # skipped images make keys and positions differ: resume after the last key
     start = 0 if last is None else 1 + next(i for i, p in enumerate(paths) if p.stem == last)
     encode = partial(_resized_jpeg, size=size, on_bad_image=on_bad_image)
-    with multiprocessing.get_context("fork").Pool(workers, initializer=use_one_thread) if workers > 1 \
-            else _InProcess() as pool:
+    with one_thread(), multiprocessing.get_context("fork").Pool(workers, initializer=torch_single_threaded) \
+            if workers > 1 else _InProcess() as pool:
         results = pool.imap(encode, paths[start:], chunksize=64)  # in order: the same bytes for any worker count
 
         def items():
