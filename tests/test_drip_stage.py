@@ -44,8 +44,11 @@ def test_two_scheduled_steps_write_outputs_log_runs_and_chain(tiny_project: Path
         assert (out / name).is_file(), name
     report = json.loads(Path("reports/drip/s2/metrics.json").read_text())
     assert report["uAP"] == pytest.approx(second["uAP"])
+    # s2's history: s1's epochs first, then its own, counted on along the chain.
     history = Path("reports/plots/history/drip_s2.csv").read_text().splitlines()
-    assert history[0] == "epoch,train_loss,val_loss" and len(history) == 3
+    assert history[0] == "epoch,train_loss,val_loss,chained_epoch,run" and len(history) == 5
+    assert [row.split(",")[3:] for row in history[1:]] == [
+        ["0", "drip_s1"], ["1", "drip_s1"], ["2", "drip_s2"], ["3", "drip_s2"]]
     assert Path("reports/plots/pr_curve/drip_s2.csv").read_text().startswith("precision,recall")
     for picture in ("pr_curve.png", "retrieval.png", "worst_queries.png"):
         assert Path("reports/drip/s2", picture).read_bytes()[:4] == b"\x89PNG", picture

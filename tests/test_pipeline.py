@@ -37,6 +37,7 @@ def tiny_repo(tmp_path: Path, tiny_demo: Path, tiny_faces: Path) -> Path:
     run(["git", "init", "-q"], repo)
     run(["dvc", "init", "-q"], repo)
     shutil.copy(PROJECT / ".dvcignore", repo)
+    shutil.copytree(PROJECT / ".dvc" / "plots", repo / ".dvc" / "plots")  # dvc.yaml's custom plot templates
     run(["dvc", "config", "--local", "core.site_cache_dir", str(tmp_path / "site_cache")], repo)
     run(["dvc", "add", "-q", "data/raw"], repo)
     # The project's layout: data.dvc at the top tracks data/raw.
@@ -124,7 +125,9 @@ def test_dvc_repro_is_incremental_and_tracks_metrics_and_plots(tiny_repo: Path, 
         json.loads((tiny_repo / "reports/drip/s1/metrics.json").read_text())["uAP"])
     run(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], tiny_repo)
     html = (tmp_path / "plots" / "index.html").read_text()
-    assert "reports/plots/history" in html and "reports/plots/pr_curve" in html
+    assert 'id = "reports_plots_history_drip_s2_csv"' in html and 'id = "reports_plots_pr_curve_drip_s2_csv"' in html
+    for title in ("drip s2: ArcFace loss per epoch", "Face encoder: validation EER per epoch", "Decoder: template cosine"):
+        assert title in html, title
 
     client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
     runs = client.search_runs([client.get_experiment_by_name("embedlab").experiment_id])

@@ -69,6 +69,11 @@ def test_pretrain_then_finetune_logs_eer_and_exports_the_encoder(face_project: P
         assert Path("reports/triplet/finetune", picture).read_bytes()[:4] == b"\x89PNG", picture
     assert {"roc", "scores", "roc_by_kind"} <= logged_image_keys(client, runs["finetune"].info.run_id)
     assert Path("reports/plots/roc/triplet_finetune.csv").read_text().startswith("fpr,tpr,threshold")
+    # The fine-tuning's epochs follow the pre-training's on the charts' axis (chained_epoch).
+    epochs = params.triplet_phases["pretrain"].epochs
+    finetune = Path("reports/plots/triplet_history/triplet_finetune.csv").read_text().splitlines()
+    assert finetune[0] == "epoch,train_loss,val_eer,chained_epoch,run"
+    assert [row.split(",")[3:] for row in finetune[1:]] == [[str(epochs), "triplet_finetune"]]
 
     # The exported encoder scores pairs like the stage did: the submission holds every test pair.
     encoder = load_descriptor_model("models/triplet/finetune/encoder.safetensors")

@@ -52,6 +52,7 @@ from embedlab.evaluation.disc_model import evaluate_descriptor_model, scoring_da
 from embedlab.run_inputs import DataInput, first
 from embedlab.stages.init_weights import INIT_STEP, initial_weights_path
 from embedlab.stages.lifecycle import Monitor, TrainingStage, run_stage
+from embedlab.stages.reports import HistoryParent
 from embedlab.stages.w_matrix import CentroidInit
 
 
@@ -201,6 +202,16 @@ class DripRequest(TrainingStage):
 
     def curves(self) -> dict[str, tuple[Path, str]]:
         return {"pr_curve": (self.out_dir / EVAL / PR_CURVE_CSV, PR_CURVE_HEADER)}
+
+    def history_parent(self) -> HistoryParent | None:
+        """The step whose checkpoint this one starts from (``models/drip/<parent>/checkpoints/last.ckpt``). Its
+        history CSV (which holds its own parents' rows first) comes before this step's rows, and the epochs go
+        on from its last: the chart of the schedule's last step draws every step, one after another."""
+        if self.build_w_matrix is None:
+            return None
+        parent = Path(self.build_w_matrix)
+        return HistoryParent(self.plots_root / self.history_plot / f"{self.command}_{parent.parent.parent.name}.csv",
+                             parent, repeat_rows=True)
 
 
 def plan_scheduled_step(params: Params, name: str) -> DripRequest:

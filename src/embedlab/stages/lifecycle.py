@@ -47,7 +47,7 @@ from embedlab.models.checkpoints import (
 from embedlab.models.compiled import compiled_trunk
 from embedlab.mlflow_model import log_descriptor_model
 from embedlab.evaluation.retrieval_grid import RETRIEVAL_PNG, WORST_PNG
-from embedlab.stages.reports import log_pictures, write_stage_reports
+from embedlab.stages.reports import HistoryParent, log_pictures, write_stage_reports
 from embedlab.stages.throughput import TrainThroughput
 from embedlab.code_deps import stage_code
 from embedlab.digests import fingerprint
@@ -167,6 +167,11 @@ class TrainingStage(OutputFolders, abc.ABC):
         """Plot CSVs to publish: {plot kind: (the evaluation's CSV, its header when absent)}."""
         return {}
 
+    def history_parent(self) -> HistoryParent | None:
+        """The run this one continues (its history CSV and checkpoint), if any: the history's ``chained_epoch``
+        goes on from that run's last epoch (:func:`embedlab.stages.reports.chained_history`)."""
+        return None
+
     def pictures(self) -> dict[str, Path]:
         """The evaluation's pictures by name (those that exist are copied beside metrics.json as
         ``<name>.png`` and logged as MLflow images of that key): a retrieval model's PR curve and grids."""
@@ -248,7 +253,7 @@ def _run_stage(stage: TrainingStage, params: Params, callbacks: Sequence[pl.Call
         pictures = stage.pictures()
         write_stage_reports(stage.report_dir, summary, stage.plots_root, stage.plot_name,
                             (stage.history_plot, history_metric, history), stage.curves(),
-                            pictures=pictures)
+                            pictures=pictures, parent=stage.history_parent())
         log_pictures(pictures)
         tracking.log_artifacts_if_present({CHECKPOINTS: out_dir / CHECKPOINTS, EVAL: out_dir / EVAL,
                                            "reports": stage.report_dir, **extra_artifacts})

@@ -36,6 +36,7 @@ from embedlab.evaluation.face_pairs import score_pairs
 from embedlab.evaluation.pair_pictures import ROC_BY_KIND_PNG, SCORES_PNG
 from embedlab.run_inputs import DataInput
 from embedlab.stages.lifecycle import Monitor, TrainingStage, run_stage
+from embedlab.stages.reports import HistoryParent
 
 PHASES = ("pretrain", "finetune")
 
@@ -147,6 +148,15 @@ class TripletRequest(TrainingStage):
     def pictures(self) -> dict[str, Path]:
         """The test pairs' ROC, score histograms and ROC per impostor kind, else the validation pairs'."""
         return {Path(name).stem: self.reported_split / name for name in ("roc.png", SCORES_PNG, ROC_BY_KIND_PNG)}
+
+    def history_parent(self) -> HistoryParent | None:
+        """The phase whose checkpoint this one starts from (fine-tuning: the pre-training's): the epochs go on
+        from its last (dvc.yaml draws both phases' CSVs in one chart, the fine-tuning after the pre-training)."""
+        if self.init_checkpoint is None:
+            return None
+        parent = Path(self.init_checkpoint)
+        return HistoryParent(self.plots_root / self.history_plot / f"{self.command}_{parent.parent.parent.name}.csv",
+                             parent)
 
 
 def plan_phase(params: Params, phase: str, overrides: dict | None = None) -> TripletRequest:
