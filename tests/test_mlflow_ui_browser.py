@@ -81,9 +81,28 @@ def mlflow_ui(store: Path, tmp_path: Path):
         yield url
 
 
-def test_compare_view_shows_the_uap_of_both_selected_runs(store: Path, mlflow_ui: str):
+@contextlib.contextmanager
+def _experiment_page(url: str, experiment: str):
+    """Headless Chromium on the MLflow UI at ``url``, opened on ``experiment``'s runs: the page."""
     chromium = servers.chromium_executable()
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, args=servers.CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            page.set_default_timeout(60_000)
+            page.goto(url, wait_until="load")
+            # MLflow 3 opens on its GenAI view; runs live under "Model training".
+            page.get_by_text("Model training", exact=True).first.click()
+            page.get_by_role("link", name=experiment, exact=True).first.click()
+            yield page
+        finally:
+            browser.close()
+
+
+def test_compare_view_shows_the_uap_of_both_selected_runs(store: Path, mlflow_ui: str):
+    from playwright.sync_api import expect
 
     client = MlflowClient(tracking_uri=f"sqlite:///{store / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("embedlab")
@@ -94,32 +113,21 @@ def test_compare_view_shows_the_uap_of_both_selected_runs(store: Path, mlflow_ui
     screenshot = servers.artifact_path("mlflow_compare.png")
     screenshot.unlink(missing_ok=True)
 
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium, args=servers.CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1600, "height": 1000})
-            page.set_default_timeout(60_000)
-            page.goto(mlflow_ui, wait_until="load")
-            # MLflow 3 opens on its GenAI view; runs live under "Model training".
-            page.get_by_text("Model training", exact=True).first.click()
-            page.get_by_role("link", name="embedlab", exact=True).first.click()
+    with _experiment_page(mlflow_ui, "embedlab") as page:
+        for name in runs:
+            row = page.get_by_role("row").filter(has=page.get_by_role("link", name=name, exact=True))
+            expect(row).to_have_count(1)
+            row.get_by_role("checkbox", name=re.compile("row selection")).check()
+        page.get_by_role("button", name=re.compile(r"^Compare")).click()
 
-            for name in runs:
-                row = page.get_by_role("row").filter(has=page.get_by_role("link", name=name, exact=True))
-                expect(row).to_have_count(1)
-                row.get_by_role("checkbox", name=re.compile("row selection")).check()
-            page.get_by_role("button", name=re.compile(r"^Compare")).click()
-
-            expect(page.get_by_text(re.compile(r"Comparing 2 Runs"))).to_be_visible()
-            # The run details table names the runs in column order.
-            names_row = page.get_by_role("row").filter(has=page.get_by_text("Run Name:", exact=True))
-            expect(names_row).to_have_count(1)
-            columns = [t.strip() for t in names_row.get_by_role("cell").all_inner_texts() if t.strip() in runs]
-            uap = _scroll_to_metric_row(page, "uAP")
-            shown = _row_values(page, uap)
-            page.screenshot(path=str(screenshot))
-        finally:
-            browser.close()
+        expect(page.get_by_text(re.compile(r"Comparing 2 Runs"))).to_be_visible()
+        # The run details table names the runs in column order.
+        names_row = page.get_by_role("row").filter(has=page.get_by_text("Run Name:", exact=True))
+        expect(names_row).to_have_count(1)
+        columns = [t.strip() for t in names_row.get_by_role("cell").all_inner_texts() if t.strip() in runs]
+        uap = _scroll_to_metric_row(page, "uAP")
+        shown = _row_values(page, uap)
+        page.screenshot(path=str(screenshot))
 
     assert sorted(columns) == sorted(runs), f"run columns {columns}"
     assert shown == [expected[name] for name in columns], \
@@ -222,8 +230,7 @@ def picture_ui(picture_store: Path, tmp_path: Path):
 
 
 def test_chart_view_shows_the_logged_picture_of_both_runs_side_by_side(picture_store: Path, picture_ui: str):
-    chromium = servers.chromium_executable()
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     client = MlflowClient(tracking_uri=f"sqlite:///{picture_store / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("pictures")
@@ -232,37 +239,28 @@ def test_chart_view_shows_the_logged_picture_of_both_runs_side_by_side(picture_s
     screenshot = servers.artifact_path("mlflow_compare_pictures.png")
     screenshot.unlink(missing_ok=True)
 
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium, args=servers.CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1600, "height": 1000})
-            page.set_default_timeout(60_000)
-            page.goto(picture_ui, wait_until="load")
-            page.get_by_text("Model training", exact=True).first.click()
-            page.get_by_role("link", name="pictures", exact=True).first.click()
-            assistant = page.locator('button[data-component-id="mlflow.assistant.chat_panel.close"]')
-            if assistant.count():  # MLflow 3.17's assistant panel takes a quarter of the page
-                assistant.first.click()
-            # The runs page's chart view (the radio beside the table view's): compareRunsMode=CHART.
-            page.locator("label:has(input[value=CHART])").click()
-            expect(page).to_have_url(re.compile(r"compareRunsMode=CHART"))
-            card = page.get_by_test_id("experiment-view-compare-runs-card").filter(
-                has=page.locator('h4[title="pr_curve"]'))
-            expect(card).to_have_count(1)
-            expect(card.locator("img")).to_have_count(2)
-            # Full screen: the card's images at a size one can look at.
-            card.locator('button[data-component-id="fullscreen_button_chartcard"]').click()
-            dialog = page.get_by_role("dialog").filter(has_text="pr_curve")
-            expect(dialog).to_have_count(1)
-            images = dialog.locator("img")
-            expect(images).to_have_count(2)
-            page.wait_for_function("images => images.every(i => i.complete && i.naturalWidth > 0)",
-                                   arg=images.element_handles())
-            sources = [img.get_attribute("src") for img in images.all()]
-            shown = images.evaluate_all(_RUN_AND_COLOUR_OF_EACH_IMAGE, list(PICTURE_RUNS))
-            page.screenshot(path=str(screenshot))
-        finally:
-            browser.close()
+    with _experiment_page(picture_ui, "pictures") as page:
+        assistant = page.locator('button[data-component-id="mlflow.assistant.chat_panel.close"]')
+        if assistant.count():  # MLflow 3.17's assistant panel takes a quarter of the page
+            assistant.first.click()
+        # The runs page's chart view (the radio beside the table view's): compareRunsMode=CHART.
+        page.locator("label:has(input[value=CHART])").click()
+        expect(page).to_have_url(re.compile(r"compareRunsMode=CHART"))
+        card = page.get_by_test_id("experiment-view-compare-runs-card").filter(
+            has=page.locator('h4[title="pr_curve"]'))
+        expect(card).to_have_count(1)
+        expect(card.locator("img")).to_have_count(2)
+        # Full screen: the card's images at a size one can look at.
+        card.locator('button[data-component-id="fullscreen_button_chartcard"]').click()
+        dialog = page.get_by_role("dialog").filter(has_text="pr_curve")
+        expect(dialog).to_have_count(1)
+        images = dialog.locator("img")
+        expect(images).to_have_count(2)
+        page.wait_for_function("images => images.every(i => i.complete && i.naturalWidth > 0)",
+                               arg=images.element_handles())
+        sources = [img.get_attribute("src") for img in images.all()]
+        shown = images.evaluate_all(_RUN_AND_COLOUR_OF_EACH_IMAGE, list(PICTURE_RUNS))
+        page.screenshot(path=str(screenshot))
     print(f"screenshot: {screenshot}; images (run, red pixels, blue pixels): {shown}")
 
     # Each image is that run's logged image (MLflow's thumbnail of images/pr_curve+step+0+...), shown under
