@@ -38,7 +38,7 @@ ON_BAD_IMAGE = ("fail", "skip")
 
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 _HIGH_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
-_ORIENTATION = 0x0112  # the EXIF tag of how the camera was held
+_EXIF_ORIENTATION = 0x0112  # the EXIF tag of how the camera was held
 
 
 class BadImageError(ValueError):
@@ -161,6 +161,11 @@ def encoded_size(path: str | os.PathLike) -> int:
     return -1 if index is None else store.size(index)
 
 
+def is_upright(im: Image.Image) -> bool:
+    """True when the image's EXIF says nothing of a rotation or mirroring (its pixels show as stored)."""
+    return im.getexif().get(_EXIF_ORIENTATION, 1) == 1
+
+
 def load_rgb(path: str | os.PathLike, at_least: int | None = None) -> Image.Image:
     """Read ``path`` fully into an RGB image, EXIF orientation applied.
 
@@ -182,7 +187,7 @@ def load_rgb(path: str | os.PathLike, at_least: int | None = None) -> Image.Imag
                 im.draft(None, (at_least, at_least))
             im.load()  # decode now: lazy decoding would hide truncation until later
             # exif_transpose copies even an upright image: only a rotated one goes through it.
-            img = ImageOps.exif_transpose(im) if im.getexif().get(_ORIENTATION, 1) != 1 else im
+            img = im if is_upright(im) else ImageOps.exif_transpose(im)
     except Image.UnidentifiedImageError:
         raise BadImageError(path, f"not an image file Pillow can read ({len(data)} bytes, unrecognised format)") \
             from None

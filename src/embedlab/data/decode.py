@@ -33,13 +33,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from embedlab.images import BadImageError, read_image_bytes
+from embedlab.images import BadImageError, is_upright, read_image_bytes
 
 log = logging.getLogger(__name__)
 
 DECODE_CHOICES = ("auto", "cpu", "gpu")
-_EXIF_ORIENTATION = 0x0112
-
 
 
 def resolve_decode(decode: str, device: torch.device) -> torch.device | None:
@@ -67,7 +65,7 @@ def gpu_decodable(data: bytes) -> bool:
         with Image.open(io.BytesIO(data)) as im:  # header only: no pixel decoding here
             if im.format != "JPEG" or im.mode not in ("RGB", "L"):
                 return False  # CMYK / YCCK: Pillow's conversion
-            return im.getexif().get(_EXIF_ORIENTATION, 1) == 1
+            return is_upright(im)
     except Exception:  # noqa: BLE001 - any header problem: Pillow reports it properly
         return False
 
