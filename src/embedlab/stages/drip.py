@@ -207,11 +207,7 @@ class DripRequest(TrainingStage):
         """The step whose checkpoint this one starts from (``models/drip/<parent>/checkpoints/last.ckpt``). Its
         history CSV (which holds its own parents' rows first) comes before this step's rows, and the epochs go
         on from its last: the chart of the schedule's last step draws every step, one after another."""
-        if self.build_w_matrix is None:
-            return None
-        parent = Path(self.build_w_matrix)
-        return HistoryParent(self.plots_root / self.history_plot / f"{self.command}_{parent.parent.parent.name}.csv",
-                             parent, repeat_rows=True)
+        return self.continued_run(self.build_w_matrix, repeat_rows=True)
 
 
 def plan_scheduled_step(params: Params, name: str) -> DripRequest:

@@ -96,7 +96,10 @@ class TrainingStage(OutputFolders, abc.ABC):
     @property
     def plot_name(self) -> str:
         """The run's file name in the plot folders (shared with other stages' runs)."""
-        return f"{self.command}_{self.run_name}"
+        return self.plot_name_of(self.run_name)
+
+    def plot_name_of(self, run_name: str) -> str:
+        return f"{self.command}_{run_name}"
 
     def tags(self) -> dict[str, str]:
         return {}
@@ -171,6 +174,16 @@ class TrainingStage(OutputFolders, abc.ABC):
         """The run this one continues (its history CSV and checkpoint), if any: the history's ``chained_epoch``
         goes on from that run's last epoch (:func:`embedlab.stages.reports.chained_history`)."""
         return None
+
+    def continued_run(self, checkpoint: str | Path | None, repeat_rows: bool = False) -> HistoryParent | None:
+        """:meth:`history_parent` for a run that starts from ``checkpoint``
+        (``<models_root>/<run>/checkpoints/<file>``): that run's history CSV beside this one's."""
+        if checkpoint is None:
+            return None
+        checkpoint = Path(checkpoint)
+        run_name = checkpoint.parent.parent.name
+        return HistoryParent(self.plots_root / self.history_plot / f"{self.plot_name_of(run_name)}.csv", checkpoint,
+                             repeat_rows)
 
     def pictures(self) -> dict[str, Path]:
         """The evaluation's pictures by name (those that exist are copied beside metrics.json as

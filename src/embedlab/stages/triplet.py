@@ -152,11 +152,7 @@ class TripletRequest(TrainingStage):
     def history_parent(self) -> HistoryParent | None:
         """The phase whose checkpoint this one starts from (fine-tuning: the pre-training's): the epochs go on
         from its last (dvc.yaml draws both phases' CSVs in one chart, the fine-tuning after the pre-training)."""
-        if self.init_checkpoint is None:
-            return None
-        parent = Path(self.init_checkpoint)
-        return HistoryParent(self.plots_root / self.history_plot / f"{self.command}_{parent.parent.parent.name}.csv",
-                             parent)
+        return self.continued_run(self.init_checkpoint)
 
 
 def plan_phase(params: Params, phase: str, overrides: dict | None = None) -> TripletRequest:
