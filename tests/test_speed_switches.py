@@ -34,7 +34,7 @@ from embedlab.config import (
     load_params,
 )
 from embedlab.data.decode import decode_resize, gpu_decodable, read_encoded
-from embedlab.data.transforms import normalize_uint8, resize_square, to_tensor, to_uint8
+from embedlab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize_uint8, resize_square, to_tensor, to_uint8
 from embedlab.descriptors import read_descriptors
 from embedlab.devices import (
     autocast_dtype,
@@ -98,7 +98,12 @@ def mixed_folder(tmp_path: Path, references: list[Path]) -> Path:
 
 def test_device_normalisation_is_bit_identical_to_to_tensor(references: list[Path]):
     img = resize_square(load_rgb(references[0]), 48)
-    assert torch.equal(normalize_uint8(to_uint8(img)[None])[0], to_tensor(img))
+    # The workers' float arithmetic before batches went to the device as uint8: (x - 255·mean) / (255·std).
+    mean = np.asarray(IMAGENET_MEAN, np.float32) * 255.0
+    std = np.asarray(IMAGENET_STD, np.float32) * 255.0
+    cpu = torch.from_numpy(((np.asarray(img, np.float32) - mean) / std).transpose(2, 0, 1).copy())
+    assert torch.equal(normalize_uint8(to_uint8(img)[None])[0], cpu)
+    assert torch.equal(to_tensor(img), cpu)
 
 
 def test_bf16_autocast_gives_descriptors_close_to_fp32(model: DescriptorModel, references: list[Path]):
